@@ -1,0 +1,20 @@
+# arc-watchdog: the two commands that matter are `make demo` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+.PHONY: help demo test lint fmt bench
+help:
+	@echo "make demo   - run the demo on a local control plane (no cluster needed)"
+	@echo "make test   - run every test: unit, integration (real kube-apiserver) and end to end (real ARC)"
+	@echo "make bench  - run the benchmarks"
+	@echo "make lint   - cargo fmt --check and clippy -D warnings"
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+test:
+	cargo test --workspace --all-targets

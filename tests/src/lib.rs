@@ -1,0 +1,3 @@
+//! Test support for arc-watchdog: the local control plane (real
+//! kube-apiserver and etcd), the fake GitHub Actions service and the
+//! process kubelet.
