@@ -8,3 +8,4 @@
 
 pub mod names;
 pub mod settings;
+pub mod run;

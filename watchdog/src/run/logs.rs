@@ -1,0 +1,327 @@
+//! Following the listener container's log through the API server
+//! (`pods/log?follow=true&timestamps=true`).
+//!
+//! The pure part splits the byte stream into lines, strips the timestamp
+//! the API server prepends, and filters out what a resumed stream sends
+//! again: after a drop the follower reconnects with `sinceTime` set to the
+//! last timestamp seen (rounded down to the second, the API's precision),
+//! so lines at or before that timestamp come again and are skipped.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures::AsyncBufReadExt;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::LogParams;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::backoff::Backoff;
+use super::pod::{ListenerState, PodView};
+
+/// Longest line handed on; the rest of a longer line is dropped (the parser
+/// only needs the start of a line, and memory stays bounded).
+pub const MAX_LINE: usize = 1 << 20;
+
+/// Splits a byte stream into lines (without `\n`), truncating each line to
+/// [`MAX_LINE`] bytes.
+#[derive(Debug, Default)]
+pub struct LineSplitter {
+    buf: Vec<u8>,
+    overflow: bool,
+}
+
+impl LineSplitter {
+    /// Feeds a chunk; returns the lines it completed.
+    pub fn feed(&mut self, mut chunk: &[u8]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while !chunk.is_empty() {
+            match memchr_nl(chunk) {
+                Some(i) => {
+                    self.push(&chunk[..i]);
+                    out.push(std::mem::take(&mut self.buf));
+                    self.overflow = false;
+                    chunk = &chunk[i + 1..];
+                }
+                None => {
+                    self.push(chunk);
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        if self.overflow {
+            return;
+        }
+        let room = MAX_LINE - self.buf.len();
+        if bytes.len() > room {
+            self.buf.extend_from_slice(&bytes[..room]);
+            self.overflow = true;
+        } else {
+            self.buf.extend_from_slice(bytes);
+        }
+    }
+
+    /// The unfinished last line, if any (used when the log is complete).
+    pub fn finish(&mut self) -> Option<Vec<u8>> {
+        self.overflow = false;
+        let rest = std::mem::take(&mut self.buf);
+        (!rest.is_empty()).then_some(rest)
+    }
+
+    /// Drops the unfinished line (a dropped stream: it will come again).
+    pub fn discard(&mut self) {
+        self.buf.clear();
+        self.overflow = false;
+    }
+}
+
+fn memchr_nl(b: &[u8]) -> Option<usize> {
+    b.iter().position(|&c| c == b'\n')
+}
+
+/// Splits the API server's `timestamps=true` prefix (RFC 3339 with
+/// nanoseconds, then one space) off a line. Lines without a valid prefix
+/// come back whole with no timestamp.
+pub fn split_timestamp(line: &[u8]) -> (Option<Timestamp>, &[u8]) {
+    let Some(sp) = line.iter().take(40).position(|&c| c == b' ') else {
+        return (None, line);
+    };
+    let ts = std::str::from_utf8(&line[..sp])
+        .ok()
+        .and_then(|s| s.parse::<Timestamp>().ok());
+    match ts {
+        Some(ts) => (Some(ts), &line[sp + 1..]),
+        None => (None, line),
+    }
+}
+
+/// Remembers the last timestamp seen and the lines seen at that exact
+/// timestamp, so that a resumed stream never hands on a line twice.
+#[derive(Debug, Default, Clone)]
+pub struct ResumeFilter {
+    last: Option<Timestamp>,
+    at_last: HashSet<Vec<u8>>,
+}
+
+impl ResumeFilter {
+    /// Whether the line (`ts`, `content`) is new; records it if so.
+    /// Lines without a timestamp cannot be recognised and always pass.
+    pub fn accept(&mut self, ts: Option<Timestamp>, content: &[u8]) -> bool {
+        let Some(ts) = ts else {
+            return true;
+        };
+        match self.last {
+            Some(last) if ts < last => false,
+            Some(last) if ts == last => self.at_last.insert(content.to_vec()),
+            _ => {
+                self.last = Some(ts);
+                self.at_last.clear();
+                self.at_last.insert(content.to_vec());
+                true
+            }
+        }
+    }
+
+    /// `sinceTime` for resuming: the last timestamp seen, rounded down to
+    /// the second (the API's precision), so nothing after it is missed.
+    pub fn since(&self) -> Option<Timestamp> {
+        self.last
+            .and_then(|t| Timestamp::from_second(t.as_second()).ok())
+    }
+}
+
+/// One line of the listener's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    /// Container ID of the run that wrote it.
+    pub container_id: String,
+    /// Timestamp the API server put on it.
+    pub ts: Option<Timestamp>,
+    /// The line, without timestamp and newline (may be invalid UTF-8).
+    pub text: Vec<u8>,
+}
+
+/// What a follower tells the main loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FollowerMsg {
+    /// A new line.
+    Line(LogLine),
+    /// The log call succeeded (the stream is open).
+    Connected,
+    /// A log call failed; the follower retries after a backoff.
+    Error(String),
+    /// The run's log is complete (the container ended, or another run
+    /// replaced it); the follower has stopped.
+    Ended {
+        /// Container ID of the run.
+        container_id: String,
+    },
+}
+
+/// Settings of a follower.
+#[derive(Debug, Clone)]
+pub struct FollowConfig {
+    /// Name of the own pod.
+    pub pod: String,
+    /// Name of the listener container.
+    pub container: String,
+    /// Container ID of the run to follow.
+    pub container_id: String,
+    /// First delay before reconnecting; doubles up to `max_backoff`.
+    pub initial_backoff: Duration,
+    /// Longest delay before reconnecting.
+    pub max_backoff: Duration,
+}
+
+fn run_is_over(view: &PodView, container_id: &str) -> bool {
+    let Some(l) = &view.listener else {
+        return false;
+    };
+    match &l.container_id {
+        Some(id) if id == container_id => matches!(l.state, ListenerState::Terminated { .. }),
+        Some(_) => true,
+        None => false,
+    }
+}
+
+/// Follows one listener run until its log is complete or `cancel` fires,
+/// sending lines (each exactly once) and connection state to `tx`.
+pub async fn follow_run(
+    api: Api<Pod>,
+    cfg: FollowConfig,
+    mut pod_rx: watch::Receiver<PodView>,
+    tx: mpsc::Sender<FollowerMsg>,
+    cancel: CancellationToken,
+) {
+    let mut filter = ResumeFilter::default();
+    let mut backoff = Backoff::new(cfg.initial_backoff, cfg.max_backoff);
+    loop {
+        let params = LogParams {
+            container: Some(cfg.container.clone()),
+            follow: true,
+            timestamps: true,
+            since_time: filter.since(),
+            ..LogParams::default()
+        };
+        let over_before = run_is_over(&pod_rx.borrow(), &cfg.container_id);
+        let opened = tokio::select! {
+            () = cancel.cancelled() => return,
+            r = api.log_stream(&cfg.pod, &params) => r,
+        };
+        match opened {
+            Ok(stream) => {
+                if tx.send(FollowerMsg::Connected).await.is_err() {
+                    return;
+                }
+                let got = tokio::select! {
+                    () = cancel.cancelled() => return,
+                    got = read_stream(stream, &cfg.container_id, &mut filter, &tx) => got,
+                };
+                match got {
+                    Ok(n) if n > 0 => backoff.reset(),
+                    Ok(_) => {}
+                    Err(e) => {
+                        if tx.send(FollowerMsg::Error(e)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                // The stream was opened after the run had ended: what it
+                // sent is the complete log.
+                if over_before || run_is_over(&pod_rx.borrow(), &cfg.container_id) {
+                    let _ = tx
+                        .send(FollowerMsg::Ended {
+                            container_id: cfg.container_id.clone(),
+                        })
+                        .await;
+                    return;
+                }
+            }
+            Err(e) => {
+                if tx.send(FollowerMsg::Error(error_text(&e))).await.is_err() {
+                    return;
+                }
+            }
+        }
+        // Dropped stream or failed call: wait, but wake early when the pod
+        // changes (the run may have ended), never spin.
+        let delay = backoff.next_delay();
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = &mut sleep => break,
+                changed = pod_rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    if run_is_over(&pod_rx.borrow(), &cfg.container_id) {
+                        // One more read: the rest of the finished run.
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads one opened stream to its end. Returns how many new lines it
+/// handed on, or the read error.
+async fn read_stream(
+    stream: impl futures::AsyncBufRead + Unpin,
+    container_id: &str,
+    filter: &mut ResumeFilter,
+    tx: &mpsc::Sender<FollowerMsg>,
+) -> Result<usize, String> {
+    let mut stream = stream;
+    let mut splitter = LineSplitter::default();
+    let mut sent = 0;
+    loop {
+        let chunk = match stream.fill_buf().await {
+            Ok(c) => c,
+            Err(e) => {
+                splitter.discard();
+                return Err(format!("reading the log stream: {e}"));
+            }
+        };
+        if chunk.is_empty() {
+            // Each complete line ends with a newline; an unfinished one
+            // is sent again in full after a reconnect.
+            splitter.discard();
+            return Ok(sent);
+        }
+        let n = chunk.len();
+        let lines = splitter.feed(chunk);
+        stream.consume_unpin(n);
+        for raw in lines {
+            let (ts, text) = split_timestamp(&raw);
+            if !filter.accept(ts, text) {
+                continue;
+            }
+            let line = LogLine {
+                container_id: container_id.to_owned(),
+                ts,
+                text: text.to_vec(),
+            };
+            if tx.send(FollowerMsg::Line(line)).await.is_err() {
+                return Ok(sent);
+            }
+            sent += 1;
+        }
+    }
+}
+
+/// Short text of a kube error for logs, metrics and `/readyz`.
+pub fn error_text(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("{} {}: {}", s.code, s.reason, s.message),
+        other => other.to_string(),
+    }
+}
