@@ -1,0 +1,575 @@
+//! The mutation: a pure function of (pod, configuration) to a JSON patch.
+//!
+//! No I/O here. The review layer ([`crate::review`]) decides whether a
+//! request is a pod CREATE at all; this module decides whether the pod is an
+//! ARC listener that needs the watchdog and builds the patch that adds it.
+//!
+//! The patch only ever *adds*: the watchdog container (first init container
+//! in native mode, last container in classic mode), its token volume and the
+//! `arc-watchdog.dev/injected` annotation. Existing containers, init
+//! containers, volumes, labels and annotations are never replaced, so ARC's
+//! own fields (its `actions.github.com/integrity-hash` annotation above all)
+//! stay exactly as ARC wrote them.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use arc_watchdog::names;
+use arc_watchdog::settings::Thresholds;
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, Patch, PatchOperation};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapProjection, Container, ContainerPort, DownwardAPIProjection,
+    DownwardAPIVolumeFile, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector,
+    Pod, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext,
+    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::Value;
+
+/// Name of the projected volume that carries the watchdog's API token.
+pub const TOKEN_VOLUME: &str = "arc-watchdog-token";
+/// Where the token volume is mounted: the path kube's in-cluster config reads.
+pub const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// Name of the watchdog's container port.
+pub const PORT_NAME: &str = "watchdog";
+/// Period of the start-gate probe, in seconds.
+pub const STARTUP_PERIOD_SECONDS: i32 = 5;
+/// Extra time on top of the longest backoff and the fail-open grace before
+/// the kubelet gives up on the start gate (and restarts the watchdog):
+/// covers the watchdog's own start-up, API latency and probe jitter.
+pub const STARTUP_MARGIN: Duration = Duration::from_secs(60);
+/// Lifetime requested for the projected token; the kubelet refreshes it
+/// well before it expires. 3607 s matches what the ServiceAccount admission
+/// plugin requests, so the API server treats it the same way.
+pub const TOKEN_EXPIRATION_SECONDS: i64 = 3607;
+/// User and group the watchdog runs as (distroless `nonroot`).
+pub const RUN_AS_USER: i64 = 65532;
+
+/// How the watchdog is added to the pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SidecarMode {
+    /// First init container with `restartPolicy: Always` and a start gate
+    /// (Kubernetes 1.29+).
+    Native,
+    /// A regular container appended to `containers`; no start gate.
+    Classic,
+}
+
+impl SidecarMode {
+    /// The value written into the `arc-watchdog.dev/injected` annotation
+    /// and used as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Classic => "classic",
+        }
+    }
+}
+
+impl std::fmt::Display for SidecarMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Requests and limits of the injected container, as Kubernetes quantities.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resources {
+    /// CPU request, e.g. `10m`.
+    pub cpu_request: String,
+    /// Memory request, e.g. `16Mi`.
+    pub memory_request: String,
+    /// CPU limit; none by default (a throttled watchdog would miss probes).
+    pub cpu_limit: Option<String>,
+    /// Memory limit, e.g. `64Mi`.
+    pub memory_limit: Option<String>,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Self {
+            cpu_request: "10m".to_owned(),
+            memory_request: "16Mi".to_owned(),
+            cpu_limit: None,
+            memory_limit: Some("64Mi".to_owned()),
+        }
+    }
+}
+
+/// Everything the mutation needs besides the pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InjectConfig {
+    /// Image of the injected watchdog.
+    pub image: String,
+    /// Requests and limits of the injected container.
+    pub resources: Resources,
+    /// Thresholds passed on to `arc-watchdog run`.
+    pub thresholds: Thresholds,
+    /// The watchdog's `--fail-open-grace` (its default, 20 s): after this
+    /// long without seeing the API the start gate opens. Only used to size
+    /// the startup probe.
+    pub fail_open_grace: Duration,
+}
+
+impl InjectConfig {
+    /// A configuration with default resources and thresholds.
+    pub fn new(image: impl Into<String>) -> Self {
+        Self {
+            image: image.into(),
+            resources: Resources::default(),
+            thresholds: Thresholds::default(),
+            fail_open_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Why a pod gets no patch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SkipReason {
+    /// Not an ARC listener pod (label or `listener` container missing).
+    NotListener,
+    /// The pod carries `arc-watchdog.dev/inject: "false"`.
+    OptedOut,
+    /// The pod already has a container or init container named `arc-watchdog`.
+    AlreadyInjected,
+}
+
+impl SkipReason {
+    /// Metric label and log value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotListener => "not_listener",
+            Self::OptedOut => "opted_out",
+            Self::AlreadyInjected => "already_injected",
+        }
+    }
+}
+
+/// What the mutation decided for one pod.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Add the watchdog with this patch.
+    Inject {
+        /// The mode used.
+        mode: SidecarMode,
+        /// The JSON patch (RFC 6902) to return to the API server.
+        patch: Patch,
+    },
+    /// Leave the pod alone.
+    Skip(SkipReason),
+}
+
+/// True for a pod ARC built as a scale-set listener: the component label
+/// and a container named `listener`.
+pub fn is_listener(pod: &Pod) -> bool {
+    let labelled = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(names::LISTENER_COMPONENT_LABEL))
+        .is_some_and(|v| v == names::LISTENER_COMPONENT_VALUE);
+    let has_listener = pod.spec.as_ref().is_some_and(|s| {
+        s.containers
+            .iter()
+            .any(|c| c.name == names::LISTENER_CONTAINER)
+    });
+    labelled && has_listener
+}
+
+/// True when the pod opts out with `arc-watchdog.dev/inject: "false"`
+/// (case and surrounding blanks ignored: an opt-out is never overlooked
+/// because of spelling).
+pub fn is_opted_out(pod: &Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(names::ANNOTATION_INJECT))
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("false"))
+}
+
+/// True when the pod already has the watchdog (as container or init container).
+pub fn is_injected(pod: &Pod) -> bool {
+    pod.spec.as_ref().is_some_and(|s| {
+        s.containers
+            .iter()
+            .chain(s.init_containers.iter().flatten())
+            .any(|c| c.name == names::CONTAINER_NAME)
+    })
+}
+
+/// Decides whether and how to inject the watchdog into `pod`.
+pub fn mutate(pod: &Pod, cfg: &InjectConfig, mode: SidecarMode) -> Decision {
+    if !is_listener(pod) {
+        return Decision::Skip(SkipReason::NotListener);
+    }
+    if is_opted_out(pod) {
+        return Decision::Skip(SkipReason::OptedOut);
+    }
+    if is_injected(pod) {
+        return Decision::Skip(SkipReason::AlreadyInjected);
+    }
+    Decision::Inject {
+        mode,
+        patch: build_patch(pod, cfg, mode),
+    }
+}
+
+fn add(path: PointerBuf, value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation { path, value })
+}
+
+fn ptr(tokens: &[&str]) -> PointerBuf {
+    PointerBuf::from_tokens(tokens.iter().copied())
+}
+
+fn build_patch(pod: &Pod, cfg: &InjectConfig, mode: SidecarMode) -> Patch {
+    let spec = pod.spec.as_ref();
+    let container = to_value(&watchdog_container(cfg, mode));
+    let mut ops = Vec::with_capacity(3);
+
+    match mode {
+        SidecarMode::Native => {
+            // Adding at index 0 needs an existing array; when there is none
+            // (or it is null) the whole array is added instead.
+            if spec.and_then(|s| s.init_containers.as_ref()).is_some() {
+                ops.push(add(ptr(&["spec", "initContainers", "0"]), container));
+            } else {
+                ops.push(add(
+                    ptr(&["spec", "initContainers"]),
+                    Value::Array(vec![container]),
+                ));
+            }
+        }
+        SidecarMode::Classic => {
+            ops.push(add(ptr(&["spec", "containers", "-"]), container));
+        }
+    }
+
+    let volumes = spec.and_then(|s| s.volumes.as_ref());
+    let has_token_volume = volumes.is_some_and(|v| v.iter().any(|v| v.name == TOKEN_VOLUME));
+    if !has_token_volume {
+        let volume = to_value(&token_volume());
+        if volumes.is_some() {
+            ops.push(add(ptr(&["spec", "volumes", "-"]), volume));
+        } else {
+            ops.push(add(ptr(&["spec", "volumes"]), Value::Array(vec![volume])));
+        }
+    }
+
+    let mode_value = Value::String(mode.as_str().to_owned());
+    if pod.metadata.annotations.is_some() {
+        ops.push(add(
+            ptr(&["metadata", "annotations", names::ANNOTATION_INJECTED]),
+            mode_value,
+        ));
+    } else {
+        let mut annotations = serde_json::Map::new();
+        annotations.insert(names::ANNOTATION_INJECTED.to_owned(), mode_value);
+        ops.push(add(
+            ptr(&["metadata", "annotations"]),
+            Value::Object(annotations),
+        ));
+    }
+    Patch(ops)
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Value {
+    // Serialising k8s-openapi types into a Value cannot fail: they hold
+    // only strings, numbers, maps and lists with string keys.
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+/// How many failed start-gate probes the kubelet tolerates: enough that
+/// the longest backoff plus the fail-open grace plus a margin never trips
+/// it (a tripped probe restarts the watchdog and, with it, the gate).
+pub fn startup_failure_threshold(cfg: &InjectConfig) -> i32 {
+    let budget = cfg
+        .thresholds
+        .backoff_max
+        .saturating_add(cfg.fail_open_grace)
+        .saturating_add(STARTUP_MARGIN);
+    let period = u64::from(STARTUP_PERIOD_SECONDS.unsigned_abs());
+    let probes = budget.as_secs().div_ceil(period).max(1);
+    i32::try_from(probes).unwrap_or(i32::MAX)
+}
+
+fn http_probe(path: &str) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String(PORT_NAME.to_owned()),
+            scheme: Some("HTTP".to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        ..Probe::default()
+    }
+}
+
+fn field_env(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                api_version: Some("v1".to_owned()),
+                field_path: field_path.to_owned(),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+/// The injected container, exactly as it lands in the pod.
+pub fn watchdog_container(cfg: &InjectConfig, mode: SidecarMode) -> Container {
+    let mut args = vec!["run".to_owned()];
+    args.extend(cfg.thresholds.to_args());
+
+    let mut requests = BTreeMap::new();
+    requests.insert(
+        "cpu".to_owned(),
+        Quantity(cfg.resources.cpu_request.clone()),
+    );
+    requests.insert(
+        "memory".to_owned(),
+        Quantity(cfg.resources.memory_request.clone()),
+    );
+    let mut limits = BTreeMap::new();
+    if let Some(cpu) = &cfg.resources.cpu_limit {
+        limits.insert("cpu".to_owned(), Quantity(cpu.clone()));
+    }
+    if let Some(memory) = &cfg.resources.memory_limit {
+        limits.insert("memory".to_owned(), Quantity(memory.clone()));
+    }
+
+    let liveness = Probe {
+        period_seconds: Some(10),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(3),
+        ..http_probe(names::PATH_HEALTHZ)
+    };
+
+    let (restart_policy, startup_probe) = match mode {
+        SidecarMode::Native => (
+            Some("Always".to_owned()),
+            Some(Probe {
+                period_seconds: Some(STARTUP_PERIOD_SECONDS),
+                timeout_seconds: Some(2),
+                failure_threshold: Some(startup_failure_threshold(cfg)),
+                ..http_probe(names::PATH_STARTZ)
+            }),
+        ),
+        SidecarMode::Classic => (None, None),
+    };
+
+    Container {
+        name: names::CONTAINER_NAME.to_owned(),
+        image: Some(cfg.image.clone()),
+        image_pull_policy: Some("IfNotPresent".to_owned()),
+        args: Some(args),
+        env: Some(vec![
+            field_env(names::ENV_POD_NAME, "metadata.name"),
+            field_env(names::ENV_POD_NAMESPACE, "metadata.namespace"),
+            field_env(names::ENV_POD_UID, "metadata.uid"),
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some(PORT_NAME.to_owned()),
+            container_port: i32::from(names::WATCHDOG_PORT),
+            protocol: Some("TCP".to_owned()),
+            ..ContainerPort::default()
+        }]),
+        resources: Some(ResourceRequirements {
+            requests: Some(requests),
+            limits: (!limits.is_empty()).then_some(limits),
+            ..ResourceRequirements::default()
+        }),
+        liveness_probe: Some(liveness),
+        startup_probe,
+        restart_policy,
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUN_AS_USER),
+            run_as_group: Some(RUN_AS_USER),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                add: None,
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_owned(),
+                localhost_profile: None,
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: TOKEN_VOLUME.to_owned(),
+            mount_path: TOKEN_MOUNT_PATH.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
+        termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
+        ..Container::default()
+    }
+}
+
+/// The projected volume that gives the watchdog its own service-account
+/// token, CA and namespace, whatever the admission order: the
+/// ServiceAccount admission plugin mounts the token only into containers
+/// that exist when it runs, which is before this webhook.
+pub fn token_volume() -> Volume {
+    Volume {
+        name: TOKEN_VOLUME.to_owned(),
+        projected: Some(ProjectedVolumeSource {
+            default_mode: Some(0o644),
+            sources: Some(vec![
+                VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        path: "token".to_owned(),
+                        expiration_seconds: Some(TOKEN_EXPIRATION_SECONDS),
+                        audience: None,
+                    }),
+                    ..VolumeProjection::default()
+                },
+                VolumeProjection {
+                    config_map: Some(ConfigMapProjection {
+                        name: "kube-root-ca.crt".to_owned(),
+                        items: Some(vec![KeyToPath {
+                            key: "ca.crt".to_owned(),
+                            path: "ca.crt".to_owned(),
+                            mode: None,
+                        }]),
+                        optional: Some(true),
+                    }),
+                    ..VolumeProjection::default()
+                },
+                VolumeProjection {
+                    downward_api: Some(DownwardAPIProjection {
+                        items: Some(vec![DownwardAPIVolumeFile {
+                            path: "namespace".to_owned(),
+                            field_ref: Some(ObjectFieldSelector {
+                                api_version: Some("v1".to_owned()),
+                                field_path: "metadata.namespace".to_owned(),
+                            }),
+                            ..DownwardAPIVolumeFile::default()
+                        }]),
+                    }),
+                    ..VolumeProjection::default()
+                },
+            ]),
+        }),
+        ..Volume::default()
+    }
+}
+
+/// Checks that `s` is a Kubernetes resource quantity (e.g. `10m`, `64Mi`,
+/// `1.5`, `1e3`). A bad quantity in the patch would make the API server
+/// reject every listener pod, so the webhook refuses to start with one.
+pub fn validate_quantity(s: &str) -> Result<(), String> {
+    let err = || format!("invalid quantity {s:?} (expected e.g. 10m, 16Mi, 1)");
+    let body = s.strip_prefix(['+', '-']).unwrap_or(s);
+    let digits_end = body
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(body.len());
+    let (number, suffix) = body.split_at(digits_end);
+    let dots = number.matches('.').count();
+    if number.is_empty() || number == "." || dots > 1 {
+        return Err(err());
+    }
+    let ok_suffix = matches!(
+        suffix,
+        "" | "Ki"
+            | "Mi"
+            | "Gi"
+            | "Ti"
+            | "Pi"
+            | "Ei"
+            | "n"
+            | "u"
+            | "m"
+            | "k"
+            | "M"
+            | "G"
+            | "T"
+            | "P"
+            | "E"
+    ) || suffix
+        .strip_prefix(['e', 'E'])
+        .map(|e| e.strip_prefix(['+', '-']).unwrap_or(e))
+        .is_some_and(|e| !e.is_empty() && e.chars().all(|c| c.is_ascii_digit()));
+    if ok_suffix { Ok(()) } else { Err(err()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn startup_probe_outlasts_longest_backoff_and_grace() {
+        let cfg = InjectConfig::new("img");
+        let threshold = startup_failure_threshold(&cfg);
+        // 10m backoff + 20s grace + 60s margin = 680s = 136 probes of 5s.
+        assert_eq!(threshold, 136);
+        let covered =
+            Duration::from_secs(u64::try_from(threshold * STARTUP_PERIOD_SECONDS).unwrap());
+        assert!(covered >= cfg.thresholds.backoff_max + cfg.fail_open_grace);
+
+        let mut long = cfg.clone();
+        long.thresholds.backoff_max = Duration::from_secs(3600);
+        assert_eq!(startup_failure_threshold(&long), (3600 + 20 + 60) / 5);
+
+        let mut huge = cfg;
+        huge.thresholds.backoff_max = Duration::from_secs(u64::MAX / 2);
+        assert_eq!(startup_failure_threshold(&huge), i32::MAX);
+    }
+
+    #[test]
+    fn quantities() {
+        for ok in [
+            "10m", "16Mi", "1", "0.5", "+1", "1e3", "1E-2", ".5", "2Gi", "100k",
+        ] {
+            assert!(validate_quantity(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "m", "10mb", "1..2", "Mi", "ten", "1e", "1 Mi", "."] {
+            assert!(validate_quantity(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn classic_container_has_no_gate_and_no_restart_policy() {
+        let cfg = InjectConfig::new("img:1");
+        let c = watchdog_container(&cfg, SidecarMode::Classic);
+        assert!(c.startup_probe.is_none());
+        assert!(c.restart_policy.is_none());
+        let n = watchdog_container(&cfg, SidecarMode::Native);
+        assert_eq!(n.restart_policy.as_deref(), Some("Always"));
+        let gate = n.startup_probe.unwrap();
+        assert_eq!(
+            gate.http_get.unwrap().path.as_deref(),
+            Some(names::PATH_STARTZ)
+        );
+        assert_eq!(gate.period_seconds, Some(STARTUP_PERIOD_SECONDS));
+    }
+
+    #[test]
+    fn args_are_run_then_thresholds() {
+        let mut cfg = InjectConfig::new("img");
+        cfg.thresholds.dry_run = true;
+        let c = watchdog_container(&cfg, SidecarMode::Native);
+        let args = c.args.unwrap();
+        assert_eq!(args[0], "run");
+        assert_eq!(&args[1..], cfg.thresholds.to_args().as_slice());
+        assert!(args.contains(&"--dry-run".to_owned()));
+    }
+
+    #[test]
+    fn annotation_key_slash_is_escaped() {
+        let p = ptr(&["metadata", "annotations", names::ANNOTATION_INJECTED]);
+        assert_eq!(
+            p.as_str(),
+            "/metadata/annotations/arc-watchdog.dev~1injected"
+        );
+    }
+}
