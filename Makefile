@@ -8,6 +8,7 @@ help:
 	@echo "make test   - run every test: unit, integration (real kube-apiserver) and end to end (real ARC)"
 	@echo "make bench  - run the benchmarks"
 	@echo "make lint   - cargo fmt --check and clippy -D warnings"
+	@echo "make image  - static binaries, checked in an empty root; the image too when buildah is installed"
 
 lint:
 	cargo fmt --all -- --check
@@ -18,3 +19,10 @@ fmt:
 
 test:
 	cargo test --workspace --all-targets
+
+.PHONY: image
+# Static musl binaries, checked in an empty root, and (with buildah) the
+# image from Containerfile.package as target/image/arc-watchdog.tar.
+# Multi-arch images for publishing: the Dockerfile with docker buildx.
+image:
+	scripts/image/build.sh

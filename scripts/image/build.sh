@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# make image: build the arc-watchdog image without a container engine.
+#
+# 1. Builds the three binaries as static musl executables on the host
+#    (release profile, target x86_64-unknown-linux-musl; needs the rustup
+#    target and Debian's musl-tools).
+# 2. Proves they are static: `file` says statically linked, `ldd` finds no
+#    dynamic dependencies.
+# 3. Runs each one in an empty root (a directory holding only that binary,
+#    entered with chroot inside a user namespace, as uid 65532 when possible):
+#    `--help` and `--version` must work with no shell, libc or /etc.
+# 4. If buildah is installed: builds the image from Containerfile.package
+#    (FROM scratch, USER 65532:65532), runs the binaries inside it, checks
+#    the image's user and entry point, and exports it as an OCI archive.
+#
+# Output: target/image/<arch>/ (binaries), target/image/arc-watchdog.tar.
+# Env: IMAGE (default arc-watchdog:dev), NICE (default 10).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+IMAGE="${IMAGE:-arc-watchdog:dev}"
+NICE="${NICE:-10}"
+BINS=(arc-watchdog-webhook arc-watchdog arc-watchdog-certs)
+ARCH="$(uname -m)"
+TARGET="${ARCH}-unknown-linux-musl"
+OUT="target/image/${ARCH}"
+
+log() { printf '==> %s\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+command -v musl-gcc >/dev/null ||
+  die "musl-gcc not found: apt-get install -y musl-tools"
+rustup target list --installed | grep -qx "$TARGET" ||
+  die "rust target $TARGET missing: rustup target add $TARGET"
+
+log "building ${BINS[*]} for $TARGET (release, static)"
+nice -n "$NICE" cargo build --release --locked --target "$TARGET" \
+  -p arc-watchdog-webhook -p arc-watchdog -p arc-watchdog-certs --bins
+
+rm -rf "$OUT" && mkdir -p "$OUT"
+for bin in "${BINS[@]}"; do
+  cp "target/$TARGET/release/$bin" "$OUT/$bin"
+done
+
+log "checking that the binaries are static"
+for bin in "${BINS[@]}"; do
+  desc="$(file -b "$OUT/$bin")"
+  printf '    %s: %s\n' "$bin" "$desc"
+  case "$desc" in
+    *"statically linked"* | *"static-pie linked"*) ;;
+    *) die "$bin is not statically linked" ;;
+  esac
+  if ldd "$OUT/$bin" 2>&1 | grep -q '=>'; then
+    die "$bin has dynamic dependencies: $(ldd "$OUT/$bin" 2>&1)"
+  fi
+done
+
+log "running each binary in an empty root"
+# A directory holding nothing but the binary: no shell, libc, /etc or /dev.
+# As root, chroot straight in as 65532:65532 (the image's user); otherwise
+# chroot inside a new user namespace.
+for bin in "${BINS[@]}"; do
+  root="$(mktemp -d)"
+  cp "$OUT/$bin" "$root/$bin"
+  chmod 0755 "$root" "$root/$bin"
+  for arg in --help --version; do
+    if [ "$(id -u)" = 0 ]; then
+      run=(chroot --userspec=65532:65532 "$root" "/$bin" "$arg")
+    else
+      run=(unshare -r chroot "$root" "/$bin" "$arg")
+    fi
+    if ! output="$("${run[@]}" 2>&1)"; then
+      rm -rf "$root"
+      die "$bin $arg failed in an empty root: $output"
+    fi
+    printf '    %s %s: %s\n' "$bin" "$arg" "$(printf '%s' "$output" | head -n 1)"
+  done
+  rm -rf "$root"
+done
+
+if ! command -v buildah >/dev/null; then
+  log "buildah not installed: binaries are in $OUT; the image itself is built by the Dockerfile in CI"
+  exit 0
+fi
+
+log "building $IMAGE with buildah (Containerfile.package)"
+B=(buildah --storage-driver vfs)
+"${B[@]}" bud --isolation chroot --layers=false -f Containerfile.package -t "$IMAGE" "$OUT"
+
+user="$("${B[@]}" inspect --type image --format '{{.OCIv1.Config.User}}' "$IMAGE")"
+entry="$("${B[@]}" inspect --type image --format '{{.OCIv1.Config.Entrypoint}}' "$IMAGE")"
+printf '    user: %s, entrypoint: %s\n' "$user" "$entry"
+[ "$user" = "65532:65532" ] || die "image user is $user, want 65532:65532"
+[ "$entry" = "[/arc-watchdog-webhook]" ] || die "image entry point is $entry"
+
+ctr="arc-watchdog-image-check-$$"
+trap '"${B[@]}" rm "$ctr" >/dev/null 2>&1 || true' EXIT
+"${B[@]}" from --name "$ctr" "$IMAGE" >/dev/null
+if [ "$(id -u)" = 0 ]; then
+  mnt="$("${B[@]}" mount "$ctr")"
+  printf '    image root holds: %s\n' "$(cd "$mnt" && find . -mindepth 1 | sort | tr '\n' ' ')"
+  "${B[@]}" umount "$ctr" >/dev/null
+fi
+for bin in "${BINS[@]}"; do
+  v="$("${B[@]}" run --isolation chroot "$ctr" -- "/$bin" --version)"
+  printf '    in image: /%s --version: %s\n' "$bin" "$v"
+done
+if "${B[@]}" run --isolation chroot "$ctr" -- /bin/sh -c true >/dev/null 2>&1; then
+  die "the image has a shell"
+fi
+printf '    no /bin/sh in the image (as intended)\n'
+
+mkdir -p target/image
+rm -f target/image/arc-watchdog.tar
+"${B[@]}" push "$IMAGE" oci-archive:target/image/arc-watchdog.tar
+log "image $IMAGE exported to target/image/arc-watchdog.tar ($(du -h target/image/arc-watchdog.tar | cut -f1))"
