@@ -1,3 +1,6 @@
 //! Test support for arc-watchdog: the local control plane (real
 //! kube-apiserver and etcd), the fake GitHub Actions service and the
 //! process kubelet.
+
+pub mod control_plane;
+pub mod node;
