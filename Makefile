@@ -17,8 +17,18 @@ lint:
 fmt:
 	cargo fmt --all
 
-test:
+test: go-tools
 	cargo test --workspace --all-targets
+
+.PHONY: go-tools test-integration
+# etcd, kube-apiserver, kube-controller-manager and kubectl built from their Go
+# modules (tests/go/), cached in ~/.cache/arc-watchdog (ARC_WATCHDOG_CACHE).
+go-tools:
+	tests/scripts/build-go-tools.sh
+
+# Only the integration tests (real kube-apiserver and etcd on 127.0.0.1).
+test-integration: go-tools
+	cargo test -p arc-watchdog-tests --test 'integration*'
 
 .PHONY: image
 # Static musl binaries, checked in an empty root, and (with buildah) the
