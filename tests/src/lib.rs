@@ -3,4 +3,5 @@
 //! process kubelet.
 
 pub mod control_plane;
+pub mod fake_github;
 pub mod node;
