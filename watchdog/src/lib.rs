@@ -6,6 +6,9 @@
 //! detector) are shared with the webhook and with the offline `analyze`
 //! command, so that every consumer agrees on one definition.
 
+pub mod analyze;
+pub mod detector;
 pub mod names;
-pub mod settings;
+pub mod parser;
 pub mod run;
+pub mod settings;

@@ -1,0 +1,497 @@
+//! Byte-level recognition of entry formats and markers.
+//!
+//! Most lines are decided from their first bytes and a handful of `memchr`
+//! calls (the zap text message is a tab-delimited field; JSON and slog text
+//! need one `memmem` search for the message key). Only the rare fatal and
+//! legacy-retry lines are scanned in full for markers, by [`ErrScan`], which
+//! can be fed in pieces so that a line of megabytes is never held in memory.
+
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
+
+use super::{FatalKind, ListenerEvent, LogFormat};
+
+/// Messages that mean "this run holds its session".
+const ESTABLISHED: [&[u8]; 4] = [
+    b"Getting next message",
+    b"Current runner scale set statistics.",
+    b"current runner scale set statistics.",
+    b"Handling initial session statistics",
+];
+
+/// Start of the legacy 0.7 listener's retry message.
+const LEGACY_RETRY: &[u8] = b"Unable to create message session";
+
+/// What the Go standard logger writes after the date on a fatal exit.
+const FATAL_PREFIX: &[u8] = b"Application returned an error:";
+
+/// Longest marker [`ErrScan`] looks for, plus the status token's context.
+const SEAM: usize = 64;
+
+const CONFLICT_EXC: u32 = 1 << 0;
+const ACTIVE_SESSION: u32 = 1 << 1;
+const SESSION_CTX: u32 = 1 << 2;
+const NOT_FOUND_EXC: u32 = 1 << 3;
+const S401: u32 = 1 << 4;
+const S403: u32 = 1 << 5;
+const S404: u32 = 1 << 6;
+const S409: u32 = 1 << 7;
+const S429: u32 = 1 << 8;
+const AUTH_WORD: u32 = 1 << 9;
+const RATE_WORD: u32 = 1 << 10;
+const NETWORK_WORD: u32 = 1 << 11;
+const EOF_WORD: u32 = 1 << 12;
+
+/// Plain substring markers and the flag each sets.
+static MARKERS: LazyLock<Vec<(Finder<'static>, u32)>> = LazyLock::new(|| {
+    let table: &[(&'static [u8], u32)] = &[
+        (b"RunnerScaleSetSessionConflictException", CONFLICT_EXC),
+        (b"already has an active session", ACTIVE_SESSION),
+        (b"createSession failed", SESSION_CTX),
+        (b"failed to create session", SESSION_CTX),
+        (b"failed to create message session", SESSION_CTX),
+        (b"Unable to create message session", SESSION_CTX),
+        (b"RunnerScaleSetNotFoundException", NOT_FOUND_EXC),
+        (b"Unauthorized", AUTH_WORD),
+        (b"unauthorized", AUTH_WORD),
+        (b"Bad credentials", AUTH_WORD),
+        (b"bad credentials", AUTH_WORD),
+        (b"rate limit", RATE_WORD),
+        (b"Rate limit", RATE_WORD),
+        (b"RateLimit", RATE_WORD),
+        (b"rate-limit", RATE_WORD),
+        (b"connection refused", NETWORK_WORD),
+        (b"connection reset", NETWORK_WORD),
+        (b"i/o timeout", NETWORK_WORD),
+        (b"context deadline exceeded", NETWORK_WORD),
+        (b"no such host", NETWORK_WORD),
+        (b"TLS handshake timeout", NETWORK_WORD),
+        (b"Client.Timeout exceeded", NETWORK_WORD),
+        (b"network is unreachable", NETWORK_WORD),
+        (b"broken pipe", NETWORK_WORD),
+        (b"server misbehaving", NETWORK_WORD),
+    ];
+    table
+        .iter()
+        .map(|(needle, flag)| (Finder::new(*needle), *flag))
+        .collect()
+});
+
+/// Status codes recognised as standalone tokens, and their flags.
+const STATUS: [(&[u8; 3], u32); 5] = [
+    (b"401", S401),
+    (b"403", S403),
+    (b"404", S404),
+    (b"409", S409),
+    (b"429", S429),
+];
+
+static STATUS_FINDERS: LazyLock<Vec<(Finder<'static>, u32)>> = LazyLock::new(|| {
+    STATUS
+        .iter()
+        .map(|(needle, flag)| (Finder::new(needle.as_slice()), *flag))
+        .collect()
+});
+
+static EOF_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"EOF"));
+static JSON_MSG: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"msg\":"));
+static JSON_MESSAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"message\":"));
+static SLOG_MSG: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b" msg="));
+
+/// Incremental marker scan over the error chain of a fatal line (or a
+/// legacy retry line). Feed the pieces in order, then call [`ErrScan::finish`].
+#[derive(Debug, Clone)]
+pub(crate) struct ErrScan {
+    flags: u32,
+    tail: [u8; SEAM],
+    tail_len: usize,
+}
+
+impl Default for ErrScan {
+    fn default() -> Self {
+        Self {
+            flags: 0,
+            tail: [0; SEAM],
+            tail_len: 0,
+        }
+    }
+}
+
+impl ErrScan {
+    /// Scans the next piece of the line. Markers split between two pieces
+    /// are found through the seam (the previous piece's last bytes).
+    pub(crate) fn feed(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        if self.tail_len > 0 {
+            let take = bytes.len().min(SEAM);
+            let mut seam = [0u8; 2 * SEAM];
+            seam[..self.tail_len].copy_from_slice(&self.tail[..self.tail_len]);
+            seam[self.tail_len..self.tail_len + take].copy_from_slice(&bytes[..take]);
+            let n = self.tail_len + take;
+            self.scan(&seam[..n], false, false);
+            self.scan(bytes, false, false);
+        } else {
+            // Nothing came before the first piece: its start is a boundary.
+            self.scan(bytes, true, false);
+        }
+        // Keep the last SEAM bytes of (tail ++ bytes).
+        if bytes.len() >= SEAM {
+            self.tail.copy_from_slice(&bytes[bytes.len() - SEAM..]);
+            self.tail_len = SEAM;
+        } else {
+            let mut joined = [0u8; 2 * SEAM];
+            joined[..self.tail_len].copy_from_slice(&self.tail[..self.tail_len]);
+            joined[self.tail_len..self.tail_len + bytes.len()].copy_from_slice(bytes);
+            let n = self.tail_len + bytes.len();
+            let keep = n.min(SEAM);
+            self.tail[..keep].copy_from_slice(&joined[n - keep..n]);
+            self.tail_len = keep;
+        }
+    }
+
+    /// Ends the line: a status token at its very end counts now.
+    pub(crate) fn finish(&mut self) {
+        let tail = self.tail;
+        let n = self.tail_len;
+        self.scan(&tail[..n], false, true);
+    }
+
+    fn scan(&mut self, hay: &[u8], start_is_boundary: bool, end_is_boundary: bool) {
+        for (finder, flag) in MARKERS.iter() {
+            if self.flags & flag == 0 && finder.find(hay).is_some() {
+                self.flags |= flag;
+            }
+        }
+        for (finder, flag) in STATUS_FINDERS.iter() {
+            if self.flags & flag != 0 {
+                continue;
+            }
+            if finder
+                .find_iter(hay)
+                .any(|at| is_status_token(hay, at, 3, start_is_boundary, end_is_boundary))
+            {
+                self.flags |= flag;
+            }
+        }
+        if self.flags & EOF_WORD == 0
+            && EOF_FINDER
+                .find_iter(hay)
+                .any(|at| is_word(hay, at, 3, start_is_boundary, end_is_boundary))
+        {
+            self.flags |= EOF_WORD;
+        }
+    }
+
+    fn has(&self, flags: u32) -> bool {
+        self.flags & flags != 0
+    }
+
+    fn is_conflict(&self) -> bool {
+        self.has(CONFLICT_EXC) || (self.has(S409) && self.has(ACTIVE_SESSION))
+    }
+
+    /// The event of a standard-library fatal line with this chain.
+    pub(crate) fn fatal_event(&self) -> ListenerEvent {
+        if self.has(SESSION_CTX) && self.is_conflict() {
+            return ListenerEvent::SessionConflict { fatal: true };
+        }
+        ListenerEvent::Fatal(self.kind())
+    }
+
+    /// The event of a legacy retry line with these fields.
+    pub(crate) fn retry_event(&self) -> ListenerEvent {
+        if self.is_conflict() {
+            ListenerEvent::SessionConflict { fatal: false }
+        } else {
+            ListenerEvent::Other
+        }
+    }
+
+    fn kind(&self) -> FatalKind {
+        if self.has(NOT_FOUND_EXC | S404) {
+            FatalKind::NotFound
+        } else if self.has(S401 | AUTH_WORD) {
+            FatalKind::Auth
+        } else if self.has(S429 | RATE_WORD) {
+            FatalKind::RateLimited
+        } else if self.has(S403) {
+            // A 403 that is not a rate limit: the credentials lack a
+            // permission, which a restart does not grant.
+            FatalKind::Auth
+        } else if self.has(NETWORK_WORD | EOF_WORD) {
+            FatalKind::Network
+        } else {
+            FatalKind::Other
+        }
+    }
+}
+
+/// A status code standing alone: `StatusCode 409,`, `status="409 Conflict"`,
+/// `: 409 - had issue`; not a digit run, a UUID group, a port or a path
+/// segment (`/runnerscalesets/404/sessions`).
+fn is_status_token(
+    hay: &[u8],
+    at: usize,
+    len: usize,
+    start_is_boundary: bool,
+    end_is_boundary: bool,
+) -> bool {
+    let before_ok = match at.checked_sub(1).map(|i| hay[i]) {
+        None => start_is_boundary,
+        Some(b) => matches!(b, b' ' | b'"' | b'(' | b'=' | b'\t'),
+    };
+    let after_ok = match hay.get(at + len) {
+        None => end_is_boundary,
+        Some(b) => matches!(b, b' ' | b'"' | b',' | b')' | b':' | b'\\' | b'.'),
+    };
+    before_ok && after_ok
+}
+
+fn is_word(
+    hay: &[u8],
+    at: usize,
+    len: usize,
+    start_is_boundary: bool,
+    end_is_boundary: bool,
+) -> bool {
+    let before_ok = at
+        .checked_sub(1)
+        .map(|i| !hay[i].is_ascii_alphanumeric())
+        .unwrap_or(start_is_boundary);
+    let after_ok = match hay.get(at + len) {
+        None => end_is_boundary,
+        Some(b) => !b.is_ascii_alphanumeric(),
+    };
+    before_ok && after_ok
+}
+
+/// What the first bytes of an entry say; fatal and retry lines need a scan
+/// over the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Head {
+    /// The event is known.
+    Decided(ListenerEvent),
+    /// A standard-library fatal line; the error chain starts at this offset.
+    Fatal(usize),
+    /// A legacy retry line; its fields decide.
+    LegacyRetry,
+}
+
+/// Length of the Go standard logger's date prefix (`2006/01/02 15:04:05 `,
+/// optionally with `.000000` microseconds), if `s` starts with one.
+pub(crate) fn go_date_len(s: &[u8]) -> Option<usize> {
+    if s.len() < 20 {
+        return None;
+    }
+    let shape = s[..19].iter().enumerate().all(|(i, &b)| match i {
+        4 | 7 => b == b'/',
+        10 => b == b' ',
+        13 | 16 => b == b':',
+        _ => b.is_ascii_digit(),
+    });
+    if !shape {
+        return None;
+    }
+    let mut i = 19;
+    if s[i] == b'.' {
+        i += 1;
+        while i < s.len() && s[i].is_ascii_digit() {
+            i += 1;
+        }
+    }
+    (s.get(i) == Some(&b' ')).then_some(i + 1)
+}
+
+/// Whether `s` starts like an RFC 3339 date-time (`2006-01-02T`).
+pub(crate) fn is_iso_start(s: &[u8]) -> bool {
+    s.len() >= 20
+        && s[..11].iter().enumerate().all(|(i, &b)| match i {
+            4 | 7 => b == b'-',
+            10 => b == b'T',
+            _ => b.is_ascii_digit(),
+        })
+}
+
+/// The zap console encoder's fields: timestamp, level, logger, (caller),
+/// message, JSON fields; tab-separated. Returns the fields after the
+/// timestamp, at most five, or `None` if the line is not zap text.
+fn zap_fields(s: &[u8]) -> Option<impl Iterator<Item = &[u8]>> {
+    if !is_iso_start(s) {
+        return None;
+    }
+    // The timestamp ends at the first tab, within a sane distance.
+    let ts_end = memchr::memchr(b'\t', &s[..s.len().min(40)])?;
+    Some(s[ts_end + 1..].split(|&b| b == b'\t').take(5))
+}
+
+/// The format of an entry's content.
+pub(crate) fn detect_format(s: &[u8]) -> LogFormat {
+    match s.first() {
+        Some(b'{') => {
+            if JSON_MSG.find(s).is_some() {
+                LogFormat::SlogJson
+            } else if JSON_MESSAGE.find(s).is_some() || s.starts_with(b"{\"level\"") {
+                LogFormat::ZapJson
+            } else {
+                LogFormat::Unknown
+            }
+        }
+        Some(b't') if s.starts_with(b"time=") => LogFormat::SlogText,
+        Some(b) if b.is_ascii_digit() => {
+            if go_date_len(s).is_some() {
+                LogFormat::Stdlib
+            } else if zap_fields(s).is_some() {
+                LogFormat::ZapText
+            } else {
+                LogFormat::Unknown
+            }
+        }
+        _ => LogFormat::Unknown,
+    }
+}
+
+/// Whether `s` is a known entry start (anything else continues the entry
+/// above, such as the lines of a Go stack trace).
+pub(crate) fn is_entry_start(s: &[u8]) -> bool {
+    match s.first() {
+        Some(b'{') => true,
+        Some(b't') => s.starts_with(b"time="),
+        Some(b) if b.is_ascii_digit() => go_date_len(s).is_some() || is_iso_start(s),
+        _ => false,
+    }
+}
+
+fn message_event(msg: &[u8]) -> Option<Head> {
+    if ESTABLISHED.contains(&msg) {
+        Some(Head::Decided(ListenerEvent::SessionEstablished))
+    } else if msg.starts_with(LEGACY_RETRY) {
+        Some(Head::LegacyRetry)
+    } else {
+        None
+    }
+}
+
+/// The value of a JSON string that starts right after `"key":` (optional
+/// blanks, then a quoted string). Escapes end the comparison: none of the
+/// messages we look for contains one.
+fn json_string_after(s: &[u8], mut i: usize) -> Option<&[u8]> {
+    while s.get(i) == Some(&b' ') {
+        i += 1;
+    }
+    if s.get(i) != Some(&b'"') {
+        return None;
+    }
+    let start = i + 1;
+    let rest = s.get(start..)?;
+    let end = memchr::memchr2(b'"', b'\\', rest)?;
+    Some(&rest[..end])
+}
+
+/// Decides an entry from its first bytes (up to the whole entry).
+pub(crate) fn head(s: &[u8]) -> Head {
+    match s.first() {
+        Some(b) if b.is_ascii_digit() => {
+            if let Some(n) = go_date_len(s) {
+                let rest = &s[n..];
+                if rest.starts_with(FATAL_PREFIX) {
+                    return Head::Fatal(n + FATAL_PREFIX.len());
+                }
+                return Head::Decided(ListenerEvent::Other);
+            }
+            if let Some(fields) = zap_fields(s) {
+                for field in fields {
+                    if let Some(h) = message_event(field) {
+                        return h;
+                    }
+                }
+            }
+            Head::Decided(ListenerEvent::Other)
+        }
+        Some(b'{') => {
+            let at = JSON_MSG
+                .find(s)
+                .map(|i| i + 6)
+                .or_else(|| JSON_MESSAGE.find(s).map(|i| i + 10));
+            at.and_then(|i| json_string_after(s, i))
+                .and_then(message_event)
+                .unwrap_or(Head::Decided(ListenerEvent::Other))
+        }
+        Some(b't') if s.starts_with(b"time=") => {
+            let Some(at) = SLOG_MSG.find(s) else {
+                return Head::Decided(ListenerEvent::Other);
+            };
+            let v = &s[at + 5..];
+            let msg = if v.first() == Some(&b'"') {
+                let rest = &v[1..];
+                memchr::memchr2(b'"', b'\\', rest).map(|end| &rest[..end])
+            } else {
+                Some(v.split(|&b| b == b' ').next().unwrap_or(v))
+            };
+            msg.and_then(message_event)
+                .unwrap_or(Head::Decided(ListenerEvent::Other))
+        }
+        _ => Head::Decided(ListenerEvent::Other),
+    }
+}
+
+/// Classifies a complete entry's content (no kubectl prefix, no CR).
+pub(crate) fn classify_content(s: &[u8]) -> ListenerEvent {
+    match head(s) {
+        Head::Decided(ev) => ev,
+        Head::Fatal(chain) => {
+            let mut scan = ErrScan::default();
+            scan.feed(&s[chain..]);
+            scan.finish();
+            scan.fatal_event()
+        }
+        Head::LegacyRetry => {
+            let mut scan = ErrScan::default();
+            scan.feed(s);
+            scan.finish();
+            scan.retry_event()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_tokens_need_boundaries() {
+        let mut s = ErrScan::default();
+        s.feed(b"POST /runnerscalesets/404/sessions id=4404 port:404 ");
+        s.finish();
+        assert_eq!(s.kind(), FatalKind::Other);
+        let mut s = ErrScan::default();
+        s.feed(b"unexpected status code 404");
+        s.finish();
+        assert_eq!(s.kind(), FatalKind::NotFound);
+    }
+
+    #[test]
+    fn seam_finds_split_markers() {
+        let text = b"createSession failed: x RunnerScaleSetSessionConflictException y";
+        for cut in 0..text.len() {
+            let mut s = ErrScan::default();
+            s.feed(&text[..cut]);
+            s.feed(&text[cut..]);
+            s.finish();
+            assert_eq!(
+                s.fatal_event(),
+                ListenerEvent::SessionConflict { fatal: true },
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn go_date_with_micros() {
+        assert_eq!(go_date_len(b"2026/03/02 04:10:02 x"), Some(20));
+        assert_eq!(go_date_len(b"2026/03/02 04:10:02.123456 x"), Some(27));
+        assert_eq!(go_date_len(b"2026-03-02 04:10:02 x"), None);
+    }
+}
