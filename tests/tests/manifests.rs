@@ -1,0 +1,1071 @@
+//! The install manifests, as `kubectl kustomize manifests/` renders them.
+//!
+//! Every point of the install contract is checked on the rendered objects:
+//! the webhook configuration can never block ARC (failurePolicy Ignore, CREATE
+//! of listener pods only, short timeout, no caBundle for cainjector to fight
+//! over), TLS comes from cert-manager for the Service's names, the Deployment
+//! is hardened and highly available, RBAC is least privilege (no wildcard, no
+//! group, the webhook holds exactly what it grants per listener), one image tag
+//! pins both the webhook and the watchdog it injects, the listener namespace is
+//! one knob, and the optional monitoring component scrapes and alerts on the
+//! metrics the binaries really export.
+//!
+//! Applying them to a real API server is the control-plane tests' job. These
+//! tests skip (with a message) only when kubectl is not installed.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail, ensure};
+use arc_watchdog::names;
+use arc_watchdog::run::metrics::{ReasonLabel, VersionWarningLabel};
+use arc_watchdog_webhook::config::Cli;
+use arc_watchdog_webhook::rbac;
+use clap::{CommandFactory, Parser};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+const NAMESPACE: &str = "arc-watchdog";
+const LISTENER_NAMESPACE: &str = "arc-systems";
+const WEBHOOK: &str = "arc-watchdog-webhook";
+const WEBHOOK_CONFIG: &str = "arc-watchdog";
+const IMAGE_ENV: &str = "ARC_WATCHDOG_WATCHDOG_IMAGE";
+/// Name of the injected container's metrics port (the webhook names it so).
+const WATCHDOG_PORT_NAME: &str = "watchdog";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// kubectl to use: `$KUBECTL`, else `kubectl` on PATH. None when it cannot run.
+fn kubectl() -> Option<PathBuf> {
+    let kubectl = std::env::var_os("KUBECTL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("kubectl"));
+    let ok = Command::new(&kubectl)
+        .args(["version", "--client"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    ok.then_some(kubectl)
+}
+
+/// Rendered objects of one kustomization.
+#[derive(Debug)]
+struct Rendered(Vec<Value>);
+
+impl Rendered {
+    /// `kubectl kustomize DIR`, parsed; None (with a SKIP message) without kubectl.
+    fn of(dir: &Path) -> Result<Option<Self>> {
+        let Some(kubectl) = kubectl() else {
+            eprintln!(
+                "SKIP: kubectl not found (set KUBECTL or put kubectl on PATH); \
+                 the manifests were not checked"
+            );
+            return Ok(None);
+        };
+        let out = Command::new(&kubectl)
+            .arg("kustomize")
+            .arg(dir)
+            .output()
+            .with_context(|| {
+                format!("running {} kustomize {}", kubectl.display(), dir.display())
+            })?;
+        ensure!(
+            out.status.success(),
+            "kubectl kustomize {} failed: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).context("kustomize output is not UTF-8")?;
+        let mut objects = Vec::new();
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let value = Value::deserialize(doc).context("parsing kustomize output")?;
+            if !value.is_null() {
+                objects.push(value);
+            }
+        }
+        ensure!(!objects.is_empty(), "kustomize rendered nothing");
+        Ok(Some(Self(objects)))
+    }
+
+    fn base() -> Result<Option<Self>> {
+        Self::of(&repo_root().join("manifests"))
+    }
+
+    fn all(&self, kind: &str) -> Vec<&Value> {
+        self.0.iter().filter(|o| o["kind"] == kind).collect()
+    }
+
+    fn get(&self, kind: &str, namespace: Option<&str>, name: &str) -> Result<&Value> {
+        let found: Vec<&Value> = self
+            .all(kind)
+            .into_iter()
+            .filter(|o| {
+                o["metadata"]["name"] == name && o["metadata"]["namespace"].as_str() == namespace
+            })
+            .collect();
+        match found.as_slice() {
+            [one] => Ok(one),
+            [] => bail!("no {kind} {namespace:?}/{name} in the rendered manifests"),
+            _ => bail!("{} objects {kind} {namespace:?}/{name}", found.len()),
+        }
+    }
+
+    fn deployment(&self) -> Result<&Value> {
+        self.get("Deployment", Some(NAMESPACE), WEBHOOK)
+    }
+
+    fn webhook_container(&self) -> Result<&Value> {
+        let deployment = self.deployment()?;
+        deployment["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["name"] == "webhook"))
+            .context("the Deployment has no container named webhook")
+    }
+}
+
+/// A copy of manifests/ in a fresh temporary directory, to render with one
+/// knob changed.
+fn copy_of_manifests() -> Result<tempfile::TempDir> {
+    fn copy(from: &Path, to: &Path) -> Result<()> {
+        std::fs::create_dir_all(to)?;
+        for entry in std::fs::read_dir(from)? {
+            let entry = entry?;
+            let target = to.join(entry.file_name());
+            if entry.file_type()?.is_dir() {
+                copy(&entry.path(), &target)?;
+            } else {
+                std::fs::copy(entry.path(), &target)?;
+            }
+        }
+        Ok(())
+    }
+    let dir = tempfile::tempdir()?;
+    copy(
+        &repo_root().join("manifests"),
+        &dir.path().join("manifests"),
+    )?;
+    Ok(dir)
+}
+
+/// Reads, edits and writes back one kustomization.yaml.
+fn edit_kustomization(path: &Path, edit: impl FnOnce(&mut Value) -> Result<()>) -> Result<()> {
+    let text = std::fs::read_to_string(path)?;
+    let mut value: Value = serde_yaml_ng::from_str(&text)?;
+    edit(&mut value)?;
+    std::fs::write(path, serde_yaml_ng::to_string(&value)?)?;
+    Ok(())
+}
+
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+fn env_value<'a>(container: &'a Value, name: &str) -> Option<&'a str> {
+    container["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)?["value"]
+        .as_str()
+}
+
+/// `--flag=value` from a container's args.
+fn arg_value<'a>(container: &'a Value, flag: &str) -> Option<&'a str> {
+    let prefix = format!("{flag}=");
+    strings(&container["args"])
+        .into_iter()
+        .find_map(|a| a.strip_prefix(prefix.as_str()))
+}
+
+/// `720h`, `43800h`, `90m`: the Go durations used by cert-manager fields here.
+fn go_duration_secs(s: &str) -> Result<u64> {
+    let (num, unit) = s.split_at(s.len().saturating_sub(1));
+    let n: u64 = num.parse().with_context(|| format!("duration {s:?}"))?;
+    Ok(match unit {
+        "h" => n * 3600,
+        "m" => n * 60,
+        "s" => n,
+        _ => bail!("unsupported duration {s:?}"),
+    })
+}
+
+/// `selector` is a non-empty label map whose every pair is in `labels`.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    selector
+        .as_object()
+        .is_some_and(|m| !m.is_empty() && m.iter().all(|(k, v)| labels[k] == *v))
+}
+
+#[test]
+fn webhook_configuration_never_blocks_arc_and_targets_only_listener_pods() {
+    let Some(r) = Rendered::base().unwrap() else {
+        return;
+    };
+    let mwc = r
+        .get("MutatingWebhookConfiguration", None, WEBHOOK_CONFIG)
+        .unwrap();
+    let hooks = mwc["webhooks"].as_array().unwrap();
+    assert_eq!(hooks.len(), 1, "one webhook: {hooks:?}");
+    let hook = &hooks[0];
+
+    assert_eq!(hook["failurePolicy"], "Ignore");
+    let timeout = hook["timeoutSeconds"].as_u64().unwrap();
+    assert!((1..=5).contains(&timeout), "timeoutSeconds {timeout}");
+    // It creates per-listener RBAC and a Lease on admission, never on dryRun.
+    assert_eq!(hook["sideEffects"], "NoneOnDryRun");
+    assert_eq!(hook["reinvocationPolicy"], "IfNeeded");
+    assert_eq!(hook["admissionReviewVersions"], json!(["v1"]));
+
+    let rules = hook["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert_eq!(rules[0]["operations"], json!(["CREATE"]));
+    assert_eq!(rules[0]["resources"], json!(["pods"]));
+    assert_eq!(rules[0]["apiGroups"], json!([""]));
+    assert_eq!(rules[0]["apiVersions"], json!(["v1"]));
+
+    assert_eq!(
+        hook["objectSelector"],
+        json!({"matchLabels": {names::LISTENER_COMPONENT_LABEL: names::LISTENER_COMPONENT_VALUE}})
+    );
+    let exprs = hook["namespaceSelector"]["matchExpressions"]
+        .as_array()
+        .unwrap();
+    let excluded: BTreeSet<&str> = exprs
+        .iter()
+        .filter(|e| e["key"] == "kubernetes.io/metadata.name" && e["operator"] == "NotIn")
+        .flat_map(|e| strings(&e["values"]))
+        .collect();
+    assert!(
+        excluded.contains("kube-system") && excluded.contains(NAMESPACE),
+        "namespaceSelector must exclude kube-system and {NAMESPACE}: {exprs:?}"
+    );
+    assert!(
+        !excluded.contains(LISTENER_NAMESPACE),
+        "the listener namespace must not be excluded"
+    );
+
+    // No caBundle anywhere: cainjector owns it, and re-applying must not wipe it.
+    assert!(
+        hook["clientConfig"].get("caBundle").is_none(),
+        "caBundle must not be in the manifest"
+    );
+    assert!(hook["clientConfig"].get("url").is_none());
+    let inject = mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
+        .as_str()
+        .unwrap();
+    let (cert_ns, cert_name) = inject.split_once('/').unwrap();
+    let serving = r.get("Certificate", Some(cert_ns), cert_name).unwrap();
+    assert!(
+        serving["spec"]["isCA"] != true,
+        "inject from the serving cert"
+    );
+
+    // The service reference reaches the webhook's https port.
+    let svc_ref = &hook["clientConfig"]["service"];
+    assert_eq!(svc_ref["path"], "/mutate");
+    assert_eq!(svc_ref["namespace"], NAMESPACE);
+    let service = r
+        .get(
+            "Service",
+            Some(NAMESPACE),
+            svc_ref["name"].as_str().unwrap(),
+        )
+        .unwrap();
+    let port = svc_ref["port"].as_u64().unwrap_or(443);
+    let svc_port = service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == port)
+        .expect("service port of the webhook reference");
+    assert_eq!(port, 443);
+    let container = r.webhook_container().unwrap();
+    let target = &svc_port["targetPort"];
+    let container_port = container["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == *target || p["containerPort"] == *target)
+        .expect("the Service's targetPort is a port of the webhook container");
+    assert_eq!(container_port["containerPort"], 8443);
+    assert_eq!(arg_value(container, "--listen"), Some("0.0.0.0:8443"));
+    assert!(selects(
+        &service["spec"]["selector"],
+        &r.deployment().unwrap()["spec"]["template"]["metadata"]["labels"]
+    ));
+
+    // The webhook owns per-listener objects by this very configuration's name.
+    assert_eq!(
+        arg_value(container, "--webhook-config-name"),
+        mwc["metadata"]["name"].as_str()
+    );
+}
+
+#[test]
+fn cert_manager_issues_a_rotating_serving_certificate_for_the_service() {
+    let Some(r) = Rendered::base().unwrap() else {
+        return;
+    };
+    let serving = r
+        .get("Certificate", Some(NAMESPACE), "arc-watchdog-serving")
+        .unwrap();
+    let dns: BTreeSet<&str> = strings(&serving["spec"]["dnsNames"]).into_iter().collect();
+    let svc = format!("{WEBHOOK}.{NAMESPACE}.svc");
+    assert!(dns.contains(svc.as_str()), "{dns:?}");
+    assert!(
+        dns.contains(format!("{svc}.cluster.local").as_str()),
+        "{dns:?}"
+    );
+    assert!(strings(&serving["spec"]["usages"]).contains(&"server auth"));
+
+    // Renewed well before expiry, and well before the 7-day alert.
+    for cert in r.all("Certificate") {
+        let spec = &cert["spec"];
+        let duration = go_duration_secs(spec["duration"].as_str().unwrap()).unwrap();
+        let renew = go_duration_secs(spec["renewBefore"].as_str().unwrap()).unwrap();
+        assert!(
+            renew < duration,
+            "{}: renewBefore >= duration",
+            cert["metadata"]["name"]
+        );
+        assert!(
+            renew > 7 * 24 * 3600,
+            "{}: renews too late",
+            cert["metadata"]["name"]
+        );
+    }
+
+    // serving <- CA Issuer <- CA Certificate <- self-signed Issuer
+    assert_eq!(serving["spec"]["issuerRef"]["kind"], "Issuer");
+    let ca_issuer = r
+        .get(
+            "Issuer",
+            Some(NAMESPACE),
+            serving["spec"]["issuerRef"]["name"].as_str().unwrap(),
+        )
+        .unwrap();
+    let ca_secret = ca_issuer["spec"]["ca"]["secretName"].as_str().unwrap();
+    let ca_cert = r
+        .all("Certificate")
+        .into_iter()
+        .find(|c| c["spec"]["secretName"] == ca_secret)
+        .expect("a Certificate writes the CA Issuer's secret");
+    assert_eq!(ca_cert["spec"]["isCA"], true);
+    assert_eq!(ca_cert["spec"]["issuerRef"]["kind"], "Issuer");
+    let bootstrap = r
+        .get(
+            "Issuer",
+            Some(NAMESPACE),
+            ca_cert["spec"]["issuerRef"]["name"].as_str().unwrap(),
+        )
+        .unwrap();
+    assert_eq!(bootstrap["spec"]["selfSigned"], json!({}));
+
+    // The webhook serves what cert-manager writes, from a read-only directory
+    // mount (no subPath, so renewals reach the running pod).
+    let pod = &r.deployment().unwrap()["spec"]["template"]["spec"];
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["secret"]["secretName"] == serving["spec"]["secretName"])
+        .expect("the serving Secret is a volume");
+    let container = r.webhook_container().unwrap();
+    let mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == volume["name"])
+        .expect("the serving Secret is mounted");
+    assert_eq!(mount["readOnly"], true);
+    assert!(mount.get("subPath").is_none());
+    let dir = mount["mountPath"].as_str().unwrap();
+    assert_eq!(
+        arg_value(container, "--tls-cert"),
+        Some(format!("{dir}/tls.crt").as_str())
+    );
+    assert_eq!(
+        arg_value(container, "--tls-key"),
+        Some(format!("{dir}/tls.key").as_str())
+    );
+}
+
+#[test]
+fn webhook_deployment_is_hardened_and_highly_available() {
+    let Some(r) = Rendered::base().unwrap() else {
+        return;
+    };
+    let deployment = r.deployment().unwrap();
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let template = &deployment["spec"]["template"];
+    let pod_labels = &template["metadata"]["labels"];
+    assert!(selects(
+        &deployment["spec"]["selector"]["matchLabels"],
+        pod_labels
+    ));
+    let pod = &template["spec"];
+
+    // Spread over nodes.
+    let spread = pod["topologySpreadConstraints"].as_array();
+    let anti = pod["affinity"].get("podAntiAffinity");
+    assert!(
+        spread.is_some_and(|s| s
+            .iter()
+            .any(|c| c["topologyKey"] == "kubernetes.io/hostname"
+                && selects(&c["labelSelector"]["matchLabels"], pod_labels)))
+            || anti.is_some(),
+        "replicas must be spread over nodes"
+    );
+    let pdb = r
+        .get("PodDisruptionBudget", Some(NAMESPACE), WEBHOOK)
+        .unwrap();
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    assert!(selects(&pdb["spec"]["selector"]["matchLabels"], pod_labels));
+
+    // Pod securityContext.
+    let psc = &pod["securityContext"];
+    assert_eq!(psc["runAsNonRoot"], true);
+    assert_eq!(psc["runAsUser"], 65532);
+    assert_eq!(psc["seccompProfile"]["type"], "RuntimeDefault");
+    for forbidden in ["hostNetwork", "hostPID", "hostIPC"] {
+        assert!(pod[forbidden] != true, "{forbidden}");
+    }
+    for volume in pod["volumes"].as_array().unwrap() {
+        assert!(volume.get("hostPath").is_none(), "{volume}");
+    }
+
+    // The token only where needed: the ServiceAccount does not automount, the
+    // webhook pod (which calls the API) opts in.
+    let sa_name = pod["serviceAccountName"].as_str().unwrap();
+    assert_eq!(sa_name, WEBHOOK);
+    let sa = r.get("ServiceAccount", Some(NAMESPACE), sa_name).unwrap();
+    assert_eq!(sa["automountServiceAccountToken"], false);
+    assert_eq!(pod["automountServiceAccountToken"], true);
+
+    let containers: Vec<&Value> = pod["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(pod["initContainers"].as_array().into_iter().flatten())
+        .collect();
+    assert!(!containers.is_empty());
+    for c in containers {
+        let name = &c["name"];
+        let sc = &c["securityContext"];
+        assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
+        assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
+        assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]), "{name}");
+        assert!(sc["capabilities"].get("add").is_none(), "{name}");
+        assert!(sc["privileged"] != true, "{name}");
+        assert!(
+            sc["runAsNonRoot"] != false && sc["runAsUser"] != 0,
+            "{name}"
+        );
+        assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault", "{name}");
+        for kind in ["requests", "limits"] {
+            for resource in ["cpu", "memory"] {
+                assert!(
+                    c["resources"][kind][resource].is_string(),
+                    "{name}: resources.{kind}.{resource}"
+                );
+            }
+        }
+    }
+
+    // Probes on the admin port.
+    let c = r.webhook_container().unwrap();
+    let admin = c["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "admin")
+        .expect("admin port");
+    assert_eq!(admin["containerPort"], 8080);
+    assert_eq!(arg_value(c, "--admin-listen"), Some("0.0.0.0:8080"));
+    for (probe, path) in [
+        ("readinessProbe", names::PATH_READYZ),
+        ("livenessProbe", names::PATH_HEALTHZ),
+    ] {
+        assert_eq!(c[probe]["httpGet"]["path"], path, "{probe}");
+        let port = &c[probe]["httpGet"]["port"];
+        assert!(*port == "admin" || *port == 8080, "{probe} port {port}");
+    }
+}
+
+#[test]
+fn one_image_tag_pins_the_webhook_and_the_injected_watchdog() {
+    let Some(r) = Rendered::base().unwrap() else {
+        return;
+    };
+    let c = r.webhook_container().unwrap();
+    let image = c["image"].as_str().unwrap();
+    assert!(image.contains(':'), "pinned tag: {image}");
+    assert_eq!(env_value(c, IMAGE_ENV), Some(image));
+    assert_eq!(c["command"], json!(["/arc-watchdog-webhook"]));
+
+    // Changing only the `images` entry moves both, so the copy is real.
+    let dir = copy_of_manifests().unwrap();
+    let manifests = dir.path().join("manifests");
+    edit_kustomization(&manifests.join("kustomization.yaml"), |k| {
+        let images = k["images"].as_array_mut().context("images")?;
+        ensure!(images.len() == 1, "one images entry: {images:?}");
+        images[0]["newName"] = json!("registry.test/team/arc-watchdog");
+        images[0]["newTag"] = json!("9.8.7");
+        Ok(())
+    })
+    .unwrap();
+    let changed = Rendered::of(&manifests).unwrap().unwrap();
+    let c = changed.webhook_container().unwrap();
+    assert_eq!(c["image"], "registry.test/team/arc-watchdog:9.8.7");
+    assert_eq!(
+        env_value(c, IMAGE_ENV),
+        Some("registry.test/team/arc-watchdog:9.8.7")
+    );
+}
+
+/// The rules of the per-listener Role the webhook creates, as
+/// (group, resource, verbs): taken from the webhook itself, so the manifests
+/// follow any change there.
+fn per_listener_rules() -> Vec<(String, String, Vec<String>)> {
+    let rules =
+        serde_json::to_value(rbac::role_rules("scale-set-abcd1234-listener")).unwrap_or_default();
+    let mut out = Vec::new();
+    for rule in rules.as_array().into_iter().flatten() {
+        for group in strings(&rule["apiGroups"]) {
+            for resource in strings(&rule["resources"]) {
+                let verbs = strings(&rule["verbs"])
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect();
+                out.push((group.to_owned(), resource.to_owned(), verbs));
+            }
+        }
+    }
+    out
+}
+
+/// Does some rule of `role` allow `verb` on `group`/`resource` (any name)?
+fn allows(role: &Value, group: &str, resource: &str, verb: &str) -> bool {
+    role["rules"].as_array().is_some_and(|rules| {
+        rules.iter().any(|rule| {
+            strings(&rule["apiGroups"]).contains(&group)
+                && strings(&rule["resources"]).contains(&resource)
+                && strings(&rule["verbs"]).contains(&verb)
+                && rule.get("resourceNames").is_none()
+        })
+    })
+}
+
+#[test]
+fn rbac_is_least_privilege() {
+    let Some(r) = Rendered::base().unwrap() else {
+        return;
+    };
+    // No wildcard anywhere, no escalation verbs.
+    for role in r.all("Role").into_iter().chain(r.all("ClusterRole")) {
+        let name = &role["metadata"]["name"];
+        for rule in role["rules"].as_array().unwrap() {
+            for field in [
+                "verbs",
+                "resources",
+                "apiGroups",
+                "resourceNames",
+                "nonResourceURLs",
+            ] {
+                for s in strings(&rule[field]) {
+                    assert!(!s.contains('*'), "{name}: wildcard in {field}: {rule}");
+                }
+            }
+            for verb in strings(&rule["verbs"]) {
+                assert!(
+                    ![
+                        "escalate",
+                        "bind",
+                        "impersonate",
+                        "delete",
+                        "deletecollection"
+                    ]
+                    .contains(&verb),
+                    "{name}: verb {verb}"
+                );
+            }
+            assert!(
+                !strings(&rule["resources"]).contains(&"secrets"),
+                "{name}: no access to Secrets (the serving cert is a volume)"
+            );
+        }
+    }
+    // Bindings name only the webhook's ServiceAccount: no groups, no users.
+    for binding in r
+        .all("RoleBinding")
+        .into_iter()
+        .chain(r.all("ClusterRoleBinding"))
+    {
+        let subjects = binding["subjects"].as_array().unwrap();
+        assert_eq!(
+            subjects,
+            &vec![json!({"kind": "ServiceAccount", "name": WEBHOOK, "namespace": NAMESPACE})],
+            "{}",
+            binding["metadata"]["name"]
+        );
+    }
+
+    // Cluster-wide: its own MutatingWebhookConfiguration and /version, nothing else.
+    let cluster = r.get("ClusterRole", None, WEBHOOK).unwrap();
+    assert_eq!(
+        cluster["rules"],
+        json!([
+            {"apiGroups": ["admissionregistration.k8s.io"],
+             "resources": ["mutatingwebhookconfigurations"],
+             "resourceNames": [WEBHOOK_CONFIG],
+             "verbs": ["get"]},
+            {"nonResourceURLs": ["/version"], "verbs": ["get"]}
+        ])
+    );
+    assert_eq!(
+        r.get("ClusterRoleBinding", None, WEBHOOK).unwrap()["roleRef"],
+        json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": WEBHOOK})
+    );
+
+    // In the listener namespace: manage the per-listener objects, and hold
+    // exactly what it grants (RBAC's escalation check).
+    let role = r.get("Role", Some(LISTENER_NAMESPACE), WEBHOOK).unwrap();
+    for (group, resource) in [
+        ("rbac.authorization.k8s.io", "roles"),
+        ("rbac.authorization.k8s.io", "rolebindings"),
+        ("coordination.k8s.io", "leases"),
+    ] {
+        for verb in ["get", "create", "update"] {
+            assert!(allows(role, group, resource, verb), "{verb} {resource}");
+        }
+    }
+    let mut granted = BTreeSet::new();
+    let per_listener = per_listener_rules();
+    assert!(per_listener.len() >= 5, "{per_listener:?}");
+    for (group, resource, verbs) in &per_listener {
+        for verb in verbs {
+            assert!(
+                allows(role, group, resource, verb),
+                "the webhook must hold {verb} {group}/{resource} to grant it"
+            );
+            granted.insert((group.clone(), resource.clone(), verb.clone()));
+        }
+    }
+    // ...and nothing beyond management + what it grants.
+    for rule in role["rules"].as_array().unwrap() {
+        for group in strings(&rule["apiGroups"]) {
+            for resource in strings(&rule["resources"]) {
+                for verb in strings(&rule["verbs"]) {
+                    let manage = matches!(resource, "roles" | "rolebindings" | "leases")
+                        && matches!(verb, "get" | "create" | "update");
+                    assert!(
+                        manage
+                            || granted.contains(&(
+                                group.to_owned(),
+                                resource.to_owned(),
+                                verb.to_owned()
+                            )),
+                        "unneeded permission {verb} {group}/{resource}"
+                    );
+                }
+            }
+        }
+    }
+    let binding = r
+        .get("RoleBinding", Some(LISTENER_NAMESPACE), WEBHOOK)
+        .unwrap();
+    assert_eq!(
+        binding["roleRef"],
+        json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": WEBHOOK})
+    );
+}
+
+#[test]
+fn objects_live_where_they_belong_and_uninstall_spares_arc() {
+    let Some(r) = Rendered::base().unwrap() else {
+        return;
+    };
+    // Deleting the manifests deletes these Namespaces: never ARC's.
+    let namespaces: Vec<&str> = r
+        .all("Namespace")
+        .iter()
+        .filter_map(|n| n["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(namespaces, vec![NAMESPACE]);
+
+    let cluster_scoped = [
+        "Namespace",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "MutatingWebhookConfiguration",
+    ];
+    for o in &r.0 {
+        let kind = o["kind"].as_str().unwrap();
+        let ns = o["metadata"]["namespace"].as_str();
+        let name = o["metadata"]["name"].as_str().unwrap();
+        if cluster_scoped.contains(&kind) {
+            assert_eq!(ns, None, "{kind} {name} is cluster-scoped");
+        } else if matches!(kind, "Role" | "RoleBinding") && ns == Some(LISTENER_NAMESPACE) {
+            assert_eq!(name, WEBHOOK);
+        } else {
+            assert_eq!(ns, Some(NAMESPACE), "{kind} {name}");
+        }
+        // Only run-time objects carry managed-by arc-watchdog.
+        assert!(
+            o["metadata"]["labels"][names::MANAGED_BY_LABEL] != names::MANAGED_BY_VALUE,
+            "{kind} {name}"
+        );
+        assert_eq!(
+            o["metadata"]["labels"]["app.kubernetes.io/part-of"], "arc-watchdog",
+            "{kind} {name}: `kubectl get -l app.kubernetes.io/part-of=arc-watchdog` lists everything"
+        );
+        assert!(
+            !o["apiVersion"]
+                .as_str()
+                .unwrap()
+                .starts_with("monitoring.coreos.com"),
+            "monitoring is an optional component, not in the base"
+        );
+    }
+}
+
+#[test]
+fn listener_namespace_is_one_knob() {
+    if kubectl().is_none() {
+        eprintln!("SKIP: kubectl not found");
+        return;
+    }
+    let dir = copy_of_manifests().unwrap();
+    let manifests = dir.path().join("manifests");
+    edit_kustomization(
+        &manifests
+            .join("listener-namespace")
+            .join("kustomization.yaml"),
+        |k| {
+            ensure!(
+                k["namespace"] == LISTENER_NAMESPACE,
+                "default {LISTENER_NAMESPACE}"
+            );
+            k["namespace"] = json!("ci-arc-controller");
+            Ok(())
+        },
+    )
+    .unwrap();
+    let r = Rendered::of(&manifests).unwrap().unwrap();
+    r.get("Role", Some("ci-arc-controller"), WEBHOOK).unwrap();
+    let binding = r
+        .get("RoleBinding", Some("ci-arc-controller"), WEBHOOK)
+        .unwrap();
+    assert_eq!(binding["subjects"][0]["namespace"], NAMESPACE);
+    assert!(r.get("Role", Some(LISTENER_NAMESPACE), WEBHOOK).is_err());
+    // Nothing else moved.
+    r.deployment().unwrap();
+    r.get("MutatingWebhookConfiguration", None, WEBHOOK_CONFIG)
+        .unwrap();
+}
+
+/// The base plus the monitoring component, rendered from an overlay the way a
+/// user enables it.
+fn with_monitoring() -> Result<Option<(Rendered, Rendered)>> {
+    let Some(base) = Rendered::base()? else {
+        return Ok(None);
+    };
+    let dir = copy_of_manifests()?;
+    let overlay = dir.path().join("overlay");
+    std::fs::create_dir_all(&overlay)?;
+    std::fs::write(
+        overlay.join("kustomization.yaml"),
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+         resources: [../manifests]\ncomponents: [../manifests/monitoring]\n",
+    )?;
+    let Some(full) = Rendered::of(&overlay)? else {
+        return Ok(None);
+    };
+    Ok(Some((base, full)))
+}
+
+#[test]
+fn monitoring_component_scrapes_webhook_and_watchdogs() {
+    let Some((base, r)) = with_monitoring().unwrap() else {
+        return;
+    };
+    assert_eq!(
+        r.0.len(),
+        base.0.len()
+            + r.all("PodMonitor").len()
+            + r.all("ServiceMonitor").len()
+            + r.all("PrometheusRule").len()
+    );
+
+    let monitors = r.all("PodMonitor");
+    let webhook_labels = &base.deployment().unwrap()["spec"]["template"]["metadata"]["labels"];
+    let webhook_monitor = monitors
+        .iter()
+        .find(|m| selects(&m["spec"]["selector"]["matchLabels"], webhook_labels))
+        .expect("a PodMonitor selects the webhook pods");
+    let endpoints = webhook_monitor["spec"]["podMetricsEndpoints"]
+        .as_array()
+        .unwrap();
+    assert!(
+        endpoints.iter().any(|e| e["port"] == "admin"
+            && e["path"].as_str().unwrap_or("/metrics") == names::PATH_METRICS)
+    );
+
+    let listener_labels = json!({
+        names::LISTENER_COMPONENT_LABEL: names::LISTENER_COMPONENT_VALUE,
+        names::PART_OF_LABEL: names::PART_OF_VALUE,
+    });
+    let sidecar_monitor = monitors
+        .iter()
+        .find(|m| selects(&m["spec"]["selector"]["matchLabels"], &listener_labels))
+        .expect("a PodMonitor selects ARC listener pods");
+    assert_eq!(sidecar_monitor["spec"]["namespaceSelector"]["any"], true);
+    let endpoints = sidecar_monitor["spec"]["podMetricsEndpoints"]
+        .as_array()
+        .unwrap();
+    assert!(endpoints.iter().any(|e| e["port"] == WATCHDOG_PORT_NAME
+        && e["path"].as_str().unwrap_or("/metrics") == names::PATH_METRICS));
+    // The alerts use the Prometheus Operator's default job names.
+    for m in &monitors {
+        assert!(m["spec"].get("jobLabel").is_none());
+    }
+}
+
+fn alerts(r: &Rendered) -> Vec<(String, String)> {
+    r.all("PrometheusRule")
+        .iter()
+        .flat_map(|p| p["spec"]["groups"].as_array().cloned().unwrap_or_default())
+        .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+        .filter_map(|rule| {
+            Some((
+                rule["alert"].as_str()?.to_owned(),
+                rule["expr"].as_str()?.to_owned(),
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn monitoring_component_alerts_on_every_failure_the_issue_names() {
+    let Some((_, r)) = with_monitoring().unwrap() else {
+        return;
+    };
+    let alerts = alerts(&r);
+    let expr_of = |name: &str| {
+        alerts
+            .iter()
+            .find(|(a, _)| a == name)
+            .map(|(_, e)| e.as_str())
+            .unwrap_or_else(|| panic!("alert {name} missing; have {alerts:?}"))
+    };
+    assert!(expr_of("ArcWatchdogConflictLoopActive").contains("arc_watchdog_loop_active"));
+    assert!(expr_of("ArcWatchdogEvictionBudgetExhausted").contains("arc_watchdog_"));
+    assert!(expr_of("ArcWatchdogDuplicateScaleSetSuspected").contains("arc_watchdog_"));
+    assert!(expr_of("ArcWatchdogWebhookCertificateExpiring").contains("arc_watchdog_webhook_"));
+    assert!(expr_of("ArcWatchdogWebhookCertificateExpiring").contains("7 * 24 * 3600"));
+    assert!(
+        expr_of("ArcWatchdogWebhookUnavailable")
+            .contains("up{job=\"arc-watchdog/arc-watchdog-webhook\"}")
+    );
+    let without = expr_of("ArcWatchdogListenerWithoutWatchdog");
+    assert!(without.contains("kube_pod_labels"));
+    assert!(without.contains(&format!("container=\"{}\"", names::CONTAINER_NAME)));
+    for (name, expr) in &alerts {
+        let open = expr.matches('(').count();
+        assert_eq!(open, expr.matches(')').count(), "{name}: unbalanced ()");
+        assert_eq!(
+            expr.matches('{').count(),
+            expr.matches('}').count(),
+            "{name}: unbalanced {{}}"
+        );
+    }
+}
+
+/// Every `arc_watchdog_*` / `arc_watchdog_webhook_*` series an alert reads
+/// is one the watchdog / the webhook really exports.
+#[test]
+fn alerts_read_metrics_the_binaries_export() {
+    let Some((_, r)) = with_monitoring().unwrap() else {
+        return;
+    };
+    let watchdog = watchdog_metric_names().unwrap();
+    let webhook = webhook_metric_names().unwrap();
+    let (mut checked_watchdog, mut checked_webhook) = (0, 0);
+    for (alert, expr) in alerts(&r) {
+        for metric in metric_names(&expr) {
+            if metric.starts_with("arc_watchdog_webhook_") {
+                assert!(
+                    webhook.contains(&metric),
+                    "{alert} reads {metric}, which the webhook does not export: {webhook:?}"
+                );
+                checked_webhook += 1;
+            } else if metric.starts_with("arc_watchdog_") {
+                assert!(
+                    watchdog.contains(&metric),
+                    "{alert} reads {metric}, which the watchdog does not export: {watchdog:?}"
+                );
+                checked_watchdog += 1;
+            }
+        }
+    }
+    assert!(
+        checked_watchdog >= 3,
+        "the watchdog alerts read arc_watchdog_* metrics"
+    );
+    assert!(
+        checked_webhook >= 1,
+        "the webhook alerts read arc_watchdog_webhook_* metrics"
+    );
+}
+
+/// Identifiers in a PromQL expression that look like metric names.
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("arc_watchdog_") || w.starts_with("kube_"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Series names the watchdog's registry exposes (counters with `_total`).
+fn watchdog_metric_names() -> Result<BTreeSet<String>> {
+    let metrics = arc_watchdog::run::metrics::Metrics::default();
+    // Families appear in the output only once they hold a series.
+    let reason = ReasonLabel {
+        reason: "Any".to_owned(),
+    };
+    metrics.evictions.get_or_create(&reason).inc();
+    metrics.decisions.get_or_create(&reason).inc();
+    metrics.api_error("any");
+    metrics
+        .version_warning
+        .get_or_create(&VersionWarningLabel {
+            version: "any".to_owned(),
+            warning: "any".to_owned(),
+        })
+        .set(1);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &metrics.registry())?;
+    Ok(series_names(&text))
+}
+
+/// Series names the webhook's registry exposes.
+fn webhook_metric_names() -> Result<BTreeSet<String>> {
+    let metrics = arc_watchdog_webhook::metrics::Metrics::new();
+    // Families appear in the output only once they hold a series.
+    metrics.cert_reload("ok");
+    metrics.rbac_ensure("ok");
+    Ok(series_names(&metrics.encode()?))
+}
+
+/// Series names in an OpenMetrics text exposition: counters get `_total`,
+/// histograms `_bucket`, `_sum` and `_count`.
+fn series_names(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let mut parts = line.split_whitespace().skip(2);
+        let (Some(name), Some(kind)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        match kind {
+            "counter" => {
+                out.insert(format!("{name}_total"));
+            }
+            "histogram" => {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    out.insert(format!("{name}{suffix}"));
+                }
+            }
+            _ => {
+                out.insert(name.to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// The webhook container's args and env, as the command line the webhook
+/// parses: each env var must be one of its flags' `ARC_WATCHDOG_*` fallbacks.
+fn webhook_command_line(container: &Value) -> Result<Vec<String>> {
+    let command = Cli::command();
+    let mut line = vec!["arc-watchdog-webhook".to_owned()];
+    line.extend(strings(&container["args"]).into_iter().map(str::to_owned));
+    for env in container["env"].as_array().into_iter().flatten() {
+        let name = env["name"].as_str().context("env name")?;
+        let value = env["value"]
+            .as_str()
+            .with_context(|| format!("env {name} has no literal value"))?;
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_env().is_some_and(|e| e == name))
+            .with_context(|| format!("env {name} is not a flag of arc-watchdog-webhook"))?;
+        let long = arg
+            .get_long()
+            .with_context(|| format!("{name}: no long flag"))?;
+        line.push(format!("--{long}={value}"));
+    }
+    Ok(line)
+}
+
+#[test]
+fn deployment_speaks_the_webhook_flags() {
+    let Some(r) = Rendered::base().unwrap() else {
+        return;
+    };
+    let container = r.webhook_container().unwrap();
+    let line = webhook_command_line(container).unwrap();
+    let cli = Cli::try_parse_from(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    cli.thresholds.validate().unwrap();
+
+    // One image: the webhook injects the image it runs.
+    assert_eq!(cli.watchdog_image, container["image"].as_str().unwrap());
+    assert_eq!(
+        cli.webhook_config_name,
+        r.get("MutatingWebhookConfiguration", None, WEBHOOK_CONFIG)
+            .unwrap()["metadata"]["name"]
+    );
+    assert!(
+        cli.manage_rbac,
+        "the manifests grant what RBAC management needs"
+    );
+
+    let port = |name: &str| {
+        container["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .and_then(|p| p["containerPort"].as_u64())
+            .unwrap_or_else(|| panic!("port {name}"))
+    };
+    assert_eq!(u64::from(cli.listen.port()), port("https"));
+    assert_eq!(u64::from(cli.admin_listen.port()), port("admin"));
+
+    // The RBAC ensure fits into the API server's call to the webhook.
+    let hook = &r
+        .get("MutatingWebhookConfiguration", None, WEBHOOK_CONFIG)
+        .unwrap()["webhooks"][0];
+    let timeout = hook["timeoutSeconds"].as_u64().unwrap();
+    assert!(
+        cli.rbac_timeout.as_secs_f64() < timeout as f64 - 1.0,
+        "--rbac-timeout {:?} leaves no room in timeoutSeconds {timeout}",
+        cli.rbac_timeout
+    );
+
+    // The certificate files are where the Secret is mounted.
+    let mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "serving-cert")
+        .expect("serving-cert mount");
+    let dir = Path::new(mount["mountPath"].as_str().unwrap());
+    assert_eq!(cli.tls_cert, dir.join("tls.crt"));
+    assert_eq!(cli.tls_key, dir.join("tls.key"));
+}
