@@ -1,0 +1,608 @@
+//! Detector rules, one test (or more) per rule, with an injected clock.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use arc_watchdog::detector::{
+    Cause, Decision, Detector, EvictCause, History, Input, Reason, StartGate,
+};
+use arc_watchdog::parser::{EntryKey, FatalKind, ListenerEvent};
+use arc_watchdog::settings::Thresholds;
+use jiff::Timestamp;
+
+const CONFLICT: ListenerEvent = ListenerEvent::SessionConflict { fatal: true };
+
+/// A detector driven by a fake clock (seconds from a fixed origin).
+struct Sim {
+    d: Detector,
+    now: Timestamp,
+    run: u32,
+    log: Vec<Decision>,
+}
+
+fn t0() -> Timestamp {
+    "2026-03-02T04:00:00Z".parse().unwrap()
+}
+
+impl Sim {
+    fn new(t: Thresholds) -> Self {
+        Self {
+            d: Detector::new(t),
+            now: t0(),
+            run: 0,
+            log: Vec::new(),
+        }
+    }
+
+    fn advance(&mut self, secs: u64) -> Vec<Decision> {
+        self.now = self.now.saturating_add(Duration::from_secs(secs)).unwrap();
+        self.feed(Input::Tick { at: self.now })
+    }
+
+    fn feed(&mut self, input: Input) -> Vec<Decision> {
+        let out = self.d.handle(input);
+        self.log.extend(out.iter().cloned());
+        out
+    }
+
+    fn start(&mut self, in_place: bool) -> Vec<Decision> {
+        self.run += 1;
+        self.feed(Input::RunStarted {
+            at: self.now,
+            run_id: format!("c{}", self.run),
+            in_place,
+        })
+    }
+
+    fn line(&mut self, event: ListenerEvent) -> Vec<Decision> {
+        self.feed(Input::Entry {
+            at: self.now,
+            event,
+            key: None,
+        })
+    }
+
+    fn end(&mut self, exit_code: i32, pod_lives_on: bool) -> Vec<Decision> {
+        self.feed(Input::RunEnded {
+            at: self.now,
+            exit_code: Some(exit_code),
+            pod_lives_on,
+        })
+    }
+
+    /// One pod generation of ARC >= 0.9.3: start, fatal line, exit 1.
+    fn failing_generation(&mut self, event: ListenerEvent) -> Vec<Decision> {
+        let mut out = self.start(false);
+        self.advance(1);
+        out.extend(self.line(event));
+        out.extend(self.end(1, false));
+        out
+    }
+
+    /// Waits until the start gate opens (what the kubelet's startupProbe does).
+    fn wait_gate(&mut self) {
+        if let StartGate::Closed { until } = self.d.start_gate(self.now) {
+            let secs = until.duration_since(self.now).as_secs().max(0) as u64;
+            self.advance(secs);
+        }
+        assert_eq!(self.d.start_gate(self.now), StartGate::Open);
+    }
+
+    fn reasons(&self) -> Vec<Reason> {
+        self.log.iter().map(Decision::reason).collect()
+    }
+}
+
+fn reasons(ds: &[Decision]) -> Vec<Reason> {
+    ds.iter().map(Decision::reason).collect()
+}
+
+fn count(ds: &[Decision], r: Reason) -> usize {
+    ds.iter().filter(|d| d.reason() == r).count()
+}
+
+#[test]
+fn conflict_loop_needs_threshold_conflicts() {
+    let mut s = Sim::new(Thresholds::default());
+    assert_eq!(
+        reasons(&s.failing_generation(CONFLICT)),
+        vec![Reason::SessionConflict]
+    );
+    s.advance(5);
+    assert_eq!(
+        reasons(&s.failing_generation(CONFLICT)),
+        vec![Reason::SessionConflict]
+    );
+    assert_eq!(s.d.start_gate(s.now), StartGate::Open);
+    s.advance(5);
+    let out = s.failing_generation(CONFLICT);
+    assert_eq!(
+        reasons(&out),
+        vec![
+            Reason::SessionConflict,
+            Reason::ConflictLoopDetected,
+            Reason::ListenerStartDelayed
+        ]
+    );
+    let Decision::DelayStart {
+        until, delay_ms, ..
+    } = out[2].clone()
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!(delay_ms, 30_000);
+    assert_eq!(s.d.start_gate(s.now), StartGate::Closed { until });
+    assert!(s.d.status().loop_active);
+    assert_eq!(s.d.status().loop_cause, Some(Cause::SessionConflict));
+    assert_eq!(s.d.next_wakeup(), Some(until));
+}
+
+#[test]
+fn conflicts_outside_the_window_do_not_make_a_loop() {
+    let mut s = Sim::new(Thresholds::default());
+    for _ in 0..6 {
+        s.failing_generation(CONFLICT);
+        s.advance(6 * 60); // 2 conflicts never fit in 10 minutes... 3 never do
+    }
+    assert!(!s.reasons().contains(&Reason::ConflictLoopDetected));
+    assert!(!s.reasons().contains(&Reason::CrashLoopDetected));
+}
+
+#[test]
+fn an_established_session_ends_the_streak() {
+    let mut s = Sim::new(Thresholds::default());
+    s.failing_generation(CONFLICT);
+    s.failing_generation(CONFLICT);
+    // This run gets its session, then dies later (not a start-up failure).
+    s.start(false);
+    s.line(ListenerEvent::SessionEstablished);
+    s.advance(10);
+    s.line(ListenerEvent::Fatal(FatalKind::Network));
+    s.end(1, false);
+    s.failing_generation(CONFLICT);
+    s.failing_generation(CONFLICT);
+    assert!(!s.reasons().contains(&Reason::ConflictLoopDetected));
+    s.failing_generation(CONFLICT);
+    assert!(s.reasons().contains(&Reason::ConflictLoopDetected));
+}
+
+#[test]
+fn backoff_doubles_caps_and_recovery_resets() {
+    let mut s = Sim::new(Thresholds::default());
+    for _ in 0..3 {
+        s.failing_generation(CONFLICT);
+    }
+    let mut delays = Vec::new();
+    for _ in 0..7 {
+        s.wait_gate();
+        let out = s.failing_generation(CONFLICT);
+        for d in &out {
+            if let Decision::DelayStart { delay_ms, .. } = d {
+                delays.push(delay_ms / 1000);
+            }
+        }
+    }
+    assert_eq!(delays, vec![60, 120, 240, 480, 600, 600, 600]);
+    s.wait_gate();
+    s.start(false);
+    let out = s.line(ListenerEvent::SessionEstablished);
+    assert_eq!(reasons(&out), vec![Reason::ListenerRecovered]);
+    assert!(!s.d.status().loop_active);
+    assert_eq!(s.d.start_gate(s.now), StartGate::Open);
+    assert!(s.d.history().conflicts.is_empty());
+}
+
+#[test]
+fn failures_before_the_delay_was_served_do_not_escalate() {
+    // Classic mode on ARC >= 0.9.3, or the gate failed open: the loop goes on
+    // at ARC's pace (a failure every 6 s here). Failures that came before the
+    // delay was over say nothing about waiting: the delay doubles once per
+    // served delay, not once per failure.
+    let mut s = Sim::new(Thresholds::default());
+    for _ in 0..20 {
+        s.failing_generation(CONFLICT);
+        s.advance(5);
+    }
+    // Conflicts at 1, 7, 13 (loop, 30 s: until 43), ..., 43 (60 s: until
+    // 103), ..., 103 (120 s: until 223), ..., 115.
+    assert_eq!(s.d.status().current_delay, Some(Duration::from_secs(120)));
+    assert_eq!(count(&s.log, Reason::ListenerStartDelayed), 3);
+    assert!(!s.reasons().contains(&Reason::DuplicateScaleSetSuspected));
+}
+
+#[test]
+fn crash_loop_any_cause_names_the_cause() {
+    for (kind, cause, hint) in [
+        (FatalKind::Auth, Cause::Auth, "never heals"),
+        (FatalKind::NotFound, Cause::NotFound, "re-register"),
+        (FatalKind::RateLimited, Cause::RateLimited, "makes it worse"),
+        (FatalKind::Network, Cause::Network, "transient"),
+    ] {
+        let mut s = Sim::new(Thresholds::default());
+        s.failing_generation(ListenerEvent::Fatal(kind));
+        s.failing_generation(ListenerEvent::Fatal(kind));
+        let out = s.failing_generation(ListenerEvent::Fatal(kind));
+        assert_eq!(
+            reasons(&out),
+            vec![Reason::CrashLoopDetected, Reason::ListenerStartDelayed],
+            "{kind:?}"
+        );
+        assert!(
+            out[0].message().contains(cause.as_str()),
+            "{}",
+            out[0].message()
+        );
+        assert!(out[0].message().contains(hint), "{}", out[0].message());
+        assert_eq!(s.d.status().loop_cause, Some(cause));
+    }
+}
+
+#[test]
+fn crash_loop_counts_mixed_causes_and_silent_deaths() {
+    let mut s = Sim::new(Thresholds::default());
+    s.failing_generation(ListenerEvent::Fatal(FatalKind::Network));
+    // Killed without an error line.
+    s.start(false);
+    s.advance(1);
+    s.end(137, false);
+    // A clean exit without a session is not a crash.
+    s.start(false);
+    s.end(0, false);
+    assert!(!s.reasons().contains(&Reason::CrashLoopDetected));
+    let out = s.failing_generation(ListenerEvent::Fatal(FatalKind::Auth));
+    assert_eq!(out[0].reason(), Reason::CrashLoopDetected);
+    assert!(out[0].message().contains("network, unknown, auth"));
+}
+
+#[test]
+fn dead_listener_with_live_pod_is_evicted_at_once() {
+    let mut s = Sim::new(Thresholds::default());
+    s.start(false);
+    s.line(ListenerEvent::SessionEstablished);
+    s.advance(3600);
+    let out = s.end(2, true);
+    assert!(matches!(
+        out.as_slice(),
+        [Decision::Evict {
+            cause: EvictCause::ListenerDead,
+            ..
+        }]
+    ));
+    assert_eq!(s.d.status().evictions_in_window, 1);
+}
+
+#[test]
+fn dead_listener_during_backoff_is_evicted_when_it_ends() {
+    let mut s = Sim::new(Thresholds::default());
+    s.failing_generation(CONFLICT);
+    s.failing_generation(CONFLICT);
+    s.start(false);
+    s.line(CONFLICT);
+    let out = s.end(1, true);
+    assert_eq!(reasons(&out), vec![Reason::ListenerDead]);
+    let wake = s.d.next_wakeup().unwrap();
+    assert_eq!(wake, s.now.saturating_add(Duration::from_secs(30)).unwrap());
+    assert!(s.advance(29).is_empty());
+    let out = s.advance(1);
+    assert!(matches!(
+        out.as_slice(),
+        [Decision::Evict {
+            cause: EvictCause::ListenerDead,
+            ..
+        }]
+    ));
+    assert!(s.advance(600).is_empty(), "evicted once");
+}
+
+#[test]
+fn restart_in_place_during_backoff_is_evicted() {
+    let mut s = Sim::new(Thresholds::default());
+    for _ in 0..3 {
+        s.failing_generation(CONFLICT);
+    }
+    s.advance(10);
+    let out = s.start(true);
+    assert!(matches!(
+        out.as_slice(),
+        [Decision::Evict {
+            cause: EvictCause::RestartedDuringBackoff,
+            ..
+        }]
+    ));
+    // A restart in place after the delay is fine.
+    let mut s = Sim::new(Thresholds::default());
+    for _ in 0..3 {
+        s.failing_generation(CONFLICT);
+    }
+    s.advance(31);
+    assert!(s.start(true).is_empty());
+    // A new pod (not in place) during the backoff is not evicted either:
+    // the gate is what holds it.
+    let mut s = Sim::new(Thresholds::default());
+    for _ in 0..3 {
+        s.failing_generation(CONFLICT);
+    }
+    assert!(s.start(false).is_empty());
+}
+
+#[test]
+fn duplicate_suspected_after_caps_keeps_backoff_and_stops_evicting() {
+    let t = Thresholds {
+        eviction_budget: 100,
+        ..Thresholds::default()
+    };
+    let mut s = Sim::new(t);
+    for _ in 0..3 {
+        s.failing_generation(CONFLICT);
+    }
+    // 60, 120, 240, 480, 600 (reaches the cap), then 3 failures at the cap.
+    for _ in 0..7 {
+        s.wait_gate();
+        s.failing_generation(CONFLICT);
+    }
+    assert_eq!(count(&s.log, Reason::DuplicateScaleSetSuspected), 0);
+    s.wait_gate();
+    let out = s.failing_generation(CONFLICT);
+    assert!(reasons(&out).contains(&Reason::DuplicateScaleSetSuspected));
+    let msg = out
+        .iter()
+        .find(|d| d.reason() == Reason::DuplicateScaleSetSuspected)
+        .unwrap()
+        .message()
+        .to_owned();
+    assert!(msg.contains("second installation") && msg.contains("GitHub has an incident"));
+    assert!(s.d.status().duplicate_suspected);
+    // The capped backoff stays.
+    assert_eq!(s.d.status().current_delay, Some(Duration::from_secs(600)));
+    assert!(matches!(s.d.start_gate(s.now), StartGate::Closed { .. }));
+    // An in-place restart during the backoff is no longer evicted.
+    s.advance(10);
+    assert!(s.start(true).is_empty());
+}
+
+#[test]
+fn duplicate_is_not_suspected_for_other_causes() {
+    let mut s = Sim::new(Thresholds::default());
+    for _ in 0..14 {
+        s.wait_gate();
+        s.failing_generation(ListenerEvent::Fatal(FatalKind::Auth));
+    }
+    assert_eq!(count(&s.log, Reason::DuplicateScaleSetSuspected), 0);
+    assert_eq!(s.d.status().current_delay, Some(Duration::from_secs(600)));
+}
+
+#[test]
+fn eviction_budget_per_window() {
+    let t = Thresholds {
+        eviction_budget: 2,
+        eviction_window: Duration::from_secs(3600),
+        ..Thresholds::default()
+    };
+    let mut s = Sim::new(t);
+    let mut evictions = 0;
+    let mut exhausted = 0;
+    for _ in 0..4 {
+        s.start(false);
+        s.line(ListenerEvent::SessionEstablished);
+        s.advance(60);
+        let out = s.end(1, true);
+        evictions += out
+            .iter()
+            .filter(|d| matches!(d, Decision::Evict { .. }))
+            .count();
+        exhausted += count(&out, Reason::EvictionBudgetExhausted);
+    }
+    assert_eq!(evictions, 2);
+    assert_eq!(exhausted, 2);
+    // The dead listener's eviction waits for the budget to free.
+    let wake = s.d.next_wakeup().unwrap();
+    assert_eq!(
+        wake,
+        t0().saturating_add(Duration::from_secs(60 + 3600)).unwrap()
+    );
+    let secs = wake.duration_since(s.now).as_secs() as u64;
+    let out = s.advance(secs);
+    assert!(
+        matches!(out.as_slice(), [Decision::Evict { .. }]),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn hung_listener_is_evicted_when_opted_in() {
+    let t = Thresholds {
+        hung_after: Some(Duration::from_secs(300)),
+        ..Thresholds::default()
+    };
+    let mut s = Sim::new(t);
+    s.start(false);
+    s.line(ListenerEvent::SessionEstablished);
+    s.advance(200);
+    s.line(ListenerEvent::Other);
+    assert!(s.advance(299).is_empty());
+    let out = s.advance(1);
+    assert_eq!(
+        reasons(&out),
+        vec![Reason::ListenerHung, Reason::ListenerEvicted]
+    );
+    assert!(s.advance(1000).is_empty(), "one hung eviction per run");
+    // Off by default.
+    let mut s = Sim::new(Thresholds::default());
+    s.start(false);
+    assert!(s.advance(100_000).is_empty());
+    assert_eq!(s.d.next_wakeup(), None);
+}
+
+#[test]
+fn dry_run_reports_but_never_acts() {
+    let t = Thresholds {
+        dry_run: true,
+        hung_after: Some(Duration::from_secs(60)),
+        ..Thresholds::default()
+    };
+    let mut s = Sim::new(t);
+    for _ in 0..3 {
+        s.failing_generation(CONFLICT);
+    }
+    s.advance(1);
+    s.start(true);
+    s.advance(61);
+    s.end(1, true);
+    assert!(
+        s.log
+            .iter()
+            .all(|d| !matches!(d, Decision::Evict { .. } | Decision::DelayStart { .. }))
+    );
+    let r = s.reasons();
+    assert!(r.contains(&Reason::ConflictLoopDetected));
+    assert!(r.contains(&Reason::DryRunStartDelay));
+    assert!(r.contains(&Reason::DryRunEviction));
+    assert_eq!(s.d.start_gate(s.now), StartGate::Open);
+}
+
+#[test]
+fn same_line_twice_counts_once() {
+    let mut s = Sim::new(Thresholds::default());
+    s.start(false);
+    let key = EntryKey {
+        at: s.now,
+        hash: 42,
+    };
+    let e = Input::Entry {
+        at: s.now,
+        event: ListenerEvent::SessionConflict { fatal: false },
+        key: Some(key),
+    };
+    assert_eq!(reasons(&s.feed(e.clone())), vec![Reason::SessionConflict]);
+    assert!(s.feed(e.clone()).is_empty());
+    // An older line after a reconnect is a replay too.
+    let older = Input::Entry {
+        at: t0().saturating_sub(Duration::from_secs(1)).unwrap(),
+        event: ListenerEvent::SessionConflict { fatal: false },
+        key: Some(EntryKey {
+            at: t0().saturating_sub(Duration::from_secs(1)).unwrap(),
+            hash: 7,
+        }),
+    };
+    assert!(s.feed(older).is_empty());
+    // Another line at the same time is not.
+    let other = Input::Entry {
+        at: s.now,
+        event: ListenerEvent::SessionConflict { fatal: false },
+        key: Some(EntryKey {
+            at: s.now,
+            hash: 43,
+        }),
+    };
+    assert_eq!(s.feed(other).len(), 1);
+    assert_eq!(s.d.status().conflicts_in_window, 2);
+}
+
+#[test]
+fn resumed_run_is_not_a_new_run() {
+    let mut s = Sim::new(Thresholds::default());
+    s.start(false);
+    let id = format!("c{}", s.run);
+    s.line(ListenerEvent::SessionEstablished);
+    let again = s.feed(Input::RunStarted {
+        at: s.now,
+        run_id: id,
+        in_place: false,
+    });
+    assert!(again.is_empty());
+    assert!(s.d.history().run.as_ref().unwrap().established);
+}
+
+#[test]
+fn history_survives_pod_generations_as_json() {
+    let t = Thresholds::default();
+    let mut now = t0();
+    let mut json = History::default().to_json();
+    let mut all = Vec::new();
+    // Every generation is a new watchdog process loading the Lease.
+    for g in 0..3 {
+        let mut d = Detector::from_history(t.clone(), History::from_json(&json).unwrap());
+        all.extend(d.handle(Input::RunStarted {
+            at: now,
+            run_id: format!("gen{g}"),
+            in_place: false,
+        }));
+        now = now.saturating_add(Duration::from_secs(1)).unwrap();
+        all.extend(d.handle(Input::Entry {
+            at: now,
+            event: CONFLICT,
+            key: None,
+        }));
+        json = d.history().to_json();
+        now = now.saturating_add(Duration::from_secs(5)).unwrap();
+    }
+    assert!(reasons(&all).contains(&Reason::ConflictLoopDetected));
+    let d = Detector::from_history(t, History::from_json(&json).unwrap());
+    assert!(matches!(d.start_gate(now), StartGate::Closed { .. }));
+    // Unknown fields from a newer writer are ignored; missing ones default.
+    let h = History::from_json(r#"{"version": 9, "future": [1,2,3]}"#).unwrap();
+    assert!(h.conflicts.is_empty());
+    assert!(History::from_json("not json").is_err());
+}
+
+#[test]
+fn history_stays_bounded() {
+    let t = Thresholds {
+        conflict_threshold: 1000,
+        conflict_window: Duration::from_secs(365 * 86_400),
+        ..Thresholds::default()
+    };
+    let mut s = Sim::new(t);
+    s.start(false);
+    for i in 0..10_000u64 {
+        s.feed(Input::Entry {
+            at: s.now,
+            event: ListenerEvent::SessionConflict { fatal: false },
+            key: Some(EntryKey { at: s.now, hash: i }),
+        });
+        if i % 10 == 0 {
+            s.advance(1);
+        }
+    }
+    let h = s.d.history();
+    assert!(h.conflicts.len() <= 64, "{}", h.conflicts.len());
+    assert!(h.run.as_ref().unwrap().seen.len() <= 64);
+    assert!(h.to_json().len() < 16 * 1024);
+}
+
+#[test]
+fn legacy_retries_make_a_loop_within_one_run() {
+    let mut s = Sim::new(Thresholds::default());
+    s.start(false);
+    let mut all = Vec::new();
+    for _ in 0..3 {
+        all.extend(s.line(ListenerEvent::SessionConflict { fatal: false }));
+        s.advance(30);
+    }
+    assert_eq!(
+        reasons(&all),
+        vec![
+            Reason::SessionConflict,
+            Reason::SessionConflict,
+            Reason::SessionConflict,
+            Reason::ConflictLoopDetected,
+            Reason::ListenerStartDelayed
+        ]
+    );
+}
+
+#[test]
+fn a_clock_going_backwards_does_not_rewind_windows() {
+    let mut s = Sim::new(Thresholds::default());
+    s.failing_generation(CONFLICT);
+    s.advance(60);
+    // A skewed input from the past is taken as now.
+    let past = t0().saturating_sub(Duration::from_secs(3600)).unwrap();
+    let out = s.feed(Input::RunStarted {
+        at: past,
+        run_id: "skewed".into(),
+        in_place: false,
+    });
+    assert!(out.is_empty());
+    assert_eq!(s.d.status().conflicts_in_window, 1);
+}
