@@ -233,3 +233,64 @@ fn rbac_target(request: &AdmissionRequest<DynamicObject>, pod: &Pod) -> Option<R
         service_account,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> InjectConfig {
+        InjectConfig::new("img")
+    }
+
+    #[test]
+    fn not_json_is_400_with_json_error() {
+        for body in [
+            &b"not json"[..],
+            b"",
+            b"[]",
+            b"{\"request\": 5}",
+            b"\xff\xfe",
+        ] {
+            let r = handle(body, &cfg(), SidecarMode::Native);
+            assert_eq!(r.status, 400, "{body:?}");
+            assert_eq!(r.outcome, Outcome::Error(ErrorReason::InvalidJson));
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            assert!(
+                v["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("not an AdmissionReview")
+            );
+        }
+    }
+
+    #[test]
+    fn review_without_request_is_400() {
+        let body = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#;
+        let r = handle(body, &cfg(), SidecarMode::Native);
+        assert_eq!(r.status, 400);
+        assert_eq!(r.outcome, Outcome::Error(ErrorReason::NoRequest));
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["error"], "AdmissionReview has no request");
+    }
+
+    #[test]
+    fn labels_are_distinct_per_outcome() {
+        let all = [
+            Outcome::Injected(SidecarMode::Native),
+            Outcome::Injected(SidecarMode::Classic),
+            Outcome::Skipped(Skip::NotPod),
+            Outcome::Skipped(Skip::NotCreate),
+            Outcome::Skipped(Skip::NoObject),
+            Outcome::Skipped(Skip::Pod(SkipReason::NotListener)),
+            Outcome::Skipped(Skip::Pod(SkipReason::OptedOut)),
+            Outcome::Skipped(Skip::Pod(SkipReason::AlreadyInjected)),
+            Outcome::Error(ErrorReason::InvalidJson),
+            Outcome::Error(ErrorReason::NoRequest),
+            Outcome::Error(ErrorReason::TooLarge),
+            Outcome::Error(ErrorReason::InvalidPod),
+        ];
+        let reasons: std::collections::BTreeSet<_> = all.iter().map(Outcome::reason).collect();
+        assert_eq!(reasons.len(), all.len());
+    }
+}
