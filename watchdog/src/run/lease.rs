@@ -15,8 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::Api;
 use kube::api::PostParams;
 
-/// Annotation on the Lease holding the detector's history (JSON).
-pub const HISTORY_ANNOTATION: &str = "arc-watchdog.dev/history";
+pub use crate::detector::HISTORY_ANNOTATION;
 
 /// How often a conflicting update is re-read, merged and retried.
 pub const MAX_CONFLICT_RETRIES: usize = 5;

@@ -1,9 +1,9 @@
 //! Following the listener container's log through the API server
 //! (`pods/log?follow=true&timestamps=true`).
 //!
-//! The pure part splits the byte stream into lines, strips the timestamp
-//! the API server prepends, and filters out what a resumed stream sends
-//! again: after a drop the follower reconnects with `sinceTime` set to the
+//! The shared parser splits and classifies the byte stream (it reads the
+//! timestamp the API server prepends); [`ResumeFilter`] drops what a
+//! resumed stream sends again: after a drop the follower reconnects with `sinceTime` set to the
 //! last timestamp seen (rounded down to the second, the API's precision),
 //! so lines at or before that timestamp come again and are skipped.
 
@@ -20,109 +20,30 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
 use super::pod::{ListenerState, PodView};
-
-/// Longest line handed on; the rest of a longer line is dropped (the parser
-/// only needs the start of a line, and memory stays bounded).
-pub const MAX_LINE: usize = 1 << 20;
-
-/// Splits a byte stream into lines (without `\n`), truncating each line to
-/// [`MAX_LINE`] bytes.
-#[derive(Debug, Default)]
-pub struct LineSplitter {
-    buf: Vec<u8>,
-    overflow: bool,
-}
-
-impl LineSplitter {
-    /// Feeds a chunk; returns the lines it completed.
-    pub fn feed(&mut self, mut chunk: &[u8]) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        while !chunk.is_empty() {
-            match memchr_nl(chunk) {
-                Some(i) => {
-                    self.push(&chunk[..i]);
-                    out.push(std::mem::take(&mut self.buf));
-                    self.overflow = false;
-                    chunk = &chunk[i + 1..];
-                }
-                None => {
-                    self.push(chunk);
-                    break;
-                }
-            }
-        }
-        out
-    }
-
-    fn push(&mut self, bytes: &[u8]) {
-        if self.overflow {
-            return;
-        }
-        let room = MAX_LINE - self.buf.len();
-        if bytes.len() > room {
-            self.buf.extend_from_slice(&bytes[..room]);
-            self.overflow = true;
-        } else {
-            self.buf.extend_from_slice(bytes);
-        }
-    }
-
-    /// The unfinished last line, if any (used when the log is complete).
-    pub fn finish(&mut self) -> Option<Vec<u8>> {
-        self.overflow = false;
-        let rest = std::mem::take(&mut self.buf);
-        (!rest.is_empty()).then_some(rest)
-    }
-
-    /// Drops the unfinished line (a dropped stream: it will come again).
-    pub fn discard(&mut self) {
-        self.buf.clear();
-        self.overflow = false;
-    }
-}
-
-fn memchr_nl(b: &[u8]) -> Option<usize> {
-    b.iter().position(|&c| c == b'\n')
-}
-
-/// Splits the API server's `timestamps=true` prefix (RFC 3339 with
-/// nanoseconds, then one space) off a line. Lines without a valid prefix
-/// come back whole with no timestamp.
-pub fn split_timestamp(line: &[u8]) -> (Option<Timestamp>, &[u8]) {
-    let Some(sp) = line.iter().take(40).position(|&c| c == b' ') else {
-        return (None, line);
-    };
-    let ts = std::str::from_utf8(&line[..sp])
-        .ok()
-        .and_then(|s| s.parse::<Timestamp>().ok());
-    match ts {
-        Some(ts) => (Some(ts), &line[sp + 1..]),
-        None => (None, line),
-    }
-}
+use crate::parser::{EntryKey, ListenerEvent, Parser};
 
 /// Remembers the last timestamp seen and the lines seen at that exact
 /// timestamp, so that a resumed stream never hands on a line twice.
 #[derive(Debug, Default, Clone)]
 pub struct ResumeFilter {
     last: Option<Timestamp>,
-    at_last: HashSet<Vec<u8>>,
+    at_last: HashSet<u64>,
 }
 
 impl ResumeFilter {
-    /// Whether the line (`ts`, `content`) is new; records it if so.
-    /// Lines without a timestamp cannot be recognised and always pass.
-    pub fn accept(&mut self, ts: Option<Timestamp>, content: &[u8]) -> bool {
-        let Some(ts) = ts else {
+    /// Whether the line with dedupe `key` is new; records it if so. Lines
+    /// without a timestamp cannot be recognised and always pass.
+    pub fn accept(&mut self, key: Option<EntryKey>) -> bool {
+        let Some(key) = key else {
             return true;
         };
         match self.last {
-            Some(last) if ts < last => false,
-            Some(last) if ts == last => self.at_last.insert(content.to_vec()),
+            Some(last) if key.at < last => false,
+            Some(last) if key.at == last => self.at_last.insert(key.hash),
             _ => {
-                self.last = Some(ts);
+                self.last = Some(key.at);
                 self.at_last.clear();
-                self.at_last.insert(content.to_vec());
+                self.at_last.insert(key.hash);
                 true
             }
         }
@@ -136,14 +57,22 @@ impl ResumeFilter {
     }
 }
 
-/// One line of the listener's output.
+/// How much of a line is kept for logs (the parser classified all of it).
+pub const KEPT_TEXT: usize = 512;
+
+/// One line of the listener's output, classified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogLine {
     /// Container ID of the run that wrote it.
     pub container_id: String,
     /// Timestamp the API server put on it.
     pub ts: Option<Timestamp>,
-    /// The line, without timestamp and newline (may be invalid UTF-8).
+    /// Dedupe key (timestamp and content hash).
+    pub key: Option<EntryKey>,
+    /// What the parser made of it.
+    pub event: ListenerEvent,
+    /// The start of the line (at most [`KEPT_TEXT`] bytes, may be invalid
+    /// UTF-8), without timestamp and newline.
     pub text: Vec<u8>,
 }
 
@@ -281,35 +210,34 @@ async fn read_stream(
     tx: &mpsc::Sender<FollowerMsg>,
 ) -> Result<usize, String> {
     let mut stream = stream;
-    let mut splitter = LineSplitter::default();
+    // A fresh parser per stream: an unfinished line of a dropped stream is
+    // sent again in full after the reconnect.
+    let mut parser = Parser::new();
     let mut sent = 0;
     loop {
         let chunk = match stream.fill_buf().await {
             Ok(c) => c,
-            Err(e) => {
-                splitter.discard();
-                return Err(format!("reading the log stream: {e}"));
-            }
+            Err(e) => return Err(format!("reading the log stream: {e}")),
         };
         if chunk.is_empty() {
-            // Each complete line ends with a newline; an unfinished one
-            // is sent again in full after a reconnect.
-            splitter.discard();
             return Ok(sent);
         }
         let n = chunk.len();
-        let lines = splitter.feed(chunk);
-        stream.consume_unpin(n);
-        for raw in lines {
-            let (ts, text) = split_timestamp(&raw);
-            if !filter.accept(ts, text) {
-                continue;
+        let mut lines = Vec::new();
+        parser.push(chunk, |entry| {
+            let key = entry.key();
+            if filter.accept(key) {
+                lines.push(LogLine {
+                    container_id: container_id.to_owned(),
+                    ts: entry.stamp,
+                    key,
+                    event: entry.event,
+                    text: entry.content[..entry.content.len().min(KEPT_TEXT)].to_vec(),
+                });
             }
-            let line = LogLine {
-                container_id: container_id.to_owned(),
-                ts,
-                text: text.to_vec(),
-            };
+        });
+        stream.consume_unpin(n);
+        for line in lines {
             if tx.send(FollowerMsg::Line(line)).await.is_err() {
                 return Ok(sent);
             }

@@ -1,14 +1,171 @@
 //! `arc-watchdog run`: the sidecar. Thin I/O around the pure parser and
 //! detector: it follows the listener's log and its own pod, feeds what it
 //! sees to the detector, and carries out the detector's decisions.
+//!
+//! One task owns the detector ([`sidecar::Sidecar`]); it `select!`s over
+//! log lines, pod changes, Lease results, eviction results, the detector's
+//! next wake-up and shutdown. Everything that waits on the API server runs
+//! in its own task, so the loop never blocks and `/healthz` stays honest.
 
 pub mod backoff;
+mod doctor;
 pub mod events;
 pub mod evict;
 pub mod gate;
 pub mod http;
 pub mod lease;
 pub mod logs;
+pub mod merge;
 pub mod metrics;
 pub mod pod;
-pub mod version;
+pub mod sidecar;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use crate::names;
+use crate::settings::{Thresholds, parse_duration};
+
+pub use doctor::{DoctorArgs, doctor};
+pub use sidecar::{Started, start};
+
+/// Who the sidecar is: its own pod (from the downward API).
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct Identity {
+    /// Name of the own pod (the listener pod).
+    #[arg(long, env = names::ENV_POD_NAME)]
+    pub pod_name: String,
+
+    /// Namespace of the own pod.
+    #[arg(long, env = names::ENV_POD_NAMESPACE)]
+    pub pod_namespace: String,
+
+    /// UID of the own pod: evictions carry it as a precondition, so a newer
+    /// pod with the same name is never evicted by mistake.
+    #[arg(long, env = names::ENV_POD_UID)]
+    pub pod_uid: Option<String>,
+}
+
+/// Format of the sidecar's own logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line (default).
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// Flags of `arc-watchdog run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The own pod.
+    #[command(flatten)]
+    pub identity: Identity,
+
+    /// The detector's thresholds.
+    #[command(flatten)]
+    pub thresholds: Thresholds,
+
+    /// Address of the HTTP endpoints (/healthz, /readyz, /startz, /metrics).
+    #[arg(long, env = "ARC_WATCHDOG_LISTEN", default_value = "0.0.0.0:9102")]
+    pub listen: SocketAddr,
+
+    /// Name of the listener container to follow.
+    #[arg(long, env = "ARC_WATCHDOG_LISTENER_CONTAINER", default_value = names::LISTENER_CONTAINER)]
+    pub listener_container: String,
+
+    /// How long the watchdog may be blind (API server unreachable, RBAC
+    /// missing, history not loaded) before it opens the start gate anyway.
+    #[arg(long, env = "ARC_WATCHDOG_FAIL_OPEN_GRACE", default_value = "20s", value_parser = parse_duration)]
+    pub fail_open_grace: Duration,
+
+    /// Lease holding the history [default: arc-watchdog-$POD_NAME].
+    #[arg(long, env = "ARC_WATCHDOG_LEASE_NAME")]
+    pub lease_name: Option<String>,
+
+    /// Format of the watchdog's own logs (stdout).
+    #[arg(
+        long,
+        env = "ARC_WATCHDOG_LOG_FORMAT",
+        value_enum,
+        default_value = "json"
+    )]
+    pub log_format: LogFormat,
+}
+
+impl RunArgs {
+    /// The Lease name in force.
+    pub fn lease_name(&self) -> String {
+        self.lease_name
+            .clone()
+            .unwrap_or_else(|| names::lease_name(&self.identity.pod_name))
+    }
+}
+
+/// Installs the tracing subscriber (JSON or text on stdout, filter from
+/// `RUST_LOG`, default `info`). A second call is a no-op.
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// `arc-watchdog run`: runs the sidecar until SIGTERM or SIGINT.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format);
+    args.thresholds
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid thresholds: {e}"))?;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let client = match kube::Client::try_default().await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            // Blind from the start: serve the endpoints, fail open.
+            tracing::error!(error = %e, "no Kubernetes client configuration (in-cluster or KUBECONFIG); failing open");
+            None
+        }
+    };
+    let started = start(args, client, cancel.clone()).await?;
+    tracing::info!(addr = %started.addr, "listening");
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    cancel.cancel();
+    // Everything watches `cancel`; do not let a slow task hold the exit.
+    let _ = tokio::time::timeout(Duration::from_millis(700), started.task).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

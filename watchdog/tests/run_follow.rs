@@ -1,0 +1,201 @@
+//! Following the listener's log through the API: a dropped stream resumes
+//! from the last line seen and never hands on a line twice.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod run_support;
+
+use std::time::Duration;
+
+use arc_watchdog::run::logs::{FollowConfig, FollowerMsg, follow_run};
+use arc_watchdog::run::pod::PodView;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use run_support::*;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+fn ts(s: &str) -> Timestamp {
+    s.parse().unwrap()
+}
+
+fn view(pod: serde_json::Value) -> PodView {
+    let pod: Pod = serde_json::from_value(pod).unwrap();
+    PodView::from_pod(&pod, "listener")
+}
+
+#[tokio::test]
+async fn dropped_stream_resumes_without_counting_twice() {
+    let api = FakeApi::start().await;
+    // Two lines share a nanosecond timestamp; one text repeats at another
+    // time (a distinct line that must be counted again).
+    let log = [
+        (ts("2026-11-28T10:00:00.100000000Z"), "a starting"),
+        (ts("2026-11-28T10:00:00.200000000Z"), "b same-ns one"),
+        (ts("2026-11-28T10:00:00.200000000Z"), "c same-ns two"),
+        (ts("2026-11-28T10:00:00.900000000Z"), "d repeated text"),
+        (ts("2026-11-28T10:00:01.100000000Z"), "d repeated text"),
+        (ts("2026-11-28T10:00:01.500000000Z"), "e conflict"),
+    ];
+    api.with(|s| {
+        s.log = log.iter().map(|(t, l)| (*t, (*l).to_owned())).collect();
+        // The first stream drops after 2 lines (between the two same-ns
+        // lines); the second resends those 2 only (nothing new); the third
+        // brings "c" and the first "d"; the fourth the rest; the fifth
+        // resumes from 10:00:01 and stays open.
+        s.log_drops = [2, 2, 4, 6].into();
+    });
+    api.set_pod(pod_json(
+        Some("containerd://c1"),
+        running("2026-11-28T10:00:00Z"),
+        0,
+    ));
+
+    let (pod_tx, pod_rx) = watch::channel(view(api.with(|s| s.pod.clone().unwrap())));
+    let (tx, mut rx) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let follower = tokio::spawn(follow_run(
+        Api::<Pod>::namespaced(api.client(), NS),
+        FollowConfig {
+            pod: POD.to_owned(),
+            container: "listener".to_owned(),
+            container_id: "containerd://c1".to_owned(),
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(100),
+        },
+        pod_rx,
+        tx,
+        cancel.clone(),
+    ));
+
+    let mut lines = Vec::new();
+    while lines.len() < log.len() {
+        match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+            Ok(Some(FollowerMsg::Line(l))) => {
+                lines.push((l.ts.unwrap(), String::from_utf8(l.text).unwrap()))
+            }
+            Ok(Some(FollowerMsg::Error(e))) => panic!("follower error: {e}"),
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("follower stopped"),
+            Err(_) => panic!("timed out; got {lines:?}"),
+        }
+    }
+    let want: Vec<_> = log.iter().map(|(t, l)| (*t, (*l).to_owned())).collect();
+    assert_eq!(lines, want);
+
+    // The resumed requests asked for lines since the last second seen.
+    api.wait_for("the 5th log request", |s| {
+        s.requests
+            .iter()
+            .filter(|r| r.path.ends_with("/log"))
+            .count()
+            >= 5
+    })
+    .await;
+    let reqs = api.requests("GET", "/log");
+    assert!(
+        reqs.len() >= 4,
+        "expected 3 drops and a 4th stream, got {reqs:?}"
+    );
+    assert!(!reqs[0].query.contains("sinceTime"));
+    assert!(
+        reqs[1].query.contains("sinceTime=2026-11-28T10%3A00%3A00Z"),
+        "{}",
+        reqs[1].query
+    );
+    assert!(
+        reqs[3].query.contains("sinceTime=2026-11-28T10%3A00%3A00Z"),
+        "{}",
+        reqs[3].query
+    );
+    assert!(
+        reqs[4].query.contains("sinceTime=2026-11-28T10%3A00%3A01Z"),
+        "{}",
+        reqs[4].query
+    );
+    for r in &reqs {
+        assert!(r.query.contains("follow=true") && r.query.contains("timestamps=true"));
+        assert!(r.query.contains("container=listener"));
+    }
+
+    // A new line while following arrives once; then the run ends.
+    api.with(|s| {
+        s.log
+            .push((ts("2026-11-28T10:00:02Z"), "f late".to_owned()))
+    });
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap()
+        {
+            Some(FollowerMsg::Line(l)) => {
+                assert_eq!(l.text, b"f late");
+                break;
+            }
+            Some(FollowerMsg::Error(e)) => panic!("follower error: {e}"),
+            Some(_) => {}
+            None => panic!("follower stopped"),
+        }
+    }
+    api.with(|s| s.log_done = true);
+    pod_tx
+        .send(view(pod_json(
+            Some("containerd://c1"),
+            terminated(1, "2026-11-28T10:00:03Z"),
+            0,
+        )))
+        .unwrap();
+    let mut ended = false;
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+        match msg {
+            FollowerMsg::Ended { container_id } => {
+                assert_eq!(container_id, "containerd://c1");
+                ended = true;
+                break;
+            }
+            FollowerMsg::Line(l) => panic!("line counted twice: {l:?}"),
+            _ => {}
+        }
+    }
+    assert!(ended, "follower did not end with its run");
+    tokio::time::timeout(Duration::from_secs(5), follower)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn follower_backs_off_on_errors_and_stops_on_cancel() {
+    let api = FakeApi::start().await;
+    api.with(|s| s.fail_all = Some(403));
+    let (_pod_tx, pod_rx) = watch::channel(PodView::default());
+    let (tx, mut rx) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let follower = tokio::spawn(follow_run(
+        Api::<Pod>::namespaced(api.client(), NS),
+        FollowConfig {
+            pod: POD.to_owned(),
+            container: "listener".to_owned(),
+            container_id: "containerd://c1".to_owned(),
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(400),
+        },
+        pod_rx,
+        tx,
+        cancel.clone(),
+    ));
+    let first = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap();
+    assert!(matches!(first, Some(FollowerMsg::Error(e)) if e.contains("403")));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // 100 + 200 + 400 + ... : a handful of calls in a second, not a spin.
+    let calls = api.requests("GET", "/log").len();
+    assert!((2..=6).contains(&calls), "{calls} log calls in 1 s");
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(1), follower)
+        .await
+        .unwrap()
+        .unwrap();
+}

@@ -1,0 +1,485 @@
+//! An HTTP-level stand-in for the few Kubernetes API endpoints the sidecar
+//! uses, on 127.0.0.1. It follows the real protocol where the sidecar
+//! depends on it: list+watch of one pod by field selector, `pods/log` with
+//! `follow`, `timestamps` and `sinceTime` (lines at or after `sinceTime`,
+//! second precision, like the kubelet), Lease get/update with
+//! resourceVersion preconditions (409 on a stale one), policy/v1 Eviction
+//! (201, or 429 while a budget blocks it), events.k8s.io Events, and Status
+//! bodies for errors. The real API server comes with the control-plane
+//! tests; this one exists to script faults (drops, 409s, 429s).
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use jiff::Timestamp;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+
+pub const NS: &str = "arc-systems";
+pub const POD: &str = "demo-6b4f8c7d-listener";
+pub const POD_UID: &str = "0b5e1d6c-1111-4c1c-9a34-5d6f1f0c0001";
+
+/// One request as the stand-in saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub body: Option<Value>,
+}
+
+#[derive(Debug, Default)]
+pub struct FakeState {
+    pub requests: Vec<Seen>,
+    /// Every request answers this status (RBAC missing: 403).
+    pub fail_all: Option<u16>,
+    pub pod: Option<Value>,
+    pub pod_rv: u64,
+    pub lease: Option<Value>,
+    pub lease_rv: u64,
+    /// The next N lease updates meet a concurrent writer: the stored
+    /// history becomes `concurrent_history` and the update gets 409.
+    pub lease_races: u32,
+    pub concurrent_history: Option<String>,
+    /// The next N evictions answer 429 (a PodDisruptionBudget).
+    pub evict_429: u32,
+    pub evictions: Vec<Value>,
+    pub events: Vec<Value>,
+    /// The listener's log: (timestamp, line).
+    pub log: Vec<(Timestamp, String)>,
+    /// For the next log requests: close the stream after N lines.
+    pub log_drops: VecDeque<usize>,
+    /// The container ended: streams close after the last line.
+    pub log_done: bool,
+}
+
+#[derive(Clone)]
+struct Ctx {
+    state: Arc<Mutex<FakeState>>,
+    changed: watch::Sender<u64>,
+}
+
+/// The running stand-in.
+pub struct FakeApi {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<FakeState>>,
+    changed: watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeApi {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeApi {
+    pub async fn start() -> FakeApi {
+        let state = Arc::new(Mutex::new(FakeState::default()));
+        let (changed, _) = watch::channel(0u64);
+        let ctx = Ctx {
+            state: state.clone(),
+            changed: changed.clone(),
+        };
+        let app = Router::new().fallback(handle).with_state(ctx);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        FakeApi {
+            addr,
+            state,
+            changed,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A kube client talking to the stand-in.
+    pub fn client(&self) -> kube::Client {
+        let mut config = kube::Config::new(self.url().parse().unwrap());
+        config.default_namespace = NS.to_owned();
+        kube::Client::try_from(config).unwrap()
+    }
+
+    /// A kubeconfig file pointing at the stand-in (for the binary).
+    pub fn kubeconfig(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        let path = dir.join("kubeconfig");
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: {NS}\ncurrent-context: fake\nusers:\n- name: fake\n  user:\n    token: not-a-secret\n",
+            self.url()
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    pub fn with<R>(&self, f: impl FnOnce(&mut FakeState) -> R) -> R {
+        let r = f(&mut self.state.lock().unwrap());
+        self.changed.send_modify(|v| *v += 1);
+        r
+    }
+
+    pub fn requests(&self, method: &str, path_suffix: &str) -> Vec<Seen> {
+        self.with(|s| {
+            s.requests
+                .iter()
+                .filter(|r| r.method == method && r.path.ends_with(path_suffix))
+                .cloned()
+                .collect()
+        })
+    }
+
+    /// Waits until `cond` holds (checked after every change and request).
+    pub async fn wait_for(&self, what: &str, mut cond: impl FnMut(&FakeState) -> bool) {
+        let mut rx = self.changed.subscribe();
+        let fut = async {
+            loop {
+                if cond(&self.state.lock().unwrap()) {
+                    return;
+                }
+                rx.changed().await.unwrap();
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(20), fut)
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+    }
+
+    /// Sets the pod and bumps its resourceVersion (watchers get MODIFIED).
+    pub fn set_pod(&self, pod: Value) {
+        self.with(|s| {
+            s.pod_rv += 1;
+            let mut pod = pod;
+            pod["metadata"]["resourceVersion"] = json!(s.pod_rv.to_string());
+            s.pod = Some(pod);
+        });
+    }
+
+    pub fn set_lease(&self, history: Option<&str>) {
+        self.with(|s| {
+            s.lease_rv += 1;
+            let mut lease = json!({
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {
+                    "name": format!("arc-watchdog-{POD}"),
+                    "namespace": NS,
+                    "resourceVersion": s.lease_rv.to_string(),
+                    "labels": {"app.kubernetes.io/managed-by": "arc-watchdog"},
+                },
+                "spec": {},
+            });
+            if let Some(h) = history {
+                lease["metadata"]["annotations"] = json!({"arc-watchdog.dev/history": h});
+            }
+            s.lease = Some(lease);
+        });
+    }
+}
+
+/// A listener pod owned by an AutoscalingListener, with the listener
+/// container in `state` (a ContainerState JSON) and `container_id`.
+pub fn pod_json(container_id: Option<&str>, state: Value, restart_count: i32) -> Value {
+    let mut status = json!({
+        "name": "listener",
+        "image": "ghcr.io/actions/gha-runner-scale-set-controller:0.12.1",
+        "imageID": "",
+        "ready": false,
+        "restartCount": restart_count,
+        "state": state,
+    });
+    if let Some(id) = container_id {
+        status["containerID"] = json!(id);
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": POD,
+            "namespace": NS,
+            "uid": POD_UID,
+            "labels": {
+                "app.kubernetes.io/component": "runner-scale-set-listener",
+                "app.kubernetes.io/part-of": "gha-runner-scale-set",
+                "app.kubernetes.io/version": "0.12.1",
+            },
+            "ownerReferences": [{
+                "apiVersion": "actions.github.com/v1alpha1",
+                "kind": "AutoscalingListener",
+                "name": POD,
+                "uid": "0b5e1d6c-2222-4c1c-9a34-5d6f1f0c0002",
+                "controller": true,
+            }],
+        },
+        "spec": {
+            "containers": [{"name": "listener", "image": "ghcr.io/actions/gha-runner-scale-set-controller:0.12.1"}],
+            "restartPolicy": "Never",
+        },
+        "status": {
+            "phase": "Running",
+            "containerStatuses": [status],
+        },
+    })
+}
+
+pub fn running(started: &str) -> Value {
+    json!({"running": {"startedAt": started}})
+}
+
+pub fn terminated(exit_code: i32, finished: &str) -> Value {
+    json!({"terminated": {"exitCode": exit_code, "reason": "Error", "finishedAt": finished, "containerID": "x"}})
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Response {
+    let body = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": if code < 300 { "Success" } else { "Failure" },
+        "message": message, "reason": reason, "code": code,
+    });
+    (
+        StatusCode::from_u16(code).unwrap(),
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn json_response(code: u16, v: &Value) -> Response {
+    (
+        StatusCode::from_u16(code).unwrap(),
+        [("content-type", "application/json")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+fn query_param(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8(out).unwrap()
+}
+
+fn stream_body(rx: mpsc::Receiver<Bytes>) -> Body {
+    let s = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+    });
+    Body::from_stream(s)
+}
+
+async fn handle(State(ctx): State<Ctx>, method: Method, uri: Uri, body: Bytes) -> Response {
+    let path = uri.path().to_owned();
+    let query = uri.query().unwrap_or("").to_owned();
+    let body_json: Option<Value> = serde_json::from_slice(&body).ok();
+    let pods = format!("/api/v1/namespaces/{NS}/pods");
+    let pod_path = format!("{pods}/{POD}");
+    let lease_path =
+        format!("/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/arc-watchdog-{POD}");
+    let events_path = format!("/apis/events.k8s.io/v1/namespaces/{NS}/events");
+
+    let fail = {
+        let mut s = ctx.state.lock().unwrap();
+        s.requests.push(Seen {
+            method: method.to_string(),
+            path: path.clone(),
+            query: query.clone(),
+            body: body_json.clone(),
+        });
+        s.fail_all
+    };
+    ctx.changed.send_modify(|v| *v += 1);
+    if let Some(code) = fail {
+        return status(code, "Forbidden", "stand-in: every request fails");
+    }
+
+    match (method.as_str(), path.as_str()) {
+        ("GET", p) if p == pods => {
+            if query_param(&query, "watch").as_deref() == Some("true") {
+                watch_pod(ctx).await
+            } else {
+                let s = ctx.state.lock().unwrap();
+                let items: Vec<Value> = s.pod.iter().cloned().collect();
+                json_response(
+                    200,
+                    &json!({"apiVersion": "v1", "kind": "PodList",
+                        "metadata": {"resourceVersion": s.pod_rv.to_string()}, "items": items}),
+                )
+            }
+        }
+        ("GET", p) if p == pod_path => match ctx.state.lock().unwrap().pod.clone() {
+            Some(pod) => json_response(200, &pod),
+            None => status(404, "NotFound", "pods not found"),
+        },
+        ("GET", p) if p == format!("{pod_path}/log") => log_stream(ctx, &query),
+        ("POST", p) if p == format!("{pod_path}/eviction") => {
+            let mut s = ctx.state.lock().unwrap();
+            if s.evict_429 > 0 {
+                s.evict_429 -= 1;
+                return status(
+                    429,
+                    "TooManyRequests",
+                    "Cannot evict pod as it would violate the pod's disruption budget.",
+                );
+            }
+            let dry = query_param(&query, "dryRun").is_some();
+            if !dry {
+                s.evictions.push(body_json.unwrap_or(Value::Null));
+            }
+            status(201, "", "")
+        }
+        ("GET", p) if p == lease_path => match ctx.state.lock().unwrap().lease.clone() {
+            Some(l) => json_response(200, &l),
+            None => status(404, "NotFound", "leases not found"),
+        },
+        ("PUT", p) if p == lease_path => {
+            let mut s = ctx.state.lock().unwrap();
+            let Some(current) = s.lease.clone() else {
+                return status(404, "NotFound", "leases not found");
+            };
+            if s.lease_races > 0 {
+                s.lease_races -= 1;
+                s.lease_rv += 1;
+                let mut l = current;
+                l["metadata"]["resourceVersion"] = json!(s.lease_rv.to_string());
+                if let Some(h) = s.concurrent_history.clone() {
+                    l["metadata"]["annotations"]["arc-watchdog.dev/history"] = json!(h);
+                }
+                s.lease = Some(l);
+                return status(409, "Conflict", "the object has been modified");
+            }
+            let Some(mut new) = body_json else {
+                return status(400, "BadRequest", "no body");
+            };
+            if new["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"] {
+                return status(409, "Conflict", "the object has been modified");
+            }
+            s.lease_rv += 1;
+            new["metadata"]["resourceVersion"] = json!(s.lease_rv.to_string());
+            s.lease = Some(new.clone());
+            json_response(200, &new)
+        }
+        ("POST", p) if p == events_path => {
+            let v = body_json.unwrap_or(Value::Null);
+            ctx.state.lock().unwrap().events.push(v.clone());
+            json_response(201, &v)
+        }
+        ("PATCH", p) if p.starts_with(&events_path) => {
+            let v = body_json.unwrap_or(Value::Null);
+            ctx.state.lock().unwrap().events.push(v.clone());
+            json_response(200, &v)
+        }
+        _ => status(
+            404,
+            "NotFound",
+            &format!("stand-in does not serve {method} {path}"),
+        ),
+    }
+}
+
+async fn watch_pod(ctx: Ctx) -> Response {
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    let mut changed = ctx.changed.subscribe();
+    let mut last_rv = ctx.state.lock().unwrap().pod_rv;
+    tokio::spawn(async move {
+        loop {
+            if changed.changed().await.is_err() {
+                return;
+            }
+            let (rv, pod) = {
+                let s = ctx.state.lock().unwrap();
+                (s.pod_rv, s.pod.clone())
+            };
+            if rv != last_rv {
+                last_rv = rv;
+                if let Some(pod) = pod {
+                    let line = json!({"type": "MODIFIED", "object": pod}).to_string() + "\n";
+                    if tx.send(Bytes::from(line)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    (
+        StatusCode::OK,
+        [("content-type", "application/json")],
+        stream_body(rx),
+    )
+        .into_response()
+}
+
+fn log_stream(ctx: Ctx, query: &str) -> Response {
+    let since: Option<Timestamp> = query_param(query, "sinceTime").map(|s| s.parse().unwrap());
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let limit = ctx.state.lock().unwrap().log_drops.pop_front();
+    let mut changed = ctx.changed.subscribe();
+    tokio::spawn(async move {
+        let mut next = 0usize;
+        let mut sent = 0usize;
+        loop {
+            let (batch, done) = {
+                let s = ctx.state.lock().unwrap();
+                let batch: Vec<String> = s.log[next..]
+                    .iter()
+                    .filter(|(ts, _)| since.is_none_or(|since| *ts >= since))
+                    .map(|(ts, l)| format!("{} {l}\n", ts.strftime("%Y-%m-%dT%H:%M:%S%.9fZ")))
+                    .collect();
+                next = s.log.len();
+                (batch, s.log_done)
+            };
+            for line in batch {
+                if limit.is_some_and(|l| sent >= l) {
+                    return; // dropped stream
+                }
+                if tx.send(Bytes::from(line)).await.is_err() {
+                    return;
+                }
+                sent += 1;
+            }
+            if limit.is_some_and(|l| sent >= l) || done {
+                return;
+            }
+            if changed.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    (
+        StatusCode::OK,
+        [("content-type", "text/plain")],
+        stream_body(rx),
+    )
+        .into_response()
+}
