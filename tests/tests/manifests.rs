@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail, ensure};
+use arc_watchdog::detector::Reason;
 use arc_watchdog::names;
 use arc_watchdog::run::metrics::{ReasonLabel, VersionWarningLabel};
 use arc_watchdog_webhook::config::Cli;
@@ -866,8 +867,24 @@ fn monitoring_component_alerts_on_every_failure_the_issue_names() {
             .unwrap_or_else(|| panic!("alert {name} missing; have {alerts:?}"))
     };
     assert!(expr_of("ArcWatchdogConflictLoopActive").contains("arc_watchdog_loop_active"));
-    assert!(expr_of("ArcWatchdogEvictionBudgetExhausted").contains("arc_watchdog_"));
-    assert!(expr_of("ArcWatchdogDuplicateScaleSetSuspected").contains("arc_watchdog_"));
+    // Decisions are counted by their Event reason: the watchdog's own names.
+    for (alert, reason) in [
+        (
+            "ArcWatchdogEvictionBudgetExhausted",
+            Reason::EvictionBudgetExhausted,
+        ),
+        (
+            "ArcWatchdogDuplicateScaleSetSuspected",
+            Reason::DuplicateScaleSetSuspected,
+        ),
+    ] {
+        let expr = expr_of(alert);
+        assert!(expr.contains("arc_watchdog_decisions_total"), "{alert}");
+        assert!(
+            expr.contains(&format!("reason=\"{}\"", reason.as_str())),
+            "{alert}: {expr}"
+        );
+    }
     assert!(expr_of("ArcWatchdogWebhookCertificateExpiring").contains("arc_watchdog_webhook_"));
     assert!(expr_of("ArcWatchdogWebhookCertificateExpiring").contains("7 * 24 * 3600"));
     assert!(
@@ -1068,4 +1085,40 @@ fn deployment_speaks_the_webhook_flags() {
     let dir = Path::new(mount["mountPath"].as_str().unwrap());
     assert_eq!(cli.tls_cert, dir.join("tls.crt"));
     assert_eq!(cli.tls_key, dir.join("tls.key"));
+}
+
+/// README "Install": an overlay that sets `images` again and repeats the
+/// base's `replacements` entry moves both images too.
+#[test]
+fn overlay_repeating_the_replacement_pins_both_images() {
+    if kubectl().is_none() {
+        eprintln!("SKIP: kubectl not found");
+        return;
+    }
+    let dir = copy_of_manifests().unwrap();
+    let base: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(dir.path().join("manifests/kustomization.yaml")).unwrap(),
+    )
+    .unwrap();
+    let overlay = dir.path().join("overlay");
+    std::fs::create_dir_all(&overlay).unwrap();
+    let kustomization = json!({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": ["../manifests"],
+        "images": [{"name": base["images"][0]["newName"], "newName": "mirror.test/arc-watchdog", "newTag": "1.2.3"}],
+        "replacements": base["replacements"],
+    });
+    std::fs::write(
+        overlay.join("kustomization.yaml"),
+        serde_yaml_ng::to_string(&kustomization).unwrap(),
+    )
+    .unwrap();
+    let r = Rendered::of(&overlay).unwrap().unwrap();
+    let c = r.webhook_container().unwrap();
+    assert_eq!(c["image"], "mirror.test/arc-watchdog:1.2.3");
+    assert_eq!(
+        env_value(c, IMAGE_ENV),
+        Some("mirror.test/arc-watchdog:1.2.3")
+    );
 }
