@@ -155,6 +155,10 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    // The mode can change at any time under `auto`; read it at scrape time.
+    state
+        .metrics
+        .set_native(state.mode.get() == crate::mutation::SidecarMode::Native);
     match state.metrics.encode() {
         Ok(text) => (
             StatusCode::OK,
