@@ -4,4 +4,5 @@
 
 pub mod control_plane;
 pub mod fake_github;
+pub mod kubelet;
 pub mod node;
