@@ -17,6 +17,13 @@ lint:
 fmt:
 	cargo fmt --all
 
+.PHONY: fuzz
+# The review handler's cargo-fuzz target for 60 s (nightly + cargo-fuzz; not
+# part of `make test`). New corpus entries go to fuzz/corpus/review.
+fuzz:
+	@mkdir -p fuzz/corpus/review
+	cargo +nightly fuzz run review fuzz/corpus/review webhook/tests/golden/inputs -- -max_total_time=60
+
 test: go-tools
 	cargo test --workspace --all-targets
 
