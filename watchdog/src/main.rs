@@ -1,5 +1,65 @@
 //! `arc-watchdog`: the sidecar (`run`), the offline `analyze` and `doctor`.
 
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("arc-watchdog: not implemented yet")
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use arc_watchdog::{analyze, run};
+
+/// Follows an ARC scale-set listener, recognises session-conflict loops and
+/// other stuck states, and heals them.
+#[derive(Debug, Parser)]
+#[command(name = "arc-watchdog", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The sidecar: follow the listener, decide, act (injected by the webhook).
+    Run(run::RunArgs),
+    /// Replay saved listener logs (one file per container run, oldest first)
+    /// and print what `run` would have seen and done, as JSON.
+    Analyze(analyze::AnalyzeArgs),
+    /// Check what the sidecar needs (identity, API access, RBAC) and report.
+    Doctor(run::DoctorArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Analyze(args) => match analyze::command(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("arc-watchdog analyze: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run(args) => block_on("run", run::run(args)),
+        Command::Doctor(args) => block_on("doctor", run::doctor(args)),
+    }
+}
+
+/// Runs an async subcommand on a multi-threaded runtime (the sidecar's I/O
+/// is concurrent: log follow, pod watch, HTTP server).
+fn block_on(name: &str, fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("arc-watchdog {name}: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("arc-watchdog {name}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -246,7 +246,8 @@ pub enum Input {
         in_place: bool,
     },
     /// One parsed line of the run's output (pass every line, `Other` too:
-    /// output resets the hung timer).
+    /// output resets the hung timer). Send the run's `RunStarted` before its
+    /// lines; lines after `RunEnded` (late delivery) count for the ended run.
     Entry {
         /// The line's time (its kubectl timestamp, else its own time, else now).
         at: Timestamp,
@@ -505,6 +506,9 @@ impl Detector {
             Input::Tick { .. } => {}
         }
         self.tick(at, &mut out);
+        // Again after the input, so that the state depends on the inputs
+        // and the latest time only, not on how many inputs came at that time.
+        self.prune(at);
         self.history.bound();
         out
     }
@@ -576,11 +580,12 @@ impl Detector {
         }
     }
 
-    /// Output without a `RunStarted` (the watchdog started mid-run, or a
-    /// replayed file) belongs to an implicit run.
+    /// Output or an end without any `RunStarted` before (a detector without
+    /// history that started mid-run) belongs to an implicit run. Lines after
+    /// a `RunEnded` belong to the ended run: the log stream often delivers a
+    /// run's last lines after the pod watch reported its end.
     fn ensure_run(&mut self, at: Timestamp) {
-        let needs_new = self.history.run.as_ref().is_none_or(|r| r.ended.is_some());
-        if needs_new {
+        if self.history.run.is_none() {
             let mut out = Vec::new();
             self.run_started(at, String::new(), false, &mut out);
         }
@@ -649,9 +654,9 @@ impl Detector {
                 });
                 if fatal {
                     self.failed(at, Cause::SessionConflict, out);
-                } else {
-                    self.maybe_start_loop(at, Cause::SessionConflict, out);
                 }
+                // A no-op if `failed` started or escalated a loop already.
+                self.maybe_start_loop(at, Cause::SessionConflict, out);
             }
             ListenerEvent::Fatal(kind) => self.failed(at, kind.into(), out),
         }
@@ -686,8 +691,29 @@ impl Detector {
         let Some(run) = &mut self.history.run else {
             return;
         };
-        if run.established || run.failure.is_some() {
+        if run.established {
             return;
+        }
+        match run.failure {
+            None => {}
+            Some(Cause::Unknown) if cause != Cause::Unknown => {
+                // The error line came after the container's end: it names
+                // the cause of the failure already counted.
+                run.failure = Some(cause);
+                let h = &mut self.history;
+                if let Some(f) = h.failed_starts.last_mut()
+                    && f.cause == Cause::Unknown
+                {
+                    f.cause = cause;
+                }
+                if let Some(l) = &mut h.loop_state
+                    && l.cause == Cause::Unknown
+                {
+                    l.cause = cause;
+                }
+                return;
+            }
+            Some(_) => return,
         }
         run.failure = Some(cause);
         self.history.failed_starts.push(FailedStart { at, cause });
@@ -938,17 +964,22 @@ impl Detector {
                 .evictions
                 .first()
                 .map_or(at, |oldest| add(*oldest, t.eviction_window));
+            let next = if budget == 0 {
+                "evictions are disabled (budget 0)".to_owned()
+            } else {
+                format!("next possible at {free_at}")
+            };
             out.push(Decision::Report {
                 at,
                 reason: Reason::EvictionBudgetExhausted,
                 message: format!(
-                    "not evicting ({}): {} evictions within {} already (budget {budget}); next possible at {free_at}",
+                    "not evicting ({}): {} evictions within {} already (budget {budget}); {next}",
                     cause.as_str(),
                     h.evictions.len(),
                     format_duration(t.eviction_window)
                 ),
             });
-            if cause == EvictCause::ListenerDead {
+            if cause == EvictCause::ListenerDead && budget > 0 {
                 // Nothing else will ever replace this pod: try again then.
                 h.pending_eviction = Some(PendingEviction { at: free_at, cause });
             }

@@ -1,0 +1,244 @@
+//! Property tests of the detector (proptest): random runs, lines, ends and
+//! ticks, random thresholds.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use arc_watchdog::detector::{Decision, Detector, Input, Reason};
+use arc_watchdog::parser::{EntryKey, FatalKind, ListenerEvent};
+use arc_watchdog::settings::Thresholds;
+use jiff::Timestamp;
+use proptest::prelude::*;
+
+#[derive(Debug, Clone, Copy)]
+enum Ev {
+    Conflict { fatal: bool },
+    Established,
+    Fatal(u8),
+    Other,
+}
+
+impl Ev {
+    fn event(self) -> ListenerEvent {
+        match self {
+            Ev::Conflict { fatal } => ListenerEvent::SessionConflict { fatal },
+            Ev::Established => ListenerEvent::SessionEstablished,
+            Ev::Fatal(k) => ListenerEvent::Fatal(match k % 5 {
+                0 => FatalKind::NotFound,
+                1 => FatalKind::Auth,
+                2 => FatalKind::RateLimited,
+                3 => FatalKind::Network,
+                _ => FatalKind::Other,
+            }),
+            Ev::Other => ListenerEvent::Other,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Start { in_place: bool },
+    Line(Ev),
+    End { code: i32, lives_on: bool },
+    Tick,
+}
+
+fn ev() -> impl Strategy<Value = Ev> {
+    prop_oneof![
+        4 => any::<bool>().prop_map(|fatal| Ev::Conflict { fatal }),
+        1 => Just(Ev::Established),
+        2 => any::<u8>().prop_map(Ev::Fatal),
+        3 => Just(Ev::Other),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        2 => any::<bool>().prop_map(|in_place| Op::Start { in_place }),
+        5 => ev().prop_map(Op::Line),
+        2 => (prop_oneof![Just(0), Just(1), Just(137)], any::<bool>())
+            .prop_map(|(code, lives_on)| Op::End { code, lives_on }),
+        1 => Just(Op::Tick),
+    ]
+}
+
+fn thresholds() -> impl Strategy<Value = Thresholds> {
+    (
+        1u32..6,
+        30u64..1200,
+        1u64..60,
+        1u64..32,
+        1u32..4,
+        0u32..5,
+        60u64..7200,
+        prop::option::of(10u64..600),
+    )
+        .prop_map(
+            |(n, window, initial, factor, caps, budget, ewindow, hung)| Thresholds {
+                conflict_threshold: n,
+                conflict_window: Duration::from_secs(window),
+                backoff_initial: Duration::from_secs(initial),
+                backoff_max: Duration::from_secs(initial * factor),
+                duplicate_after_caps: caps,
+                eviction_budget: budget,
+                eviction_window: Duration::from_secs(ewindow),
+                hung_after: hung.map(Duration::from_secs),
+                dry_run: false,
+            },
+        )
+}
+
+fn script() -> impl Strategy<Value = Vec<(u64, Op)>> {
+    prop::collection::vec((0u64..240, op()), 1..250)
+}
+
+fn origin() -> Timestamp {
+    "2026-03-02T04:00:00Z".parse().unwrap()
+}
+
+fn plus(t: Timestamp, secs: u64) -> Timestamp {
+    t.saturating_add(Duration::from_secs(secs)).unwrap()
+}
+
+/// Feeds a script; returns every decision and the inputs fed.
+fn play(d: &mut Detector, script: &[(u64, Op)]) -> (Vec<Decision>, Vec<Input>) {
+    let mut now = origin();
+    let mut run = 0u64;
+    let mut line = 0u64;
+    let mut out = Vec::new();
+    let mut inputs = Vec::new();
+    for (dt, op) in script {
+        now = plus(now, *dt);
+        let input = match *op {
+            Op::Start { in_place } => {
+                run += 1;
+                Input::RunStarted {
+                    at: now,
+                    run_id: format!("r{run}"),
+                    in_place,
+                }
+            }
+            Op::Line(ev) => {
+                line += 1;
+                Input::Entry {
+                    at: now,
+                    event: ev.event(),
+                    key: Some(EntryKey {
+                        at: now,
+                        hash: line,
+                    }),
+                }
+            }
+            Op::End { code, lives_on } => Input::RunEnded {
+                at: now,
+                exit_code: Some(code),
+                pod_lives_on: lives_on,
+            },
+            Op::Tick => Input::Tick { at: now },
+        };
+        inputs.push(input.clone());
+        out.extend(d.handle(input));
+    }
+    (out, inputs)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// A conflict loop is never reported with fewer than N session-conflict
+    /// lines within the window since the last established session.
+    #[test]
+    fn never_a_loop_with_fewer_than_n_conflicts(t in thresholds(), script in script()) {
+        let mut d = Detector::new(t.clone());
+        let mut now = origin();
+        let mut streak: Vec<Timestamp> = Vec::new();
+        for (dt, op) in &script {
+            now = plus(now, *dt);
+            if let Op::Line(Ev::Established) = op {
+                streak.clear();
+            }
+            if let Op::Line(Ev::Conflict { .. }) = op {
+                streak.push(now);
+            }
+            let (out, _) = {
+                let input = match *op {
+                    Op::Start { in_place } => Input::RunStarted { at: now, run_id: format!("{now}"), in_place },
+                    Op::Line(ev) => Input::Entry { at: now, event: ev.event(), key: None },
+                    Op::End { code, lives_on } => Input::RunEnded { at: now, exit_code: Some(code), pod_lives_on: lives_on },
+                    Op::Tick => Input::Tick { at: now },
+                };
+                (d.handle(input), ())
+            };
+            for dec in &out {
+                if dec.reason() == Reason::ConflictLoopDetected {
+                    let from = now.saturating_sub(t.conflict_window).unwrap();
+                    let within = streak.iter().filter(|c| **c > from).count();
+                    prop_assert!(
+                        within >= t.conflict_threshold as usize,
+                        "loop at {now} with {within} conflicts in the window (threshold {})",
+                        t.conflict_threshold
+                    );
+                }
+                if dec.reason() == Reason::CrashLoopDetected {
+                    prop_assert!(d.history().failed_starts.len() >= t.conflict_threshold as usize);
+                }
+            }
+        }
+    }
+
+    /// No window of `eviction_window` ever holds more evictions than the budget.
+    #[test]
+    fn never_more_evictions_than_the_budget(t in thresholds(), script in script()) {
+        let mut d = Detector::new(t.clone());
+        let (out, _) = play(&mut d, &script);
+        let evictions: Vec<Timestamp> = out
+            .iter()
+            .filter_map(|d| match d {
+                Decision::Evict { at, .. } => Some(*at),
+                _ => None,
+            })
+            .collect();
+        for (i, e) in evictions.iter().enumerate() {
+            let from = e.saturating_sub(t.eviction_window).unwrap();
+            let n = evictions[..=i].iter().filter(|x| **x > from).count();
+            prop_assert!(n <= t.eviction_budget as usize, "{n} evictions within the window ending {e}");
+        }
+    }
+
+    /// Replaying lines (a log stream resumed after a reconnect) changes
+    /// nothing: no decision, no history.
+    #[test]
+    fn the_same_line_twice_never_counts_twice(
+        t in thresholds(),
+        script in script(),
+        replays in prop::collection::vec((0usize..250, 1usize..20), 0..30),
+    ) {
+        let mut once = Detector::new(t.clone());
+        let (want, inputs) = play(&mut once, &script);
+
+        let mut twice = Detector::new(t);
+        let mut got = Vec::new();
+        // Lines of the current run fed so far, for replaying.
+        let mut run_lines: Vec<Input> = Vec::new();
+        for (i, input) in inputs.iter().enumerate() {
+            if matches!(input, Input::RunStarted { .. }) {
+                run_lines.clear();
+            }
+            got.extend(twice.handle(input.clone()));
+            if let Input::Entry { .. } = input {
+                run_lines.push(input.clone());
+            }
+            for (at, len) in &replays {
+                if *at == i && !run_lines.is_empty() {
+                    let start = run_lines.len().saturating_sub(*len);
+                    for again in run_lines[start..].iter().cloned() {
+                        let more = twice.handle(again);
+                        prop_assert!(more.is_empty(), "a replayed line decided {more:?}");
+                    }
+                }
+            }
+        }
+        prop_assert_eq!(got, want);
+        prop_assert_eq!(twice.history(), once.history());
+    }
+}
