@@ -33,8 +33,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -49,23 +50,28 @@ use serde::Deserialize as _;
 /// Kubernetes release the control plane runs (must match
 /// `tests/scripts/build-go-tools.sh` and `tests/go/kube/go.mod`).
 pub const KUBE_VERSION: &str = "v1.34.4";
-/// ARC release whose CRDs are installed, and the Go module version that
-/// holds it (release tags are not semver, so the module is pinned by
-/// pseudo-version). Override with `ARC_WATCHDOG_ARC_MODULE_VERSION`.
+/// ARC release whose CRDs are installed. The module version (a
+/// pseudo-version: release tags are not semver) is pinned, with cert-manager's,
+/// in `tests/go/crds/go.mod` and checked by its go.sum.
 pub const ARC_RELEASE: &str = "gha-runner-scale-set-0.14.2";
-/// Pseudo-version of [`ARC_RELEASE`] (commit 9bb16ae49d0c, 2026-05-22).
-pub const ARC_MODULE_VERSION: &str = "v0.27.7-0.20260522100713-9bb16ae49d0c";
-/// Go module of ARC.
+/// Go module of ARC; its CRDs are in `config/crd/bases/`.
 pub const ARC_MODULE: &str = "github.com/actions/actions-runner-controller";
 /// Go module of cert-manager; its plain CRDs are in `deploy/crds/`.
 pub const CERT_MANAGER_MODULE: &str = "github.com/cert-manager/cert-manager";
-/// cert-manager version whose CRDs are installed. Override with
-/// `ARC_WATCHDOG_CERT_MANAGER_VERSION`.
-pub const CERT_MANAGER_VERSION: &str = "v1.21.2";
 
 /// Image the webhook is told to inject (no image is pulled here: pods run,
 /// if at all, as processes of the e2e kubelet).
 pub const WATCHDOG_IMAGE: &str = "ghcr.io/arc-watchdog/arc-watchdog:dev";
+
+/// Namespace of the webhook (manifests/namespace.yaml).
+pub const WEBHOOK_NAMESPACE: &str = "arc-watchdog";
+/// ServiceAccount of the webhook (manifests/webhook/serviceaccount.yaml).
+pub const WEBHOOK_SERVICE_ACCOUNT: &str = "arc-watchdog-webhook";
+/// Name of the MutatingWebhookConfiguration (manifests/webhook/).
+pub const WEBHOOK_CONFIG_NAME: &str = "arc-watchdog";
+/// Namespace of ARC's controller, where listener pods run
+/// (manifests/listener-namespace/).
+pub const LISTENER_NAMESPACE: &str = "arc-systems";
 
 /// Field manager used for server-side apply from tests.
 pub const FIELD_MANAGER: &str = "arc-watchdog-tests";
@@ -917,9 +923,7 @@ impl ControlPlane {
     /// from the ARC Go module in the module cache (downloaded with `go mod
     /// download` when missing). Returns the CRD names.
     pub async fn install_arc_crds(&self) -> Result<Vec<String>> {
-        let version = std::env::var("ARC_WATCHDOG_ARC_MODULE_VERSION")
-            .unwrap_or_else(|_| ARC_MODULE_VERSION.into());
-        let dir = go_module_dir(ARC_MODULE, &version)?.join("config/crd/bases");
+        let dir = go_module_dir_in(ARC_MODULE, &crd_pins())?.join("config/crd/bases");
         let mut yaml = String::new();
         for f in sorted_files(&dir)? {
             let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
@@ -941,9 +945,7 @@ impl ControlPlane {
     /// Installs cert-manager's CRDs (`deploy/crds/*.yaml` of the cert-manager
     /// Go module: plain CRDs, no Helm templating). Returns the CRD names.
     pub async fn install_cert_manager_crds(&self) -> Result<Vec<String>> {
-        let version = std::env::var("ARC_WATCHDOG_CERT_MANAGER_VERSION")
-            .unwrap_or_else(|_| CERT_MANAGER_VERSION.into());
-        let dir = go_module_dir(CERT_MANAGER_MODULE, &version)?.join("deploy/crds");
+        let dir = go_module_dir_in(CERT_MANAGER_MODULE, &crd_pins())?.join("deploy/crds");
         let mut yaml = String::new();
         for f in sorted_files(&dir)? {
             if f.extension().is_some_and(|e| e == "yaml") {
@@ -955,6 +957,93 @@ impl ControlPlane {
         }
         ensure!(!yaml.is_empty(), "no CRDs in {}", dir.display());
         self.apply_crds(&yaml).await
+    }
+
+    /// `kubectl apply --server-side -k manifests/` (needs cert-manager's
+    /// CRDs: see [`Self::install_cert_manager_crds`]). Returns kubectl's
+    /// output.
+    pub fn apply_manifests(&self) -> Result<String> {
+        let manifests = workspace_root().join("manifests");
+        self.kubectl_run(&[
+            "apply",
+            "--server-side",
+            "--field-manager=kubectl",
+            "-k",
+            &manifests.display().to_string(),
+        ])
+    }
+
+    /// Installs arc-watchdog the way a user would, minus what cannot run
+    /// here: cert-manager's and ARC's CRDs, `kubectl apply --server-side -k
+    /// manifests/`, then the webhook as a local process authenticated as its
+    /// own ServiceAccount (a TokenRequest token, so the manifests' RBAC is
+    /// what it gets), registered at its local URL. `webhook_args` are extra
+    /// webhook flags (e.g. `--sidecar-mode=classic`).
+    pub async fn install_arc_watchdog(&self, webhook_args: &[&str]) -> Result<Webhook> {
+        self.prepare_arc_watchdog().await?;
+        let kubeconfig = self.webhook_kubeconfig().await?;
+        let webhook = Webhook::start(self, "webhook", &kubeconfig, webhook_args).await?;
+        webhook.register(self).await?;
+        Ok(webhook)
+    }
+
+    /// Everything [`Self::install_arc_watchdog`] does before starting the
+    /// webhook: cert-manager's and ARC's CRDs and `manifests/`.
+    pub async fn prepare_arc_watchdog(&self) -> Result<()> {
+        // ARC's namespace exists before arc-watchdog is installed (the
+        // manifests put a Role there and do not create it).
+        self.create_namespace(LISTENER_NAMESPACE).await?;
+        self.install_cert_manager_crds().await?;
+        self.install_arc_crds().await?;
+        self.apply_manifests()?;
+        Ok(())
+    }
+
+    /// A kubeconfig for the webhook's ServiceAccount (from the manifests).
+    pub async fn webhook_kubeconfig(&self) -> Result<PathBuf> {
+        let token = self
+            .service_account_token(WEBHOOK_NAMESPACE, WEBHOOK_SERVICE_ACCOUNT, None)
+            .await?;
+        self.write_token_kubeconfig("webhook", &token)
+    }
+
+    /// Creates an ARC-shaped listener: its ServiceAccount, an
+    /// AutoscalingListener (ARC's CRD; the pod's owner, so that the garbage
+    /// collector keeps the pod) and the listener pod as ARC's
+    /// `newScaleSetListenerPod` builds it ([`listener_pod`]), through the
+    /// API (and so through the webhook). Returns the stored pod.
+    pub async fn create_listener(&self, namespace: &str, scale_set: &str) -> Result<Pod> {
+        let name = listener_name(scale_set);
+        self.create_service_account(namespace, &name).await?;
+        let client = self.admin_client().await?;
+        let ar = kube::discovery::ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("actions.github.com", "v1alpha1", "AutoscalingListener"),
+            "autoscalinglisteners",
+        );
+        let listeners: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &ar);
+        let al = serde_json::json!({
+            "apiVersion": "actions.github.com/v1alpha1", "kind": "AutoscalingListener",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "autoscalingRunnerSetName": scale_set, "autoscalingRunnerSetNamespace": "arc-runners",
+                "ephemeralRunnerSetName": format!("{scale_set}-ers"), "githubConfigSecret": format!("{scale_set}-secret"),
+                "githubConfigUrl": "https://github.com/example-org", "image": ARC_LISTENER_IMAGE,
+                "maxRunners": 2, "minRunners": 0, "runnerScaleSetId": 1,
+            }
+        });
+        let al = listeners
+            .patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&al),
+            )
+            .await
+            .with_context(|| format!("creating AutoscalingListener {namespace}/{name}"))?;
+        let pods: Api<Pod> = Api::namespaced(client, namespace);
+        let pod = listener_pod(scale_set, &al.uid().unwrap_or_default());
+        pods.create(&PostParams::default(), &pod)
+            .await
+            .with_context(|| format!("creating listener pod {namespace}/{name}"))
     }
 
     /// A `kubectl` command (the 1.34 one built with the control plane:
@@ -1014,6 +1103,61 @@ impl Drop for ControlPlane {
     }
 }
 
+/// Image of ARC's controller and listener at [`ARC_RELEASE`].
+pub const ARC_LISTENER_IMAGE: &str = "ghcr.io/actions/gha-runner-scale-set-controller:0.14.2";
+
+/// The listener pod's (and AutoscalingListener's) name for a scale set:
+/// `<scale-set>-<8 hex>-listener`, as ARC names it.
+pub fn listener_name(scale_set: &str) -> String {
+    // ARC hashes the runner set's namespace and name; any stable 8 hex do.
+    let hash = scale_set.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    format!("{scale_set}-{hash:08x}-listener")
+}
+
+/// A listener pod shaped like ARC's `newScaleSetListenerPod` (0.14.2):
+/// labels, one `listener` container running `/ghalistener`, its config
+/// Secret volume, `restartPolicy: Never`, grace 60s, Linux node selector,
+/// owned by its AutoscalingListener (`owner_uid`).
+pub fn listener_pod(scale_set: &str, owner_uid: &str) -> Pod {
+    let name = listener_name(scale_set);
+    let value = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "labels": {
+                "app.kubernetes.io/component": "runner-scale-set-listener",
+                "app.kubernetes.io/part-of": "gha-runner-scale-set",
+                "app.kubernetes.io/version": "0.14.2",
+                "actions.github.com/scale-set-name": scale_set,
+                "actions.github.com/scale-set-namespace": "arc-runners",
+                "actions.github.com/organization": "example-org",
+            },
+            "ownerReferences": [{
+                "apiVersion": "actions.github.com/v1alpha1", "kind": "AutoscalingListener",
+                "name": name, "uid": owner_uid, "controller": true, "blockOwnerDeletion": true,
+            }],
+        },
+        "spec": {
+            "serviceAccountName": name,
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 60,
+            "nodeSelector": {"kubernetes.io/os": "linux"},
+            "containers": [{
+                "name": "listener",
+                "image": ARC_LISTENER_IMAGE,
+                "command": ["/ghalistener"],
+                "env": [{"name": "LISTENER_CONFIG_PATH", "value": "/etc/gha-listener/config.json"}],
+                "volumeMounts": [{"name": "listener-config", "mountPath": "/etc/gha-listener", "readOnly": true}],
+            }],
+            "volumes": [{"name": "listener-config", "secret": {"secretName": format!("{name}-config")}}],
+        }
+    });
+    // A fixed, valid literal: deserialising it cannot fail.
+    serde_json::from_value(value).unwrap_or_default()
+}
+
 fn sorted_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
@@ -1024,28 +1168,61 @@ fn sorted_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// The directory of a Go module in the module cache, downloading it through
-/// the Go module proxy when missing.
+/// The directory, in the module cache, of Go module `module` at `version`,
+/// as pinned by one of the wrapper modules under `tests/go/` (the one whose
+/// go.mod requires exactly that version; `tests/go/crds` pins ARC 0.14.2 and
+/// cert-manager). Resolving inside a wrapper downloads through the Go module
+/// proxy when missing and verifies against that wrapper's go.sum (outside a
+/// module, `go mod download` re-fetches, and the proxy has refused ARC's
+/// pseudo-versions at times).
 pub fn go_module_dir(module: &str, version: &str) -> Result<PathBuf> {
+    let go_dir = workspace_root().join("tests/go");
+    let needle = format!("{module} {version}");
+    let pins = sorted_files(&go_dir)?
+        .into_iter()
+        .find(|d| {
+            fs::read_to_string(d.join("go.mod"))
+                .is_ok_and(|m| m.lines().any(|l| l.trim().starts_with(&needle)))
+        })
+        .ok_or_else(|| {
+            anyhow!(
+                "no wrapper module under {} requires {needle}",
+                go_dir.display()
+            )
+        })?;
+    go_module_dir_in(module, &pins)
+}
+
+/// The directory of `module` at the version the wrapper module `pins`
+/// requires (see [`go_module_dir`]).
+pub fn go_module_dir_in(module: &str, pins: &Path) -> Result<PathBuf> {
     let out = Command::new("go")
-        .args(["mod", "download", "-json", &format!("{module}@{version}")])
-        .current_dir(std::env::temp_dir())
-        .env("GOFLAGS", "-mod=mod")
+        .args(["mod", "download", "-json", module])
+        .current_dir(pins)
         .output()
         .context("running `go mod download` (is Go installed?)")?;
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
         format!(
-            "go mod download {module}@{version}: {}",
+            "go mod download {module} in {}: {}",
+            pins.display(),
             String::from_utf8_lossy(&out.stderr)
         )
     })?;
     if let Some(err) = info["Error"].as_str() {
-        bail!("go mod download {module}@{version}: {err}");
+        bail!(
+            "go mod download {module} (pinned in {}): {err}",
+            pins.display()
+        );
     }
     let dir = info["Dir"]
         .as_str()
-        .ok_or_else(|| anyhow!("go mod download {module}@{version} printed no Dir"))?;
+        .ok_or_else(|| anyhow!("go mod download {module} printed no Dir"))?;
     Ok(PathBuf::from(dir))
+}
+
+/// Wrapper module pinning the modules whose CRDs the tests install.
+pub fn crd_pins() -> PathBuf {
+    workspace_root().join("tests/go/crds")
 }
 
 /// How the webhook injects its sidecar (`--sidecar-mode`).
@@ -1086,10 +1263,18 @@ pub struct Webhook {
 }
 
 impl Webhook {
-    /// Builds (if needed) and starts the webhook with `extra_args`, its
-    /// certificate in a fresh directory, talking to the API server as admin
-    /// through `KUBECONFIG`. Waits until `/readyz` answers.
-    pub async fn start(cp: &ControlPlane, name: &str, extra_args: &[&str]) -> Result<Self> {
+    /// Builds (if needed) and starts the webhook with `extra_args` (flags not
+    /// set here: `--listen`, `--admin-listen`, `--tls-cert`, `--tls-key`,
+    /// `--tls-reload-interval`, `--watchdog-image` are), its certificate in
+    /// a fresh directory, talking to the API server as whoever `kubeconfig`
+    /// names (see [`ControlPlane::install_arc_watchdog`]: the webhook's own
+    /// ServiceAccount). Waits until `/readyz` answers.
+    pub async fn start(
+        cp: &ControlPlane,
+        name: &str,
+        kubeconfig: &Path,
+        extra_args: &[&str],
+    ) -> Result<Self> {
         let bin = workspace_bin("arc-watchdog-webhook", "arc-watchdog-webhook")?;
         let dir = cp.dir().join(name);
         let cert_dir = dir.join("certs");
@@ -1126,10 +1311,7 @@ impl Webhook {
         ];
         args.extend(extra_args.iter().map(|s| (*s).to_owned()));
         let mut env = BTreeMap::new();
-        env.insert(
-            "KUBECONFIG".to_owned(),
-            cp.kubeconfig().display().to_string(),
-        );
+        env.insert("KUBECONFIG".to_owned(), kubeconfig.display().to_string());
         env.insert("RUST_LOG".to_owned(), "info".to_owned());
         let wh = Self {
             proc: Mutex::new(None),
@@ -1254,16 +1436,27 @@ impl Webhook {
         }
     }
 
-    /// Registers this webhook: the MutatingWebhookConfiguration from
-    /// `manifests/` (rendered by `kubectl kustomize`), with `clientConfig`
-    /// replaced by this process's URL and CA, since the Deployment cannot run
-    /// here. Returns the applied object.
-    pub async fn register(&self, cp: &ControlPlane) -> Result<DynamicObject> {
-        let mut config = manifest_webhook_configuration(cp)?;
+    /// Registers this webhook: the MutatingWebhookConfiguration `arc-watchdog`
+    /// as `kubectl apply -k manifests/` stored it (or, when the manifests are
+    /// not applied, as `kubectl kustomize manifests/` renders it), with every
+    /// `clientConfig` replaced by this process's URL and CA, since the
+    /// Deployment cannot run here. Returns the stored object.
+    pub async fn register(&self, cp: &ControlPlane) -> Result<MutatingWebhookConfiguration> {
+        let api: Api<MutatingWebhookConfiguration> = Api::all(cp.admin_client().await?);
+        let existing = api.get_opt(WEBHOOK_CONFIG_NAME).await?;
+        let mut config = match &existing {
+            Some(c) => serde_json::to_value(c)?,
+            None => manifest_webhook_configuration(cp)?,
+        };
         set_client_config(&mut config, &self.url(), self.ca_pem())?;
-        let yaml = serde_json::to_string(&config)?;
-        let mut applied = cp.apply_yaml(&yaml, None).await?;
-        applied.pop().ok_or_else(|| anyhow!("nothing applied"))
+        let config: MutatingWebhookConfiguration = serde_json::from_value(config)?;
+        let stored = if existing.is_some() {
+            api.replace(WEBHOOK_CONFIG_NAME, &PostParams::default(), &config)
+                .await
+        } else {
+            api.create(&PostParams::default(), &config).await
+        };
+        stored.context("registering the webhook")
     }
 }
 

@@ -1,6 +1,7 @@
 //! The local control plane itself: the pinned kube-apiserver answers, RBAC
 //! is enforced for ServiceAccount tokens, and container logs flow from the
 //! fake node's kubelet endpoint through the API server (including follow).
+#![allow(clippy::unwrap_used)] // a test: a panic is the failure report
 
 use std::time::Duration;
 

@@ -1,0 +1,482 @@
+//! Issue 5, items 1 and 2, on a real kube-apiserver: the webhook (a local
+//! process, registered from manifests/ with a local URL, running as its own
+//! ServiceAccount) injects the watchdog into ARC listener pods created
+//! through the API, in native and classic mode; the API server accepts the
+//! result; the watchdog's identity works; everything else is left alone;
+//! `--dry-run=server` works; a stopped webhook does not stop listeners.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is the failure report
+
+use std::time::{Duration, Instant};
+
+use arc_watchdog::names;
+use arc_watchdog_tests::control_plane::{
+    ControlPlane, LISTENER_NAMESPACE, WEBHOOK_CONFIG_NAME, Webhook, listener_name, listener_pod,
+};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::Resource as _;
+use kube::api::{Api, PostParams};
+use tokio::sync::{Mutex, MutexGuard};
+
+/// The webhook process of this test binary and the flags it runs with.
+/// Tests hold the lock for their whole run: some restart or stop it.
+static WEBHOOK: Mutex<Option<(Vec<String>, Webhook)>> = Mutex::const_new(None);
+static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+
+/// The shared control plane with arc-watchdog installed and a webhook
+/// running with exactly `args` (None: stopped).
+async fn setup(
+    args: Option<&[&str]>,
+) -> (
+    &'static ControlPlane,
+    MutexGuard<'static, Option<(Vec<String>, Webhook)>>,
+) {
+    let cp = ControlPlane::shared().await.unwrap();
+    let mut guard = WEBHOOK.lock().await;
+    INSTALLED
+        .get_or_init(|| async { cp.prepare_arc_watchdog().await.unwrap() })
+        .await;
+    let wanted: Vec<String> = args
+        .unwrap_or_default()
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    let current = guard.as_ref().map(|(a, _)| a.clone());
+    if current.as_ref() != Some(&wanted) {
+        if let Some((_, old)) = guard.take() {
+            old.stop();
+        }
+        let refs: Vec<&str> = wanted.iter().map(String::as_str).collect();
+        let kubeconfig = cp.webhook_kubeconfig().await.unwrap();
+        let wh = Webhook::start(cp, "webhook", &kubeconfig, &refs)
+            .await
+            .unwrap();
+        wh.register(cp).await.unwrap();
+        *guard = Some((wanted, wh));
+    }
+    if args.is_none() {
+        // Registered, then stopped: the API server calls a closed port.
+        if let Some((_, wh)) = guard.take() {
+            wh.stop();
+        }
+    }
+    (cp, guard)
+}
+
+fn watchdog_of(containers: &[Container]) -> Option<&Container> {
+    containers.iter().find(|c| c.name == names::CONTAINER_NAME)
+}
+
+/// What the injected container needs to authenticate: the projected token
+/// volume mounted read-only at the service-account path, exactly once.
+fn assert_can_authenticate(pod: &Pod, c: &Container) {
+    let spec = pod.spec.as_ref().unwrap();
+    let mounts: Vec<_> = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .filter(|m| m.mount_path == "/var/run/secrets/kubernetes.io/serviceaccount")
+        .collect();
+    assert_eq!(mounts.len(), 1, "one token mount in {}: {mounts:?}", c.name);
+    assert_eq!(mounts[0].read_only, Some(true));
+    let volume = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mounts[0].name)
+        .expect("the mounted volume exists");
+    let sources = &volume
+        .projected
+        .as_ref()
+        .expect("a projected volume")
+        .sources;
+    let sources = sources.as_ref().unwrap();
+    let token = sources
+        .iter()
+        .find_map(|s| s.service_account_token.as_ref())
+        .expect("a serviceAccountToken source");
+    assert_eq!(token.path, "token");
+    assert!(
+        sources.iter().any(|s| s
+            .config_map
+            .as_ref()
+            .is_some_and(|cm| cm.name == "kube-root-ca.crt")),
+        "the API server's CA comes with the token"
+    );
+    let env: Vec<_> = c.env.iter().flatten().collect();
+    for (name, path) in [
+        (names::ENV_POD_NAME, "metadata.name"),
+        (names::ENV_POD_NAMESPACE, "metadata.namespace"),
+        (names::ENV_POD_UID, "metadata.uid"),
+    ] {
+        let var = env
+            .iter()
+            .find(|e| e.name == name)
+            .unwrap_or_else(|| panic!("env {name}"));
+        let field = var
+            .value_from
+            .as_ref()
+            .and_then(|v| v.field_ref.as_ref())
+            .unwrap();
+        assert_eq!(field.field_path, path);
+    }
+}
+
+fn assert_hardened(c: &Container) {
+    let sc = c.security_context.as_ref().expect("securityContext");
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    let drop = sc
+        .capabilities
+        .as_ref()
+        .and_then(|c| c.drop.clone())
+        .unwrap_or_default();
+    assert_eq!(drop, vec!["ALL".to_owned()]);
+    assert!(
+        c.resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .is_some(),
+        "requests set"
+    );
+    assert_eq!(
+        c.args.as_ref().and_then(|a| a.first()).map(String::as_str),
+        Some("run")
+    );
+    let probe = c
+        .liveness_probe
+        .as_ref()
+        .and_then(|p| p.http_get.as_ref())
+        .expect("liveness probe");
+    assert_eq!(probe.path.as_deref(), Some(names::PATH_HEALTHZ));
+}
+
+/// The listener container is exactly what ARC asked for (the webhook never
+/// touches it; the ServiceAccount admission plugin adds its token mount).
+fn assert_listener_untouched(pod: &Pod, sent: &Pod) {
+    let got = pod
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers
+        .iter()
+        .find(|c| c.name == "listener")
+        .unwrap();
+    let want = &sent.spec.as_ref().unwrap().containers[0];
+    assert_eq!(got.image, want.image);
+    assert_eq!(got.command, want.command);
+    assert_eq!(got.env, want.env);
+    assert_eq!(got.args, want.args);
+    assert!(got.startup_probe.is_none() && got.liveness_probe.is_none());
+}
+
+async fn assert_per_listener_rbac(cp: &ControlPlane, pod: &Pod) {
+    let client = cp.admin_client().await.unwrap();
+    let ns = pod.metadata.namespace.as_deref().unwrap();
+    let name = names::rbac_name(pod.metadata.name.as_deref().unwrap());
+    let mwc: Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> =
+        Api::all(client.clone());
+    let owner_uid = mwc
+        .get(WEBHOOK_CONFIG_NAME)
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    let role = Api::<Role>::namespaced(client.clone(), ns)
+        .get(&name)
+        .await
+        .unwrap();
+    let binding = Api::<RoleBinding>::namespaced(client.clone(), ns)
+        .get(&name)
+        .await
+        .unwrap();
+    let lease = Api::<Lease>::namespaced(client.clone(), ns)
+        .get(&names::lease_name(pod.metadata.name.as_deref().unwrap()))
+        .await
+        .unwrap();
+    for meta in [role.meta(), binding.meta(), lease.meta()] {
+        let labels = meta.labels.clone().unwrap_or_default();
+        assert_eq!(
+            labels.get(names::MANAGED_BY_LABEL).map(String::as_str),
+            Some(names::MANAGED_BY_VALUE)
+        );
+        let owners = meta.owner_references.clone().unwrap_or_default();
+        assert!(
+            owners
+                .iter()
+                .any(|o| o.uid == owner_uid && o.kind == "MutatingWebhookConfiguration"),
+            "{:?} owned by the webhook configuration: {owners:?}",
+            meta.name
+        );
+    }
+    let sa = pod
+        .spec
+        .as_ref()
+        .unwrap()
+        .service_account_name
+        .clone()
+        .unwrap();
+    assert!(
+        binding
+            .subjects
+            .unwrap_or_default()
+            .iter()
+            .any(|s| s.kind == "ServiceAccount" && s.name == sa)
+    );
+}
+
+#[tokio::test]
+async fn listener_pod_gets_a_native_sidecar_that_can_authenticate() {
+    // `auto` must pick native on a 1.34 API server.
+    let (cp, _guard) = setup(Some(&[])).await;
+    let sent = listener_pod("inject-native", "uid-is-replaced");
+    let pod = cp
+        .create_listener(LISTENER_NAMESPACE, "inject-native")
+        .await
+        .unwrap();
+    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(
+        annotations
+            .get(names::ANNOTATION_INJECTED)
+            .map(String::as_str),
+        Some("native")
+    );
+    let spec = pod.spec.as_ref().unwrap();
+    let inits = spec.init_containers.clone().unwrap_or_default();
+    let wd = inits.first().expect("an init container");
+    assert_eq!(
+        wd.name,
+        names::CONTAINER_NAME,
+        "the watchdog is the first init container"
+    );
+    assert_eq!(wd.restart_policy.as_deref(), Some("Always"));
+    let startup = wd
+        .startup_probe
+        .as_ref()
+        .and_then(|p| p.http_get.as_ref())
+        .expect("start gate");
+    assert_eq!(startup.path.as_deref(), Some(names::PATH_STARTZ));
+    assert!(
+        watchdog_of(&spec.containers).is_none(),
+        "not also a regular container"
+    );
+    assert_hardened(wd);
+    assert_can_authenticate(&pod, wd);
+    assert_listener_untouched(&pod, &sent);
+    assert_per_listener_rbac(cp, &pod).await;
+
+    // The token the kubelet would mount (bound to this pod) really works
+    // for what the watchdog does first: read its own pod.
+    let uid = pod.metadata.uid.clone().unwrap();
+    let name = pod.metadata.name.clone().unwrap();
+    let sa = spec.service_account_name.clone().unwrap();
+    let as_watchdog = cp
+        .service_account_client(LISTENER_NAMESPACE, &sa, Some((&name, &uid)))
+        .await
+        .unwrap();
+    let own: Pod = Api::namespaced(as_watchdog, LISTENER_NAMESPACE)
+        .get(&name)
+        .await
+        .unwrap();
+    assert_eq!(own.metadata.uid, Some(uid));
+}
+
+#[tokio::test]
+async fn listener_pod_gets_a_classic_sidecar_when_asked() {
+    let (cp, _guard) = setup(Some(&["--sidecar-mode=classic"])).await;
+    let sent = listener_pod("inject-classic", "x");
+    let pod = cp
+        .create_listener(LISTENER_NAMESPACE, "inject-classic")
+        .await
+        .unwrap();
+    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(
+        annotations
+            .get(names::ANNOTATION_INJECTED)
+            .map(String::as_str),
+        Some("classic")
+    );
+    let spec = pod.spec.as_ref().unwrap();
+    assert_eq!(
+        spec.containers[0].name, "listener",
+        "the listener stays the first container"
+    );
+    let wd = watchdog_of(&spec.containers).expect("the watchdog as a regular container");
+    assert!(wd.restart_policy.is_none());
+    assert!(wd.startup_probe.is_none(), "classic mode has no start gate");
+    assert!(
+        spec.init_containers
+            .iter()
+            .flatten()
+            .all(|c| c.name != names::CONTAINER_NAME)
+    );
+    assert_hardened(wd);
+    assert_can_authenticate(&pod, wd);
+    assert_listener_untouched(&pod, &sent);
+    assert_per_listener_rbac(cp, &pod).await;
+}
+
+fn has_watchdog(pod: &Pod) -> bool {
+    let spec = pod.spec.as_ref().unwrap();
+    watchdog_of(&spec.containers).is_some()
+        || watchdog_of(spec.init_containers.as_deref().unwrap_or_default()).is_some()
+}
+
+#[tokio::test]
+async fn other_pods_and_opted_out_listeners_are_untouched() {
+    let (cp, _guard) = setup(Some(&[])).await;
+    let client = cp.admin_client().await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), LISTENER_NAMESPACE);
+
+    // A positive control in the same state of the system: without it, a
+    // webhook that is simply not called would pass this test.
+    let control = cp
+        .create_listener(LISTENER_NAMESPACE, "untouched-control")
+        .await
+        .unwrap();
+    assert!(has_watchdog(&control));
+
+    // Same pod, not a listener (no listener labels): the ARC controller's
+    // own pod, say.
+    let mut other = listener_pod("untouched-other", "x");
+    other.metadata.name = Some("arc-gha-rs-controller-6d9f8c-abcde".into());
+    other.metadata.labels = Some(
+        [(
+            "app.kubernetes.io/name".to_owned(),
+            "gha-rs-controller".to_owned(),
+        )]
+        .into(),
+    );
+    other.metadata.owner_references = None;
+    cp.create_service_account(
+        LISTENER_NAMESPACE,
+        other
+            .spec
+            .as_ref()
+            .unwrap()
+            .service_account_name
+            .as_deref()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let other = pods.create(&PostParams::default(), &other).await.unwrap();
+    assert!(!has_watchdog(&other));
+    assert!(
+        other
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .get(names::ANNOTATION_INJECTED)
+            .is_none()
+    );
+
+    // A listener that opted out.
+    let mut opted = listener_pod("untouched-optout", "x");
+    opted.metadata.owner_references = None;
+    opted.metadata.annotations =
+        Some([(names::ANNOTATION_INJECT.to_owned(), "false".to_owned())].into());
+    cp.create_service_account(LISTENER_NAMESPACE, &listener_name("untouched-optout"))
+        .await
+        .unwrap();
+    let opted = pods.create(&PostParams::default(), &opted).await.unwrap();
+    assert!(!has_watchdog(&opted));
+    let roles: Api<Role> = Api::namespaced(client.clone(), LISTENER_NAMESPACE);
+    assert!(
+        roles
+            .get_opt(&names::rbac_name(&listener_name("untouched-optout")))
+            .await
+            .unwrap()
+            .is_none(),
+        "no RBAC for an opted-out listener"
+    );
+
+    // A listener-labelled pod in kube-system (excluded by namespaceSelector).
+    let mut system = listener_pod("untouched-system", "x");
+    system.metadata.owner_references = None;
+    cp.create_service_account("kube-system", &listener_name("untouched-system"))
+        .await
+        .unwrap();
+    let system = Api::<Pod>::namespaced(client, "kube-system")
+        .create(&PostParams::default(), &system)
+        .await
+        .unwrap();
+    assert!(!has_watchdog(&system));
+}
+
+#[tokio::test]
+async fn server_side_dry_run_shows_the_sidecar_and_stores_nothing() {
+    let (cp, _guard) = setup(Some(&[])).await;
+    let scale_set = "dry-run";
+    let name = listener_name(scale_set);
+    cp.create_service_account(LISTENER_NAMESPACE, &name)
+        .await
+        .unwrap();
+    let mut pod = listener_pod(scale_set, "x");
+    pod.metadata.owner_references = None;
+    let file = cp.dir().join("dry-run-pod.json");
+    std::fs::write(&file, serde_json::to_vec(&pod).unwrap()).unwrap();
+    let out = cp
+        .kubectl_run(&[
+            "create",
+            "--dry-run=server",
+            "-o",
+            "json",
+            "-n",
+            LISTENER_NAMESPACE,
+            "-f",
+            &file.display().to_string(),
+        ])
+        .unwrap();
+    let shown: Pod = serde_json::from_str(&out).unwrap();
+    assert!(
+        has_watchdog(&shown),
+        "the dry-run answer shows the injected sidecar"
+    );
+
+    let client = cp.admin_client().await.unwrap();
+    assert!(
+        Api::<Pod>::namespaced(client.clone(), LISTENER_NAMESPACE)
+            .get_opt(&name)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // sideEffects NoneOnDryRun: no Role, RoleBinding or Lease either.
+    assert!(
+        Api::<Role>::namespaced(client.clone(), LISTENER_NAMESPACE)
+            .get_opt(&names::rbac_name(&name))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        Api::<Lease>::namespaced(client, LISTENER_NAMESPACE)
+            .get_opt(&names::lease_name(&name))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn listeners_are_created_promptly_while_the_webhook_is_down() {
+    let (cp, guard) = setup(None).await;
+    assert!(guard.is_none(), "the webhook is stopped");
+    let started = Instant::now();
+    let pod = cp
+        .create_listener(LISTENER_NAMESPACE, "webhook-down")
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert!(!has_watchdog(&pod), "created without the watchdog");
+    // failurePolicy Ignore with a refused connection: no waiting for the
+    // webhook's timeout (5s).
+    assert!(
+        took < Duration::from_secs(3),
+        "creating the listener took {took:?}"
+    );
+}
