@@ -156,6 +156,29 @@ impl EnsureResult {
     }
 }
 
+/// Puts the managed-by label and `owner` on an existing object that lacks
+/// them (created before the configuration existed, or by hand). Returns
+/// whether anything changed. Other labels and owners are kept.
+pub fn adopt(meta: &mut ObjectMeta, owner: Option<&OwnerReference>) -> bool {
+    let mut changed = false;
+    let labels = meta.labels.get_or_insert_with(BTreeMap::new);
+    if labels.get(names::MANAGED_BY_LABEL).map(String::as_str) != Some(names::MANAGED_BY_VALUE) {
+        labels.insert(
+            names::MANAGED_BY_LABEL.to_owned(),
+            names::MANAGED_BY_VALUE.to_owned(),
+        );
+        changed = true;
+    }
+    if let Some(owner) = owner {
+        let refs = meta.owner_references.get_or_insert_with(Vec::new);
+        if !refs.iter().any(|r| r.uid == owner.uid) {
+            refs.push(owner.clone());
+            changed = true;
+        }
+    }
+    changed
+}
+
 fn is_conflict(err: &kube::Error) -> bool {
     matches!(err, kube::Error::Api(status) if status.code == 409)
 }
@@ -215,8 +238,12 @@ impl RbacKeeper {
             Ok(_) => {}
             Err(err) if is_conflict(&err) => {
                 let mut have = roles.get(&names::rbac_name(&target.pod_name)).await?;
+                let mut changed = adopt(&mut have.metadata, owner.as_ref());
                 if have.rules != want.role.rules {
                     have.rules = want.role.rules.clone();
+                    changed = true;
+                }
+                if changed {
                     roles
                         .replace(&names::rbac_name(&target.pod_name), &pp, &have)
                         .await?;
@@ -239,9 +266,15 @@ impl RbacKeeper {
                         Err(err) if is_conflict(&err) => {}
                         Err(err) => return Err(err),
                     }
-                } else if have.subjects != want.binding.subjects {
-                    have.subjects = want.binding.subjects.clone();
-                    bindings.replace(&name, &pp, &have).await?;
+                } else {
+                    let mut changed = adopt(&mut have.metadata, owner.as_ref());
+                    if have.subjects != want.binding.subjects {
+                        have.subjects = want.binding.subjects.clone();
+                        changed = true;
+                    }
+                    if changed {
+                        bindings.replace(&name, &pp, &have).await?;
+                    }
                 }
             }
             Err(err) => return Err(err),
@@ -325,6 +358,30 @@ mod tests {
                 {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
             ])
         );
+    }
+
+    #[test]
+    fn adopt_adds_label_and_owner_once_and_keeps_the_rest() {
+        let owner = owner_reference("arc-watchdog", "uid-1");
+        let other = owner_reference("someone-else", "uid-2");
+        let mut meta = ObjectMeta {
+            labels: Some([("team".to_owned(), "ci".to_owned())].into()),
+            owner_references: Some(vec![other.clone()]),
+            ..ObjectMeta::default()
+        };
+        assert!(adopt(&mut meta, Some(&owner)));
+        assert_eq!(
+            meta.owner_references.as_ref().unwrap(),
+            &vec![other, owner.clone()]
+        );
+        assert_eq!(meta.labels.as_ref().unwrap().len(), 2);
+        assert!(
+            !adopt(&mut meta, Some(&owner)),
+            "second adopt changes nothing"
+        );
+        let mut bare = ObjectMeta::default();
+        assert!(adopt(&mut bare, None));
+        assert!(bare.owner_references.as_ref().is_none_or(Vec::is_empty));
     }
 
     #[test]

@@ -121,12 +121,13 @@ pub async fn refresh_once(client: &kube::Client, cell: &ModeCell) -> Duration {
             REFRESH_INTERVAL
         }
         Err(err) => {
-            // Unknown: classic is the safe choice (see the module doc).
-            let previous = cell.set(SidecarMode::Classic);
+            // Never known: the cell still holds classic, the safe choice
+            // (see the module doc). Known before: a failed request does not
+            // change the server's version, so the last answer stands.
             tracing::warn!(
                 error = %err,
-                previous = previous.as_str(),
-                "could not read the API server's version; using classic sidecars until it answers"
+                mode = cell.get().as_str(),
+                "could not read the API server's version; keeping the current sidecar mode"
             );
             RETRY_INTERVAL
         }
