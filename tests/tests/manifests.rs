@@ -32,8 +32,6 @@ const LISTENER_NAMESPACE: &str = "arc-systems";
 const WEBHOOK: &str = "arc-watchdog-webhook";
 const WEBHOOK_CONFIG: &str = "arc-watchdog";
 const IMAGE_ENV: &str = "ARC_WATCHDOG_WATCHDOG_IMAGE";
-/// Name of the injected container's metrics port (the webhook names it so).
-const WATCHDOG_PORT_NAME: &str = "watchdog";
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -831,8 +829,12 @@ fn monitoring_component_scrapes_webhook_and_watchdogs() {
     let endpoints = sidecar_monitor["spec"]["podMetricsEndpoints"]
         .as_array()
         .unwrap();
-    assert!(endpoints.iter().any(|e| e["port"] == WATCHDOG_PORT_NAME
-        && e["path"].as_str().unwrap_or("/metrics") == names::PATH_METRICS));
+    assert!(
+        endpoints
+            .iter()
+            .any(|e| e["port"] == arc_watchdog_webhook::mutation::PORT_NAME
+                && e["path"].as_str().unwrap_or("/metrics") == names::PATH_METRICS)
+    );
     // The alerts use the Prometheus Operator's default job names.
     for m in &monitors {
         assert!(m["spec"].get("jobLabel").is_none());
