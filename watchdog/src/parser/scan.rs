@@ -315,16 +315,32 @@ pub(crate) fn is_iso_start(s: &[u8]) -> bool {
         })
 }
 
-/// The zap console encoder's fields: timestamp, level, logger, (caller),
-/// message, JSON fields; tab-separated. Returns the fields after the
-/// timestamp, at most five, or `None` if the line is not zap text.
-fn zap_fields(s: &[u8]) -> Option<impl Iterator<Item = &[u8]>> {
+/// Whether `s` is a zap console line: an ISO 8601 timestamp, then a tab.
+fn zap_ts_end(s: &[u8]) -> Option<usize> {
     if !is_iso_start(s) {
         return None;
     }
-    // The timestamp ends at the first tab, within a sane distance.
-    let ts_end = memchr::memchr(b'\t', &s[..s.len().min(40)])?;
-    Some(s[ts_end + 1..].split(|&b| b == b'\t').take(5))
+    memchr::memchr(b'\t', &s[..s.len().min(40)])
+}
+
+/// Decides a zap console line (timestamp, level, logger, (caller), message,
+/// JSON fields; tab-separated) from the first five fields after the
+/// timestamp. A JSON field cannot hold a raw tab, so a field equal to a
+/// marker is the message itself, never a value inside the fields.
+fn zap_text_head(s: &[u8]) -> Option<Head> {
+    let ts_end = zap_ts_end(s)?;
+    let mut rest = &s[ts_end + 1..];
+    for _ in 0..5 {
+        let end = memchr::memchr(b'\t', rest);
+        if let Some(h) = message_event(&rest[..end.unwrap_or(rest.len())]) {
+            return Some(h);
+        }
+        match end {
+            Some(e) => rest = &rest[e + 1..],
+            None => break,
+        }
+    }
+    None
 }
 
 /// The format of an entry's content.
@@ -343,7 +359,7 @@ pub(crate) fn detect_format(s: &[u8]) -> LogFormat {
         Some(b) if b.is_ascii_digit() => {
             if go_date_len(s).is_some() {
                 LogFormat::Stdlib
-            } else if zap_fields(s).is_some() {
+            } else if zap_ts_end(s).is_some() {
                 LogFormat::ZapText
             } else {
                 LogFormat::Unknown
@@ -401,14 +417,7 @@ pub(crate) fn head(s: &[u8]) -> Head {
                 }
                 return Head::Decided(ListenerEvent::Other);
             }
-            if let Some(fields) = zap_fields(s) {
-                for field in fields {
-                    if let Some(h) = message_event(field) {
-                        return h;
-                    }
-                }
-            }
-            Head::Decided(ListenerEvent::Other)
+            zap_text_head(s).unwrap_or(Head::Decided(ListenerEvent::Other))
         }
         Some(b'{') => {
             let at = JSON_MSG
