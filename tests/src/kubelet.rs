@@ -1325,7 +1325,12 @@ impl PodRun {
         }
         // A new run: the previous one's lines become `previous`.
         self.ctx.node.logs().restart(&self.ns, &self.name, &c.name);
-        let log_file = self.dir.join(format!("{}.log", c.name));
+        // Kept after the pod is gone (the pod directory is not), one file per
+        // pod generation and container, all runs appended.
+        let log_dir = self.ctx.config.work_dir.join("logs");
+        let _ = tokio::fs::create_dir_all(&log_dir).await;
+        let uid8: String = self.uid.chars().take(8).collect();
+        let log_file = log_dir.join(format!("{}-{uid8}-{}.log", self.name, c.name));
         let logs = self.ctx.node.logs().clone();
         let (ns, pod, cname) = (self.ns.clone(), self.name.clone(), c.name.clone());
         let mut pumps = Vec::new();
