@@ -16,11 +16,13 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use anyhow::{Context, Result, bail, ensure};
 use arc_watchdog::detector::Reason;
 use arc_watchdog::names;
 use arc_watchdog::run::metrics::{ReasonLabel, VersionWarningLabel};
+use arc_watchdog_tests::control_plane;
 use arc_watchdog_webhook::config::Cli;
 use arc_watchdog_webhook::rbac;
 use clap::{CommandFactory, Parser};
@@ -40,17 +42,31 @@ fn repo_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".."))
 }
 
-/// kubectl to use: `$KUBECTL`, else `kubectl` on PATH. None when it cannot run.
+/// kubectl to use, found once: `$KUBECTL`; else the one pinned with the
+/// control plane (`make go-tools` builds it; built here if missing and Go is
+/// available); else `kubectl` on PATH. None when none of them runs.
 fn kubectl() -> Option<PathBuf> {
-    let kubectl = std::env::var_os("KUBECTL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("kubectl"));
-    let ok = Command::new(&kubectl)
-        .args(["version", "--client"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    ok.then_some(kubectl)
+    static KUBECTL: OnceLock<Option<PathBuf>> = OnceLock::new();
+    KUBECTL
+        .get_or_init(|| {
+            let runs = |k: &Path| {
+                Command::new(k)
+                    .args(["version", "--client"])
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            };
+            if let Some(k) = std::env::var_os("KUBECTL").map(PathBuf::from) {
+                return runs(&k).then_some(k);
+            }
+            match control_plane::go_tool("kubectl") {
+                Ok(k) if runs(&k) => return Some(k),
+                Ok(k) => eprintln!("{} does not run; trying kubectl on PATH", k.display()),
+                Err(e) => eprintln!("no pinned kubectl ({e:#}); trying kubectl on PATH"),
+            }
+            let k = PathBuf::from("kubectl");
+            runs(&k).then_some(k)
+        })
+        .clone()
 }
 
 /// Rendered objects of one kustomization.
@@ -62,7 +78,7 @@ impl Rendered {
     fn of(dir: &Path) -> Result<Option<Self>> {
         let Some(kubectl) = kubectl() else {
             eprintln!(
-                "SKIP: kubectl not found (set KUBECTL or put kubectl on PATH); \
+                "SKIP: kubectl not found (set KUBECTL, run `make go-tools`, or put kubectl on PATH); \
                  the manifests were not checked"
             );
             return Ok(None);
