@@ -606,3 +606,56 @@ fn a_clock_going_backwards_does_not_rewind_windows() {
     assert!(out.is_empty());
     assert_eq!(s.d.status().conflicts_in_window, 1);
 }
+
+#[test]
+fn late_lines_after_the_end_count_for_the_ended_run() {
+    // The pod watch reports the end before the log delivers the fatal line.
+    let mut s = Sim::new(Thresholds::default());
+    let mut all = Vec::new();
+    for _ in 0..3 {
+        s.start(false);
+        s.advance(1);
+        all.extend(s.end(1, false));
+        all.extend(s.line(CONFLICT));
+        s.advance(5);
+    }
+    let r = reasons(&all);
+    // Counted once per run: three failed starts, three conflicts.
+    assert_eq!(count(&all, Reason::SessionConflict), 3);
+    assert_eq!(s.d.history().failed_starts.len(), 3);
+    // The third end made a crash loop of unknown cause; its late line shows
+    // it is a conflict loop.
+    assert!(r.contains(&Reason::CrashLoopDetected), "{r:?}");
+    assert!(r.contains(&Reason::ConflictLoopDetected), "{r:?}");
+    assert_eq!(count(&all, Reason::ListenerStartDelayed), 1);
+    let l = s.d.history().loop_state.unwrap();
+    assert!(l.conflict_loop);
+    assert_eq!(l.cause, Cause::SessionConflict);
+    assert!(
+        s.d.history()
+            .failed_starts
+            .iter()
+            .all(|f| f.cause == Cause::SessionConflict)
+    );
+}
+
+#[test]
+fn an_ended_run_announced_again_is_not_a_new_run() {
+    let mut s = Sim::new(Thresholds::default());
+    s.failing_generation(CONFLICT);
+    let id = format!("c{}", s.run);
+    // The watchdog restarted and announces the same (ended) container.
+    assert!(
+        s.feed(Input::RunStarted {
+            at: s.now,
+            run_id: id,
+            in_place: false,
+        })
+        .is_empty()
+    );
+    assert_eq!(s.d.history().failed_starts.len(), 1);
+    assert_eq!(
+        s.d.history().run.as_ref().unwrap().failure,
+        Some(Cause::SessionConflict)
+    );
+}

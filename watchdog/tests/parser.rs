@@ -101,6 +101,11 @@ const TABLE: &[(&str, ListenerEvent)] = &[
         "time=2026-09-14T22:01:10.118Z level=INFO source=/workspace/listener.go:180 msg=\"Handling initial session statistics\" component=listener",
         EST,
     ),
+    // A user field named like the other encoder's message key, after the message.
+    (
+        "{\"severity\":\"debug\",\"ts\":\"2026-03-02T05:00:02Z\",\"logger\":\"listener-app.listener\",\"message\":\"Getting next message\",\"msg\":\"x\"}",
+        EST,
+    ),
     (
         "time=2026-09-14T22:01:10.119Z level=DEBUG source=/workspace/listener.go:181 msg=\"Getting next message\" component=listener lastMessageID=0",
         EST,

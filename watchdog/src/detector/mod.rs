@@ -545,9 +545,10 @@ impl Detector {
     ) {
         if let Some(run) = &self.history.run
             && run.id == run_id
-            && run.ended.is_none()
         {
-            return; // the same run, resumed
+            // The same run again (the watchdog restarted, the stream
+            // reconnected): resumed, never counted twice, even if it ended.
+            return;
         }
         self.history.run = Some(RunState {
             id: run_id,
@@ -724,12 +725,27 @@ impl Detector {
     }
 
     fn maybe_start_loop(&mut self, at: Timestamp, cause: Cause, out: &mut Vec<Decision>) {
-        if self.history.loop_state.is_some() {
-            return;
-        }
         let t = &self.thresholds;
         let n = t.conflict_threshold as usize;
         let conflicts = self.history.conflicts.len();
+        if let Some(l) = &mut self.history.loop_state {
+            // A crash loop first seen without its cause (the container's end
+            // came before its last lines) turns out to be a conflict loop.
+            if conflicts >= n && !l.conflict_loop {
+                l.conflict_loop = true;
+                l.cause = Cause::SessionConflict;
+                out.push(Decision::Report {
+                    at,
+                    reason: Reason::ConflictLoopDetected,
+                    message: format!(
+                        "session-conflict loop: {conflicts} session conflicts within {} with no session in between; {}",
+                        format_duration(t.conflict_window),
+                        Cause::SessionConflict.advice()
+                    ),
+                });
+            }
+            return;
+        }
         let fails = &self.history.failed_starts;
         let conflict_loop = conflicts >= n;
         let crash_loop = fails.len() >= n;

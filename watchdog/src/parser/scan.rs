@@ -26,6 +26,10 @@ const LEGACY_RETRY: &[u8] = b"Unable to create message session";
 /// What the Go standard logger writes after the date on a fatal exit.
 const FATAL_PREFIX: &[u8] = b"Application returned an error:";
 
+/// How far into a JSON entry its message key is looked for (after `time`,
+/// `level` and slog's `source` object with its file path).
+const JSON_KEY_WINDOW: usize = 4096;
+
 /// Longest marker [`ErrScan`] looks for, plus the status token's context.
 const SEAM: usize = 64;
 
@@ -420,10 +424,16 @@ pub(crate) fn head(s: &[u8]) -> Head {
             zap_text_head(s).unwrap_or(Head::Decided(ListenerEvent::Other))
         }
         Some(b'{') => {
-            let at = JSON_MSG
-                .find(s)
-                .map(|i| i + 6)
-                .or_else(|| JSON_MESSAGE.find(s).map(|i| i + 10));
+            // The message key comes early in both encoders; the first of
+            // `"msg":` (slog) and `"message":` (zap) is the message, a later
+            // one is a user field.
+            let window = &s[..s.len().min(JSON_KEY_WINDOW)];
+            let msg = JSON_MSG.find(window).map(|i| i + 6);
+            let message = JSON_MESSAGE.find(window).map(|i| i + 10);
+            let at = match (msg, message) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             at.and_then(|i| json_string_after(s, i))
                 .and_then(message_event)
                 .unwrap_or(Head::Decided(ListenerEvent::Other))
