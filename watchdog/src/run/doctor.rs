@@ -298,9 +298,7 @@ pub fn format_report(checks: &[Check]) -> String {
 /// `arc-watchdog doctor`: prints the report on stdout; fails when a check
 /// failed.
 pub async fn doctor(args: DoctorArgs) -> anyhow::Result<()> {
-    let client = Client::try_default().await.map_err(|e| {
-        anyhow::anyhow!("no Kubernetes client configuration (in-cluster or KUBECONFIG): {e}")
-    })?;
+    let client = super::default_client().await?;
     let results = checks(&client, &args).await;
     print!("{}", format_report(&results));
     let failed = results.iter().filter(|c| !c.ok).count();

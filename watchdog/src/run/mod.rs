@@ -8,7 +8,7 @@
 //! in its own task, so the loop never blocks and `/healthz` stays honest.
 
 pub mod backoff;
-mod doctor;
+pub mod doctor;
 pub mod events;
 pub mod evict;
 pub mod gate;
@@ -120,6 +120,25 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
+/// A client for `config` with kube's own retries switched off: the
+/// sidecar retries with its own bounded backoff and must see every failure
+/// (kube's default retries 429/503/504 up to 15 times, for many minutes,
+/// which would hide an unreachable API server and stretch an eviction's
+/// PodDisruptionBudget retries without bound).
+pub fn client_from_config(mut config: kube::Config) -> Result<kube::Client, kube::Error> {
+    config.default_retry = false;
+    kube::Client::try_from(config)
+}
+
+/// A client from kube's default configuration: `KUBECONFIG` (or
+/// `~/.kube/config`), else the in-cluster service account.
+pub async fn default_client() -> anyhow::Result<kube::Client> {
+    let config = kube::Config::infer().await.map_err(|e| {
+        anyhow::anyhow!("no Kubernetes client configuration (in-cluster or KUBECONFIG): {e}")
+    })?;
+    client_from_config(config).map_err(|e| anyhow::anyhow!("building the Kubernetes client: {e}"))
+}
+
 /// `arc-watchdog run`: runs the sidecar until SIGTERM or SIGINT.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
@@ -127,11 +146,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .validate()
         .map_err(|e| anyhow::anyhow!("invalid thresholds: {e}"))?;
     let cancel = tokio_util::sync::CancellationToken::new();
-    let client = match kube::Client::try_default().await {
+    let client = match default_client().await {
         Ok(c) => Some(c),
         Err(e) => {
             // Blind from the start: serve the endpoints, fail open.
-            tracing::error!(error = %e, "no Kubernetes client configuration (in-cluster or KUBECONFIG); failing open");
+            tracing::error!(error = %format!("{e:#}"), "no Kubernetes client; failing open");
             None
         }
     };

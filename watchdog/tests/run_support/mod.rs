@@ -112,7 +112,7 @@ impl FakeApi {
     pub fn client(&self) -> kube::Client {
         let mut config = kube::Config::new(self.url().parse().unwrap());
         config.default_namespace = NS.to_owned();
-        kube::Client::try_from(config).unwrap()
+        arc_watchdog::run::client_from_config(config).unwrap()
     }
 
     /// A kubeconfig file pointing at the stand-in (for the binary).
@@ -385,6 +385,9 @@ async fn handle(State(ctx): State<Ctx>, method: Method, uri: Uri, body: Bytes) -
             if new["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"] {
                 return status(409, "Conflict", "the object has been modified");
             }
+            if query_param(&query, "dryRun").is_some() {
+                return json_response(200, &new);
+            }
             s.lease_rv += 1;
             new["metadata"]["resourceVersion"] = json!(s.lease_rv.to_string());
             s.lease = Some(new.clone());
@@ -392,6 +395,9 @@ async fn handle(State(ctx): State<Ctx>, method: Method, uri: Uri, body: Bytes) -
         }
         ("POST", p) if p == events_path => {
             let v = body_json.unwrap_or(Value::Null);
+            if query_param(&query, "dryRun").is_some() {
+                return json_response(201, &v);
+            }
             ctx.state.lock().unwrap().events.push(v.clone());
             json_response(201, &v)
         }
@@ -482,4 +488,46 @@ fn log_stream(ctx: Ctx, query: &str) -> Response {
         stream_body(rx),
     )
         .into_response()
+}
+
+/// A plain HTTP/1.1 GET (Connection: close): status code and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// `arc-watchdog run` arguments for tests: identity of the stand-in's pod,
+/// endpoints on an ephemeral port, the given grace and extra flags.
+pub fn run_args(grace: &str, extra: &[&str]) -> arc_watchdog::run::RunArgs {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: arc_watchdog::run::RunArgs,
+    }
+    let mut argv = vec![
+        "arc-watchdog".to_owned(),
+        format!("--pod-name={POD}"),
+        format!("--pod-namespace={NS}"),
+        format!("--pod-uid={POD_UID}"),
+        "--listen=127.0.0.1:0".to_owned(),
+        format!("--fail-open-grace={grace}"),
+    ];
+    argv.extend(extra.iter().map(|s| (*s).to_owned()));
+    Cli::try_parse_from(argv).unwrap().args
 }

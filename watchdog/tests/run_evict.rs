@@ -1,0 +1,139 @@
+//! Evicting the own pod: policy/v1 Eviction with a UID precondition; a
+//! PodDisruptionBudget's 429 is retried with backoff, a bounded number of
+//! times; dry-run asks the API server and never evicts.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod run_support;
+
+use std::time::{Duration, Instant};
+
+use arc_watchdog::run::evict::{EvictOutcome, EvictRetry, evict_pod};
+use run_support::*;
+use tokio_util::sync::CancellationToken;
+
+fn retry(attempts: u32) -> EvictRetry {
+    EvictRetry {
+        initial: Duration::from_millis(50),
+        max: Duration::from_millis(200),
+        attempts,
+    }
+}
+
+#[tokio::test]
+async fn a_429_is_retried_then_succeeds() {
+    let api = FakeApi::start().await;
+    api.with(|s| s.evict_429 = 2);
+    let started = Instant::now();
+    let out = evict_pod(
+        &api.client(),
+        NS,
+        POD,
+        Some(POD_UID),
+        false,
+        &retry(5),
+        &CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(out, EvictOutcome::Evicted { attempts: 3 });
+    // Two backoffs: 50 ms + 100 ms.
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    let posts = api.requests("POST", "/eviction");
+    assert_eq!(posts.len(), 3);
+    let body = posts[2].body.clone().unwrap();
+    assert_eq!(body["apiVersion"], "policy/v1");
+    assert_eq!(body["kind"], "Eviction");
+    assert_eq!(body["metadata"]["name"], POD);
+    assert_eq!(body["deleteOptions"]["preconditions"]["uid"], POD_UID);
+    assert!(!posts[2].query.contains("dryRun"));
+    assert_eq!(api.with(|s| s.evictions.len()), 1);
+}
+
+#[tokio::test]
+async fn a_lasting_429_gives_up_after_the_bound() {
+    let api = FakeApi::start().await;
+    api.with(|s| s.evict_429 = 100);
+    let out = evict_pod(
+        &api.client(),
+        NS,
+        POD,
+        Some(POD_UID),
+        false,
+        &retry(4),
+        &CancellationToken::new(),
+    )
+    .await;
+    match out {
+        EvictOutcome::Blocked { attempts, last } => {
+            assert_eq!(attempts, 4);
+            assert!(last.starts_with("429"), "{last}");
+        }
+        other => panic!("expected Blocked, got {other:?}"),
+    }
+    assert_eq!(api.requests("POST", "/eviction").len(), 4);
+    assert_eq!(api.with(|s| s.evictions.len()), 0);
+}
+
+#[tokio::test]
+async fn dry_run_never_evicts_and_forbidden_is_reported() {
+    let api = FakeApi::start().await;
+    let out = evict_pod(
+        &api.client(),
+        NS,
+        POD,
+        Some(POD_UID),
+        true,
+        &retry(3),
+        &CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(out, EvictOutcome::DryRunAccepted);
+    assert!(
+        api.requests("POST", "/eviction")[0]
+            .query
+            .contains("dryRun=All")
+    );
+    assert_eq!(api.with(|s| s.evictions.len()), 0);
+
+    api.with(|s| s.fail_all = Some(403));
+    let out = evict_pod(
+        &api.client(),
+        NS,
+        POD,
+        Some(POD_UID),
+        false,
+        &retry(3),
+        &CancellationToken::new(),
+    )
+    .await;
+    assert!(
+        matches!(out, EvictOutcome::Forbidden(ref m) if m.starts_with("403")),
+        "{out:?}"
+    );
+    // Not retried: RBAC does not change by waiting.
+    assert_eq!(api.requests("POST", "/eviction").len(), 2);
+}
+
+#[tokio::test]
+async fn cancel_stops_the_retries() {
+    let api = FakeApi::start().await;
+    api.with(|s| s.evict_429 = 100);
+    let cancel = CancellationToken::new();
+    let slow = EvictRetry {
+        initial: Duration::from_secs(30),
+        max: Duration::from_secs(30),
+        attempts: 5,
+    };
+    let c = cancel.clone();
+    let task = tokio::spawn(async move {
+        let client = api.client();
+        evict_pod(&client, NS, POD, Some(POD_UID), false, &slow, &c).await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    cancel.cancel();
+    let out = tokio::time::timeout(Duration::from_secs(1), task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out, EvictOutcome::Cancelled);
+}

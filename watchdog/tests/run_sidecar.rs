@@ -1,0 +1,269 @@
+//! The whole sidecar loop against the API stand-in: fail open when blind,
+//! and a session-conflict loop seen end to end (gate, Lease, Events,
+//! eviction after a PodDisruptionBudget's 429).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod run_support;
+
+use std::time::{Duration, Instant};
+
+use arc_watchdog::detector::History;
+use arc_watchdog::run::lease::HISTORY_ANNOTATION;
+use arc_watchdog::run::start;
+use jiff::Timestamp;
+use run_support::*;
+use tokio_util::sync::CancellationToken;
+
+/// Polls `/startz` until it answers 200; returns how long that took.
+async fn startz_opens(addr: std::net::SocketAddr, within: Duration) -> Duration {
+    let begin = Instant::now();
+    loop {
+        let (code, body) = http_get(addr, "/startz").await;
+        if code == 200 {
+            return begin.elapsed();
+        }
+        assert_eq!(code, 503, "{body}");
+        assert!(begin.elapsed() < within, "gate still closed: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn api_unreachable_gate_opens_after_the_grace() {
+    // A port nobody listens on.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut config = kube::Config::new(format!("http://{closed}").parse().unwrap());
+    config.connect_timeout = Some(Duration::from_millis(500));
+    let client = arc_watchdog::run::client_from_config(config).unwrap();
+    let cancel = CancellationToken::new();
+    let t0 = Instant::now();
+    let started = start(run_args("1500ms", &[]), Some(client), cancel.clone())
+        .await
+        .unwrap();
+
+    let (code, body) = http_get(started.addr, "/startz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("remaining_seconds="), "{body}");
+    let (_, metrics) = http_get(started.addr, "/metrics").await;
+    assert_eq!(
+        metric(&metrics, "arc_watchdog_fail_open"),
+        Some(0.0),
+        "{metrics}"
+    );
+    startz_opens(started.addr, Duration::from_secs(10)).await;
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1500),
+        "opened before the grace"
+    );
+
+    let (code, body) = http_get(started.addr, "/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    let (code, _) = http_get(started.addr, "/healthz").await;
+    assert_eq!(code, 200);
+    let (_, metrics) = http_get(started.addr, "/metrics").await;
+    assert_eq!(
+        metric(&metrics, "arc_watchdog_fail_open"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "arc_watchdog_start_delay_seconds"),
+        Some(0.0),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("arc_watchdog_api_errors_total{op="),
+        "{metrics}"
+    );
+
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(1), started.task)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn rbac_missing_fails_open_and_never_evicts() {
+    let api = FakeApi::start().await;
+    api.with(|s| s.fail_all = Some(403));
+    // A pod whose listener is dead while the pod lives on: with the data
+    // it would be evicted at once; without it, never.
+    api.set_pod(pod_json(
+        Some("containerd://c1"),
+        terminated(1, "2026-11-28T10:00:03Z"),
+        0,
+    ));
+    let cancel = CancellationToken::new();
+    let t0 = Instant::now();
+    let started = start(run_args("1s", &[]), Some(api.client()), cancel.clone())
+        .await
+        .unwrap();
+    // A forbidden Lease means no stored backoff: the gate opens at once.
+    startz_opens(started.addr, Duration::from_secs(10)).await;
+    // Blind (pod watch and log forbidden) for longer than the grace: the
+    // watchdog reports that it fails open.
+    loop {
+        let (_, m) = http_get(started.addr, "/metrics").await;
+        if metric(&m, "arc_watchdog_fail_open") == Some(1.0) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "never failed open: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(t0.elapsed() >= Duration::from_secs(1));
+    assert!(
+        !api.requests("GET", "/pods").is_empty(),
+        "the pod watch was tried"
+    );
+    assert!(api.requests("POST", "/eviction").is_empty());
+    let (code, body) = http_get(started.addr, "/readyz").await;
+    assert_eq!(code, 503);
+    assert!(body.contains("403"), "{body}");
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(1), started.task)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+const CONFLICT: &str = "2026/03/02 04:10:02 Application returned an error: createSession failed: failed to create session: actions error: StatusCode 409, AcivityId \"3f5c9a2e\": GitHub.Actions.Runtime.WebApi.RunnerScaleSetSessionConflictException, GitHub.Actions.Runtime.WebApi: The actions runner scaleset arc-runner-set already has an active session.";
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn conflict_loop_delays_saves_reports_and_evicts_a_dead_listener() {
+    let api = FakeApi::start().await;
+    api.set_lease(None);
+    api.set_pod(pod_json(
+        Some("containerd://c1"),
+        running("2026-11-28T10:00:00Z"),
+        0,
+    ));
+    let now = Timestamp::now();
+    api.with(|s| {
+        s.log = vec![
+            (now, "INFO listener-app app initialized".to_owned()),
+            (
+                now.checked_add(jiff::SignedDuration::from_millis(5))
+                    .unwrap(),
+                CONFLICT.to_owned(),
+            ),
+        ];
+        // The eviction first meets a PodDisruptionBudget.
+        s.evict_429 = 1;
+    });
+    let cancel = CancellationToken::new();
+    let started = start(
+        run_args(
+            "20s",
+            &[
+                "--conflict-threshold=1",
+                "--backoff-initial=3s",
+                "--backoff-max=6s",
+            ],
+        ),
+        Some(api.client()),
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+
+    // One conflict makes a loop here: the gate closes for the backoff.
+    api.wait_for("ListenerStartDelayed event", |s| {
+        s.events
+            .iter()
+            .any(|e| e["reason"] == "ListenerStartDelayed")
+    })
+    .await;
+    let (code, body) = http_get(started.addr, "/startz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("backoff pending"), "{body}");
+    for reason in ["SessionConflict", "ConflictLoopDetected"] {
+        assert!(
+            api.with(|s| s.events.iter().any(|e| e["reason"] == reason)),
+            "no {reason} Event"
+        );
+    }
+    // Events go to the pod and to its AutoscalingListener.
+    api.with(|s| {
+        let kinds: Vec<_> = s
+            .events
+            .iter()
+            .filter(|e| e["reason"] == "ConflictLoopDetected")
+            .map(|e| e["regarding"]["kind"].as_str().unwrap_or("").to_owned())
+            .collect();
+        assert!(
+            kinds.contains(&"Pod".to_owned()) && kinds.contains(&"AutoscalingListener".to_owned()),
+            "{kinds:?}"
+        );
+    });
+    // The history reached the Lease.
+    api.wait_for("history with the conflict in the Lease", |s| {
+        s.lease
+            .as_ref()
+            .and_then(|l| l["metadata"]["annotations"][HISTORY_ANNOTATION].as_str())
+            .and_then(|h| History::from_json(h).ok())
+            .is_some_and(|h| h.conflicts.len() == 1 && h.loop_state.is_some())
+    })
+    .await;
+
+    // The listener exits; the pod lives on (classic sidecar): the detector
+    // evicts when the backoff ends; the PDB's 429 is retried.
+    api.with(|s| s.log_done = true);
+    api.set_pod(pod_json(
+        Some("containerd://c1"),
+        terminated(1, &Timestamp::now().to_string()),
+        0,
+    ));
+    api.wait_for("an accepted eviction", |s| !s.evictions.is_empty())
+        .await;
+    let posts = api.requests("POST", "/eviction");
+    assert_eq!(posts.len(), 2, "429 then success");
+    assert_eq!(
+        posts[1].body.as_ref().unwrap()["deleteOptions"]["preconditions"]["uid"],
+        POD_UID
+    );
+    api.wait_for("ListenerEvicted event", |s| {
+        s.events.iter().any(|e| e["reason"] == "ListenerEvicted")
+    })
+    .await;
+
+    let (_, m) = http_get(started.addr, "/metrics").await;
+    assert_eq!(
+        metric(&m, "arc_watchdog_session_conflicts_total"),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(
+        m.contains("arc_watchdog_evictions_total{reason=\"listener_dead\"} 1"),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "arc_watchdog_listener_restarts_total"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(metric(&m, "arc_watchdog_loop_active"), Some(1.0), "{m}");
+    assert_eq!(metric(&m, "arc_watchdog_fail_open"), Some(0.0), "{m}");
+    // Exactly one eviction: the conflict was counted once.
+    assert_eq!(api.with(|s| s.evictions.len()), 1);
+
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(1), started.task)
+        .await
+        .unwrap()
+        .unwrap();
+}

@@ -1,0 +1,78 @@
+//! The binary exits promptly on SIGTERM (the kubelet's stop), while it
+//! follows a listener and holds a watch open.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod run_support;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use run_support::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+#[tokio::test]
+async fn sigterm_exits_within_a_second() {
+    let api = FakeApi::start().await;
+    api.set_lease(None);
+    api.set_pod(pod_json(
+        Some("containerd://c1"),
+        running("2026-11-28T10:00:00Z"),
+        0,
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = api.kubeconfig(dir.path());
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_arc-watchdog"))
+        .args(["run", "--listen=127.0.0.1:0"])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("POD_NAME", POD)
+        .env("POD_NAMESPACE", NS)
+        .env("POD_UID", POD_UID)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let v: serde_json::Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+            if v["message"] == "listening" {
+                return v["addr"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap();
+            }
+        }
+        panic!("the watchdog exited before listening");
+    })
+    .await
+    .unwrap();
+    // Busy following the log and watching the pod.
+    api.wait_for("the log follow", |s| {
+        s.requests.iter().any(|r| r.path.ends_with("/log"))
+    })
+    .await;
+    assert_eq!(http_get(addr, "/healthz").await.0, 200);
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    let pid = child.id().unwrap();
+    let sent = Instant::now();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("still running 10 s after SIGTERM")
+        .unwrap();
+    let took = sent.elapsed();
+    eprintln!("exited {took:?} after SIGTERM with {status}");
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_millis(1000), "took {took:?}");
+}
