@@ -43,3 +43,26 @@ test-integration: go-tools
 # Multi-arch images for publishing: the Dockerfile with docker buildx.
 image:
 	scripts/image/build.sh
+
+# Benchmarks (not part of `make test`): one line per figure,
+# `bench <name>: <value> <unit> [ratio=<x> against <baseline>]`.
+# Release builds are CPU heavy: niced. See README, section Performance.
+bench:
+	@mkdir -p target/bench
+	nice cargo bench -p arc-watchdog-webhook --bench admission -- --noplot > target/bench/admission.log
+	nice cargo build --release -p arc-watchdog -p arc-watchdog-webhook -p arc-watchdog-certs -p arc-watchdog-bench
+	target/release/arc-watchdog-bench all
+
+.PHONY: arc e2e
+# The real ARC controller and listener (0.14.2 and 0.9.2) built from ARC's Go
+# module (tests/go/arc-*), cached in ~/.cache/arc-watchdog (ARC_WATCHDOG_CACHE).
+arc:
+	tests/scripts/build-arc.sh
+
+# End to end against the real ARC (see README, section End to end): one line
+# `scenario <id>: PASS|FAIL <numbers>` per scenario, report in
+# target/e2e-report.md. E2E_SCENARIOS=S1,S2 runs a subset.
+E2E_SCENARIOS ?= all
+e2e: go-tools arc
+	cargo build -p arc-watchdog-tests -p arc-watchdog -p arc-watchdog-webhook --bins
+	target/debug/e2e --scenarios $(E2E_SCENARIOS)

@@ -1,0 +1,412 @@
+//! `admission-tls` and `webhook-rss`: a keep-alive HTTPS load generator
+//! (hyper over tokio-rustls) against the release webhook, and, in the same
+//! run, against a trivial echo server with the same TLS and HTTP stack (the
+//! baseline: what TLS, HTTP and the machine cost without the webhook).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::Command;
+
+use crate::proc::{self, mib};
+use crate::{Figure, TlsArgs};
+
+/// The review every request carries: a real 0.14.2 listener pod CREATE
+/// (the webhook's golden input), compacted as the API server sends it.
+const REVIEW: &[u8] = include_bytes!("../../webhook/tests/golden/inputs/listener-0.14.2.json");
+
+fn compact_review() -> anyhow::Result<Bytes> {
+    let value: serde_json::Value =
+        serde_json::from_slice(REVIEW).context("the golden review is not JSON")?;
+    Ok(Bytes::from(serde_json::to_vec(&value)?))
+}
+
+/// Bounds of one load run.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadConfig {
+    /// Connections, each with one request in flight.
+    pub concurrency: usize,
+    /// Most requests measured.
+    pub max_requests: u64,
+    /// Longest measurement.
+    pub max_duration: Duration,
+    /// Not measured at the start.
+    pub warmup: Duration,
+}
+
+/// What one load run measured.
+#[derive(Debug, Clone)]
+pub struct LoadResult {
+    /// Requests answered in the measured window.
+    pub requests: u64,
+    /// Length of the measured window.
+    pub elapsed: Duration,
+    /// Latency of every measured request, in microseconds, sorted.
+    pub latencies_us: Vec<u32>,
+}
+
+impl LoadResult {
+    /// Requests per second.
+    pub fn rps(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The `q` quantile of latency, in milliseconds.
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let idx = ((self.latencies_us.len() as f64 * q).ceil() as usize)
+            .saturating_sub(1)
+            .min(self.latencies_us.len() - 1);
+        f64::from(self.latencies_us[idx]) / 1000.0
+    }
+}
+
+/// Client TLS trusting only `ca_pem`.
+fn client_config(ca_pem: &str) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.context("reading the CA certificate")?)?;
+    }
+    Ok(Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
+}
+
+/// Checks an answer: the webhook must have injected (a JSONPatch in an
+/// allowed AdmissionReview), the echo must have echoed.
+#[derive(Debug, Clone)]
+enum Expect {
+    Injected,
+    Echo(Bytes),
+}
+
+impl Expect {
+    fn check(&self, body: &[u8]) -> anyhow::Result<()> {
+        match self {
+            Expect::Echo(sent) if body == sent.as_ref() => Ok(()),
+            Expect::Echo(_) => bail!("the echo server answered something else"),
+            Expect::Injected => {
+                let v: serde_json::Value =
+                    serde_json::from_slice(body).context("the webhook's answer is not JSON")?;
+                let response = &v["response"];
+                if response["allowed"] == true && response["patchType"] == "JSONPatch" {
+                    Ok(())
+                } else {
+                    bail!("the webhook did not inject: {v}")
+                }
+            }
+        }
+    }
+}
+
+/// One keep-alive connection sending requests until the shared budget or
+/// the deadline runs out.
+#[allow(clippy::too_many_arguments)]
+async fn worker(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    path: &'static str,
+    body: Bytes,
+    expect: Expect,
+    measure_from: Instant,
+    deadline: Instant,
+    budget: Arc<AtomicU64>,
+) -> anyhow::Result<Vec<u32>> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    tcp.set_nodelay(true)?;
+    let name = ServerName::try_from("127.0.0.1")?;
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .context("TLS handshake")?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .context("HTTP handshake")?;
+    let conn = tokio::spawn(conn);
+    let mut latencies = Vec::new();
+    let mut checked = false;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        let measured = now >= measure_from;
+        // Only measured requests draw from the budget.
+        if measured
+            && budget
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1))
+                .is_err()
+        {
+            break;
+        }
+        let request = http::Request::post(path)
+            .header(http::header::HOST, "127.0.0.1")
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body.clone()))?;
+        let started = Instant::now();
+        sender.ready().await.context("connection closed")?;
+        let response = sender.send_request(request).await.context("sending")?;
+        let status = response.status();
+        let answer = response.into_body().collect().await?.to_bytes();
+        let took = started.elapsed();
+        if status != http::StatusCode::OK {
+            bail!(
+                "{addr}{path} answered {status}: {}",
+                String::from_utf8_lossy(&answer)
+            );
+        }
+        // Checked once per connection: a full check per request would
+        // make the generator, not the server, the bottleneck.
+        if !checked {
+            expect.check(&answer)?;
+            checked = true;
+        }
+        if measured {
+            latencies.push(u32::try_from(took.as_micros()).unwrap_or(u32::MAX));
+        }
+    }
+    drop(sender);
+    conn.abort();
+    Ok(latencies)
+}
+
+/// Runs `cfg` against `addr` and gathers the latencies.
+async fn run_load(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    path: &'static str,
+    body: Bytes,
+    expect: Expect,
+    cfg: LoadConfig,
+) -> anyhow::Result<LoadResult> {
+    let start = Instant::now();
+    let measure_from = start + cfg.warmup;
+    let deadline = measure_from + cfg.max_duration;
+    let budget = Arc::new(AtomicU64::new(cfg.max_requests));
+    let workers: Vec<_> = (0..cfg.concurrency)
+        .map(|_| {
+            tokio::spawn(worker(
+                addr,
+                Arc::clone(&tls),
+                path,
+                body.clone(),
+                expect.clone(),
+                measure_from,
+                deadline,
+                Arc::clone(&budget),
+            ))
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for w in workers {
+        latencies.extend(w.await.context("a load worker panicked")??);
+    }
+    let end = Instant::now();
+    latencies.sort_unstable();
+    Ok(LoadResult {
+        requests: latencies.len() as u64,
+        elapsed: end.saturating_duration_since(measure_from),
+        latencies_us: latencies,
+    })
+}
+
+/// The `admission-tls` figures and `webhook-rss`.
+pub async fn admission_tls(args: &TlsArgs) -> anyhow::Result<Vec<Figure>> {
+    let webhook_bin = proc::binary(&args.bins.bin_dir, "arc-watchdog-webhook")?;
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let bundle = arc_watchdog_certs::generate(&arc_watchdog_certs::Options {
+        ips: vec![std::net::Ipv4Addr::LOCALHOST.into()],
+        ..arc_watchdog_certs::Options::default()
+    })?;
+    arc_watchdog_certs::write_bundle(dir.path(), &bundle)?;
+    let cert = dir.path().join(arc_watchdog_certs::TLS_CERT_FILE);
+    let key = dir.path().join(arc_watchdog_certs::TLS_KEY_FILE);
+    let tls = client_config(&bundle.ca_cert_pem)?;
+    let body = compact_review()?;
+    let cfg = LoadConfig {
+        concurrency: args.concurrency.max(1),
+        max_requests: args.requests.max(1),
+        max_duration: args.duration,
+        warmup: args.warmup,
+    };
+
+    // Baseline first: the echo server, a child process like the webhook.
+    let echo_addr = proc::free_addr().await?;
+    let echo_log = dir.path().join("echo.log");
+    let mut echo = Command::new(std::env::current_exe()?)
+        .args(["tls-echo", "--listen", &echo_addr.to_string()])
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&echo_log)?)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the echo server")?;
+    proc::wait_listening(echo_addr, &mut echo, Duration::from_secs(10)).await?;
+    let baseline = run_load(
+        echo_addr,
+        Arc::clone(&tls),
+        "/mutate",
+        body.clone(),
+        Expect::Echo(body.clone()),
+        cfg,
+    )
+    .await
+    .context("loading the echo server")?;
+    proc::stop(&mut echo).await;
+
+    let listen = proc::free_addr().await?;
+    let admin = proc::free_addr().await?;
+    let webhook_log = dir.path().join("webhook.log");
+    let mut webhook = Command::new(&webhook_bin);
+    // No cluster: neither a kubeconfig nor any ARC_WATCHDOG_ setting of the
+    // caller's environment.
+    webhook.env_remove("KUBECONFIG");
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("ARC_WATCHDOG_") {
+            webhook.env_remove(k);
+        }
+    }
+    let mut webhook = webhook
+        .arg("--listen")
+        .arg(listen.to_string())
+        .arg("--admin-listen")
+        .arg(admin.to_string())
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .args([
+            "--watchdog-image=ghcr.io/example/arc-watchdog:bench",
+            "--sidecar-mode=native",
+            "--manage-rbac=false",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&webhook_log)?)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", webhook_bin.display()))?;
+    let pid = webhook.id().context("the webhook has no pid")?;
+    let started = async {
+        proc::wait_ok(
+            admin,
+            "/readyz",
+            &mut webhook,
+            Duration::from_secs(30),
+            &webhook_log,
+        )
+        .await?;
+        let idle_kib = proc::vm_hwm_kib(pid)?;
+        let result = run_load(
+            listen,
+            Arc::clone(&tls),
+            "/mutate",
+            body.clone(),
+            Expect::Injected,
+            cfg,
+        )
+        .await
+        .with_context(|| format!("loading the webhook (its log: {})", webhook_log.display()))?;
+        let peak_kib = proc::vm_hwm_kib(pid)?;
+        anyhow::Ok((idle_kib, result, peak_kib))
+    }
+    .await;
+    proc::stop(&mut webhook).await;
+    if started.is_err() {
+        // Keep the webhook's log for the error message.
+        let _ = dir.keep();
+    }
+    let (idle_kib, result, peak_kib) = started?;
+
+    let baseline_name = |what: &str| {
+        format!(
+            "tls-echo ({what}, same TLS+HTTP stack, c={})",
+            cfg.concurrency
+        )
+    };
+    Ok(vec![
+        Figure::new("admission-tls", format!("{:.0}", result.rps()), "req/s").against(
+            result.rps() / baseline.rps(),
+            baseline_name(&format!("{:.0} req/s", baseline.rps())),
+        ),
+        Figure::new(
+            "admission-tls-p99",
+            format!("{:.2}", result.quantile_ms(0.99)),
+            "ms",
+        )
+        .against(
+            result.quantile_ms(0.99) / baseline.quantile_ms(0.99),
+            baseline_name(&format!("p99 {:.2} ms", baseline.quantile_ms(0.99))),
+        ),
+        Figure::new("webhook-rss", format!("{:.1}", mib(peak_kib)), "MiB").against(
+            peak_kib as f64 / idle_kib.max(1) as f64,
+            format!("webhook-rss-idle ({:.1} MiB)", mib(idle_kib)),
+        ),
+    ])
+}
+
+/// The baseline server: answers every request with its own body, over the
+/// same rustls + hyper-util stack as the webhook, on two worker threads.
+pub fn serve_echo(listen: &SocketAddr, cert: &Path, key: &Path) -> anyhow::Result<()> {
+    if !listen.ip().is_loopback() {
+        bail!("the echo server binds loopback addresses only, not {listen}");
+    }
+    let certs = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let key =
+        PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading {}", key.display()))?;
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = TcpListener::bind(listen).await?;
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        loop {
+            let (tcp, _) = listener.accept().await?;
+            let acceptor = acceptor.clone();
+            let builder = builder.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let body = req.into_body().collect().await?.to_bytes();
+                        let mut response = http::Response::new(Full::new(body));
+                        response.headers_mut().insert(
+                            http::header::CONTENT_TYPE,
+                            http::HeaderValue::from_static("application/json"),
+                        );
+                        Ok::<_, hyper::Error>(response)
+                    },
+                );
+                let _ = builder.serve_connection(TokioIo::new(tls), service).await;
+            });
+        }
+    })
+}

@@ -1,0 +1,246 @@
+//! `arc-watchdog-bench`: the figures behind `make bench`.
+//!
+//! Every figure is printed as one line,
+//! `bench <name>: <value> <unit> [ratio=<x> against <baseline>]`, with the
+//! baseline measured in the same run: these machines are shared, so an
+//! absolute time means little and a ratio a lot. Everything binds
+//! 127.0.0.1 only, and every load loop is bounded in count and in time.
+//!
+//! Subcommands measure one figure each; `all` runs them in the order of
+//! the README. The release binaries (`--bin-dir`) and the criterion
+//! estimates (`--criterion-dir`) are built by `make bench` beforehand.
+
+mod admission;
+mod load;
+mod parse;
+mod proc;
+mod sizes;
+mod stand_in;
+mod watchdog_rss;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+/// Benchmarks of arc-watchdog (see the README, section Performance).
+#[derive(Debug, Parser)]
+#[command(name = "arc-watchdog-bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Every figure, in the order of the README.
+    All(AllArgs),
+    /// Ratio of the two criterion estimates of the `admission` bench.
+    AdmissionVsFloor(CriterionArgs),
+    /// Requests/s and p99 of the webhook over TLS, and its peak RSS.
+    AdmissionTls(TlsArgs),
+    /// MB/s of the log parser against `grep -c` on the same file.
+    ParseThroughput(ParseArgs),
+    /// Peak RSS of `arc-watchdog run`, idle and following a busy log.
+    WatchdogRss(RssArgs),
+    /// Stripped sizes of the release binaries.
+    BinarySize(BinArgs),
+    /// The baseline of `admission-tls`: a trivial HTTPS echo server with
+    /// the same TLS and HTTP stack (started by `admission-tls` itself).
+    #[command(hide = true)]
+    TlsEcho(EchoArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+struct BinArgs {
+    /// Directory holding the release binaries.
+    #[arg(
+        long,
+        env = "ARC_WATCHDOG_BENCH_BIN_DIR",
+        default_value = "target/release"
+    )]
+    bin_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+struct CriterionArgs {
+    /// criterion's output directory.
+    #[arg(
+        long,
+        env = "ARC_WATCHDOG_BENCH_CRITERION_DIR",
+        default_value = "target/criterion"
+    )]
+    criterion_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+struct TlsArgs {
+    #[command(flatten)]
+    bins: BinArgs,
+    /// Connections kept open (keep-alive), each with one request in flight.
+    #[arg(long, env = "ARC_WATCHDOG_BENCH_CONCURRENCY", default_value_t = 8)]
+    concurrency: usize,
+    /// Most requests measured per target (after the warm-up).
+    #[arg(long, env = "ARC_WATCHDOG_BENCH_REQUESTS", default_value_t = 20_000)]
+    requests: u64,
+    /// Longest measurement per target (after the warm-up).
+    #[arg(long, env = "ARC_WATCHDOG_BENCH_DURATION", default_value = "10s", value_parser = arc_watchdog::settings::parse_duration)]
+    duration: std::time::Duration,
+    /// Warm-up before measuring (not counted).
+    #[arg(long, env = "ARC_WATCHDOG_BENCH_WARMUP", default_value = "1s", value_parser = arc_watchdog::settings::parse_duration)]
+    warmup: std::time::Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+struct ParseArgs {
+    /// Size of the generated log, in MB (10^6 bytes).
+    #[arg(long, env = "ARC_WATCHDOG_BENCH_LOG_MB", default_value_t = 100)]
+    log_mb: usize,
+    /// Timed runs of each side; the median is reported.
+    #[arg(long, env = "ARC_WATCHDOG_BENCH_RUNS", default_value_t = 3)]
+    runs: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+struct RssArgs {
+    #[command(flatten)]
+    bins: BinArgs,
+    /// Idle time before the idle figure is read.
+    #[arg(long, env = "ARC_WATCHDOG_BENCH_IDLE", default_value = "5s", value_parser = arc_watchdog::settings::parse_duration)]
+    idle: std::time::Duration,
+    /// Listener lines per second streamed to the watchdog.
+    #[arg(
+        long,
+        env = "ARC_WATCHDOG_BENCH_LINES_PER_SECOND",
+        default_value_t = 10_000
+    )]
+    lines_per_second: u64,
+    /// How long the busy log is streamed.
+    #[arg(long, env = "ARC_WATCHDOG_BENCH_FOLLOW", default_value = "10s", value_parser = arc_watchdog::settings::parse_duration)]
+    follow: std::time::Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+struct AllArgs {
+    #[command(flatten)]
+    criterion: CriterionArgs,
+    #[command(flatten)]
+    tls: TlsArgs,
+    #[command(flatten)]
+    parse: ParseArgs,
+    /// Idle time before the idle figure is read.
+    #[arg(long, env = "ARC_WATCHDOG_BENCH_IDLE", default_value = "5s", value_parser = arc_watchdog::settings::parse_duration)]
+    idle: std::time::Duration,
+    /// Listener lines per second streamed to the watchdog.
+    #[arg(
+        long,
+        env = "ARC_WATCHDOG_BENCH_LINES_PER_SECOND",
+        default_value_t = 10_000
+    )]
+    lines_per_second: u64,
+    /// How long the busy log is streamed.
+    #[arg(long, env = "ARC_WATCHDOG_BENCH_FOLLOW", default_value = "10s", value_parser = arc_watchdog::settings::parse_duration)]
+    follow: std::time::Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+struct EchoArgs {
+    /// Address to serve on (127.0.0.1 only).
+    #[arg(long)]
+    listen: SocketAddr,
+    /// PEM certificate.
+    #[arg(long)]
+    tls_cert: PathBuf,
+    /// PEM key.
+    #[arg(long)]
+    tls_key: PathBuf,
+}
+
+/// One figure, printed in the format `make bench` promises.
+#[derive(Debug, Clone)]
+pub struct Figure {
+    /// Name after `bench `.
+    pub name: String,
+    /// The value, already rounded for display.
+    pub value: String,
+    /// Unit of the value.
+    pub unit: &'static str,
+    /// Ratio against a baseline measured in the same run, and its name.
+    pub ratio: Option<(f64, String)>,
+}
+
+impl Figure {
+    /// A figure without a ratio.
+    pub fn new(name: impl Into<String>, value: String, unit: &'static str) -> Self {
+        Self {
+            name: name.into(),
+            value,
+            unit,
+            ratio: None,
+        }
+    }
+
+    /// Adds the ratio against `baseline`.
+    pub fn against(mut self, ratio: f64, baseline: impl Into<String>) -> Self {
+        self.ratio = Some((ratio, baseline.into()));
+        self
+    }
+}
+
+impl std::fmt::Display for Figure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "bench {}: {} {}", self.name, self.value, self.unit)?;
+        if let Some((ratio, baseline)) = &self.ratio {
+            write!(f, " ratio={ratio:.2} against {baseline}")?;
+        }
+        Ok(())
+    }
+}
+
+fn print_all(figures: &[Figure]) {
+    for figure in figures {
+        println!("{figure}");
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // Only ring is compiled in; installing it explicitly spares rustls the
+    // guess. Already installed is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    if let Command::TlsEcho(args) = &cli.command {
+        return load::serve_echo(&args.listen, &args.tls_cert, &args.tls_key);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::All(args) => {
+                print_all(&admission::vs_floor(&args.criterion.criterion_dir)?);
+                print_all(&load::admission_tls(&args.tls).await?);
+                print_all(&parse::throughput(&args.parse)?);
+                let rss = RssArgs {
+                    bins: args.tls.bins.clone(),
+                    idle: args.idle,
+                    lines_per_second: args.lines_per_second,
+                    follow: args.follow,
+                };
+                print_all(&watchdog_rss::measure(&rss).await?);
+                print_all(&sizes::binary_sizes(&args.tls.bins.bin_dir)?);
+            }
+            Command::AdmissionVsFloor(args) => {
+                print_all(&admission::vs_floor(&args.criterion_dir)?);
+            }
+            Command::AdmissionTls(args) => print_all(&load::admission_tls(&args).await?),
+            Command::ParseThroughput(args) => print_all(&parse::throughput(&args)?),
+            Command::WatchdogRss(args) => print_all(&watchdog_rss::measure(&args).await?),
+            Command::BinarySize(args) => print_all(&sizes::binary_sizes(&args.bin_dir)?),
+            Command::TlsEcho(_) => {}
+        }
+        Ok(())
+    })
+}
