@@ -598,7 +598,13 @@ impl PodRun {
         }
         // Regular containers, together.
         for i in n_init..self.runs.len() {
-            self.spawn(i).await?;
+            // One container that cannot start (no binary for its image) stays
+            // Waiting; the others run, as on a real node.
+            if let Err(e) = self.spawn(i).await {
+                let name = self.runs[i].name.clone();
+                self.ctx
+                    .event(&self.pod, Some(&name), format!("failed {e:#}"));
+            }
         }
         self.write_status().await;
         let mut restarts: BTreeMap<usize, Instant> = BTreeMap::new();

@@ -232,6 +232,11 @@ impl Stack {
                         command: None,
                         path: bins.watchdog.clone(),
                     },
+                    ImageBinary {
+                        image: IDLE_IMAGE.into(),
+                        command: None,
+                        path: PathBuf::from("/bin/sleep"),
+                    },
                 ],
                 api_host: "127.0.0.1".into(),
                 api_port: port,
