@@ -32,8 +32,8 @@ pub struct EntryKey {
 pub struct Entry<'a> {
     /// The `kubectl logs --timestamps` prefix, parsed; `None` without one.
     pub stamp: Option<Timestamp>,
-    /// The line without prefixes and line ending; at most the parser's
-    /// `max_line` bytes (see [`Entry::truncated`]). May hold any bytes.
+    /// The line without prefixes and line ending, cut to the line's first
+    /// `max_line` raw bytes (see [`Entry::truncated`]). May hold any bytes.
     pub content: &'a [u8],
     /// Length of the whole content in bytes (more than `content.len()` when
     /// truncated).
@@ -312,8 +312,8 @@ impl Parser {
             Some(ov) => {
                 let (event, raw_len) = ov.finish();
                 let (stamp, content) = split_prefix(&self.buf);
+                // The head holds no line end: nothing to strip.
                 let prefix = self.buf.len() - content.len();
-                let content = strip_cr(content);
                 on_entry(Entry {
                     stamp,
                     content,
@@ -331,7 +331,12 @@ impl Parser {
 
 /// Emits a line that is complete in memory.
 fn emit_whole(raw: &[u8], max_line: usize, line_no: u64, on_entry: &mut impl FnMut(Entry<'_>)) {
-    let (stamp, content) = split_prefix(strip_cr(raw));
+    let line = strip_cr(raw);
+    let (stamp, content) = split_prefix(line);
+    // Keep what a streamed line keeps: the first `max_line` raw bytes.
+    let keep = max_line
+        .saturating_sub(line.len() - content.len())
+        .min(content.len());
     let continuation = !scan::is_entry_start(content);
     let event = if continuation {
         ListenerEvent::Other
@@ -340,7 +345,7 @@ fn emit_whole(raw: &[u8], max_line: usize, line_no: u64, on_entry: &mut impl FnM
     };
     on_entry(Entry {
         stamp,
-        content: &content[..content.len().min(max_line)],
+        content: &content[..keep],
         len: content.len(),
         event,
         continuation,
