@@ -7,6 +7,26 @@
 //! time taken from the lines themselves (the `kubectl --timestamps` prefix,
 //! else the line's own time; a line without one takes the time of the line
 //! before).
+//!
+//! Output (one JSON object on stdout; exit 0 whether or not a loop was
+//! found, non-zero with a message on stderr when a file cannot be read):
+//!
+//! ```json
+//! {
+//!   "conflicts": 3,
+//!   "loop_detected": true,
+//!   "crash_loop": "session_conflict",
+//!   "runs": [{"file": "gen1.log", "lines": 4, "first": "2026-03-02T04:10:00Z",
+//!             "last": "2026-03-02T04:10:02Z", "conflicts": 1, "established": false,
+//!             "fatal": "session_conflict", "truncated_lines": 0}],
+//!   "decisions": [{"run": 2, "action": "delay_start", "at": "2026-03-02T04:10:14Z",
+//!                  "until": "2026-03-02T04:10:44Z", "delay_ms": 30000, "message": "..."}],
+//!   "start_gate_closed_until": "2026-03-02T04:10:44Z"
+//! }
+//! ```
+//!
+//! `action` is `report` (with `reason`, the Kubernetes Event reason),
+//! `delay_start` or `evict` (with `cause`).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
