@@ -41,7 +41,7 @@ async fn api_unreachable_gate_opens_after_the_grace() {
     let client = arc_watchdog::run::client_from_config(config).unwrap();
     let cancel = CancellationToken::new();
     let t0 = Instant::now();
-    let started = start(run_args("1500ms", &[]), Some(client), cancel.clone())
+    let started = start(run_args("1500ms", &[]), Ok(client), cancel.clone())
         .await
         .unwrap();
 
@@ -100,7 +100,7 @@ async fn rbac_missing_fails_open_and_never_evicts() {
     ));
     let cancel = CancellationToken::new();
     let t0 = Instant::now();
-    let started = start(run_args("1s", &[]), Some(api.client()), cancel.clone())
+    let started = start(run_args("1s", &[]), Ok(api.client()), cancel.clone())
         .await
         .unwrap();
     // A forbidden Lease means no stored backoff: the gate opens at once.
@@ -175,7 +175,7 @@ async fn conflict_loop_delays_saves_reports_and_evicts_a_dead_listener() {
                 "--backoff-max=6s",
             ],
         ),
-        Some(api.client()),
+        Ok(api.client()),
         cancel.clone(),
     )
     .await

@@ -76,3 +76,60 @@ async fn sigterm_exits_within_a_second() {
     assert!(status.success(), "{status}");
     assert!(took < Duration::from_millis(1000), "took {took:?}");
 }
+
+/// Without its identity (a broken injection) the sidecar must not crash: a
+/// crashing native sidecar would hold the listener's start forever. It
+/// serves its endpoints, says why on /readyz and opens the gate after the
+/// grace.
+#[tokio::test]
+async fn a_misconfigured_sidecar_fails_open_instead_of_crashing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_arc-watchdog"))
+        .args(["run", "--listen=127.0.0.1:0", "--fail-open-grace=1s"])
+        .env("KUBECONFIG", dir.path().join("missing"))
+        .env_remove("POD_NAME")
+        .env_remove("POD_NAMESPACE")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut reason = String::new();
+    let addr = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if v["level"] == "ERROR" {
+                reason = v["reason"].as_str().unwrap_or("").to_owned();
+            }
+            if v["message"] == "listening" {
+                return v["addr"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap();
+            }
+        }
+        panic!("the watchdog exited instead of failing open");
+    })
+    .await
+    .unwrap();
+    assert!(reason.contains("POD_NAME"), "{reason}");
+    let (code, body) = http_get(addr, "/readyz").await;
+    assert_eq!(code, 503);
+    assert!(body.contains("identity incomplete"), "{body}");
+    let begin = std::time::Instant::now();
+    loop {
+        if http_get(addr, "/startz").await.0 == 200 {
+            break;
+        }
+        assert!(
+            begin.elapsed() < Duration::from_secs(10),
+            "gate never opened"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the sidecar exited");
+    child.kill().await.unwrap();
+}

@@ -298,6 +298,13 @@ pub fn format_report(checks: &[Check]) -> String {
 /// `arc-watchdog doctor`: prints the report on stdout; fails when a check
 /// failed.
 pub async fn doctor(args: DoctorArgs) -> anyhow::Result<()> {
+    if args.identity.pod_name.is_empty() || args.identity.pod_namespace.is_empty() {
+        anyhow::bail!(
+            "identity incomplete: set --pod-name/{} and --pod-namespace/{}",
+            names::ENV_POD_NAME,
+            names::ENV_POD_NAMESPACE
+        );
+    }
     let client = super::default_client().await?;
     let results = checks(&client, &args).await;
     print!("{}", format_report(&results));

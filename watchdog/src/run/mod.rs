@@ -34,12 +34,13 @@ pub use sidecar::{Started, start};
 /// Who the sidecar is: its own pod (from the downward API).
 #[derive(Debug, Clone, PartialEq, Eq, Args)]
 pub struct Identity {
-    /// Name of the own pod (the listener pod).
-    #[arg(long, env = names::ENV_POD_NAME)]
+    /// Name of the own pod (the listener pod). Required: without it `run`
+    /// only serves its endpoints and fails open.
+    #[arg(long, env = names::ENV_POD_NAME, default_value = "")]
     pub pod_name: String,
 
-    /// Namespace of the own pod.
-    #[arg(long, env = names::ENV_POD_NAMESPACE)]
+    /// Namespace of the own pod. Required, like `--pod-name`.
+    #[arg(long, env = names::ENV_POD_NAMESPACE, default_value = "")]
     pub pod_namespace: String,
 
     /// UID of the own pod: evictions carry it as a precondition, so a newer
@@ -142,18 +143,24 @@ pub async fn default_client() -> anyhow::Result<kube::Client> {
 /// `arc-watchdog run`: runs the sidecar until SIGTERM or SIGINT.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
-    args.thresholds
-        .validate()
-        .map_err(|e| anyhow::anyhow!("invalid thresholds: {e}"))?;
     let cancel = tokio_util::sync::CancellationToken::new();
-    let client = match default_client().await {
-        Ok(c) => Some(c),
-        Err(e) => {
-            // Blind from the start: serve the endpoints, fail open.
-            tracing::error!(error = %format!("{e:#}"), "no Kubernetes client; failing open");
-            None
-        }
+    // A misconfigured sidecar must not keep its listener from starting
+    // (a crashing native sidecar would hold the pod's start forever): it
+    // serves its endpoints blind and fails open.
+    let client = if let Err(e) = args.thresholds.validate() {
+        Err(format!("invalid thresholds: {e}"))
+    } else if args.identity.pod_name.is_empty() || args.identity.pod_namespace.is_empty() {
+        Err(format!(
+            "identity incomplete: set {} and {} (downward API)",
+            names::ENV_POD_NAME,
+            names::ENV_POD_NAMESPACE
+        ))
+    } else {
+        default_client().await.map_err(|e| format!("{e:#}"))
     };
+    if let Err(why) = &client {
+        tracing::error!(reason = %why, "the watchdog cannot work; serving its endpoints and failing open");
+    }
     let started = start(args, client, cancel.clone()).await?;
     tracing::info!(addr = %started.addr, "listening");
     shutdown_signal().await;

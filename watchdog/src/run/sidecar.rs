@@ -48,12 +48,13 @@ pub struct Started {
     pub shared: Arc<Shared>,
 }
 
-/// Starts the endpoints and the main loop. With `client: None` the
-/// watchdog is blind from the start: it serves the endpoints and opens the
-/// start gate after the fail-open grace.
+/// Starts the endpoints and the main loop. With `client: Err(why)` the
+/// watchdog is blind from the start (no client configuration, incomplete
+/// identity, invalid thresholds): it serves the endpoints, reports `why` on
+/// `/readyz` and opens the start gate after the fail-open grace.
 pub async fn start(
     args: RunArgs,
-    client: Option<Client>,
+    client: Result<Client, String>,
     cancel: CancellationToken,
 ) -> anyhow::Result<Started> {
     let now = Timestamp::now();
@@ -61,22 +62,16 @@ pub async fn start(
     let shared = Arc::new(Shared::new(gate, Metrics::default(), HEARTBEAT * 4));
     let (addr, server) = serve(args.listen, shared.clone(), cancel.clone()).await?;
     let task = match client {
-        Some(client) => {
+        Ok(client) => {
             let sidecar = Sidecar::new(args, client, shared.clone(), cancel.clone());
             tokio::spawn(async move {
                 sidecar.run().await;
                 let _ = server.await;
             })
         }
-        None => {
+        Err(why) => {
             let shared = shared.clone();
-            shared.with_gate(|g| {
-                g.record_error(
-                    gate::OP_POD_WATCH,
-                    "no Kubernetes client configuration".to_owned(),
-                    now,
-                )
-            });
+            shared.with_gate(|g| g.record_error(gate::OP_POD_WATCH, why, now));
             shared.metrics.api_error(gate::OP_POD_WATCH);
             tokio::spawn(async move {
                 // Keep the heartbeat and gauges going until shutdown.
@@ -602,7 +597,8 @@ impl Sidecar {
         tokio::spawn(async move {
             let outcome = fresh_check(&pods, &args, &listener_container, cause, &shared).await;
             let outcome = match outcome {
-                Err(why) => EvictOutcome::Failed(why),
+                Err(Fresh::Moot(why)) => EvictOutcome::Gone(why),
+                Err(Fresh::Unknown(why)) => EvictOutcome::Failed(why),
                 Ok(()) => {
                     evict_pod(
                         &client,
@@ -701,6 +697,15 @@ impl Sidecar {
     }
 }
 
+/// Why a fresh look forbids an eviction.
+enum Fresh {
+    /// The reason is gone (the pod is terminating or replaced, the
+    /// listener runs again): nothing to do.
+    Moot(String),
+    /// The pod could not be read: no eviction on a guess.
+    Unknown(String),
+}
+
 /// Re-reads the own pod right before an eviction: an eviction needs a
 /// fresh observation, never a guess. Ok when the pod is still this
 /// generation, not terminating, and (for a dead listener) still dead.
@@ -710,20 +715,23 @@ async fn fresh_check(
     listener_container: &str,
     cause: EvictCause,
     shared: &Shared,
-) -> Result<(), String> {
+) -> Result<(), Fresh> {
     let pod = match pods.get(&args.identity.pod_name).await {
         Ok(p) => p,
         Err(e) => {
             shared.metrics.api_error(gate::OP_POD_GET);
-            return Err(format!("re-reading the pod before evicting: {e}"));
+            return Err(Fresh::Unknown(format!(
+                "re-reading the pod before evicting: {}",
+                super::logs::error_text(&e)
+            )));
         }
     };
     let view = PodView::from_pod(&pod, listener_container);
     if args.identity.pod_uid.is_some() && view.uid != args.identity.pod_uid {
-        return Err("the pod is another generation".to_owned());
+        return Err(Fresh::Moot("the pod is another generation".to_owned()));
     }
     if view.terminating {
-        return Err("the pod is already terminating".to_owned());
+        return Err(Fresh::Moot("the pod is already terminating".to_owned()));
     }
     if cause == EvictCause::ListenerDead {
         let dead = view
@@ -731,7 +739,9 @@ async fn fresh_check(
             .as_ref()
             .is_some_and(|l| matches!(l.state, ListenerState::Terminated { .. }));
         if !dead || !view.alive() {
-            return Err("the listener is no longer dead in a living pod".to_owned());
+            return Err(Fresh::Moot(
+                "the listener is no longer dead in a living pod".to_owned(),
+            ));
         }
     }
     Ok(())
