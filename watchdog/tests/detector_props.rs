@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use arc_watchdog::detector::{Decision, Detector, Input, Reason};
+use arc_watchdog::detector::{Decision, Detector, History, Input, Reason};
 use arc_watchdog::parser::{EntryKey, FatalKind, ListenerEvent};
 use arc_watchdog::settings::Thresholds;
 use jiff::Timestamp;
@@ -240,5 +240,26 @@ proptest! {
         }
         prop_assert_eq!(got, want);
         prop_assert_eq!(twice.history(), once.history());
+    }
+
+    /// Storing the history (JSON, as in the Lease) and continuing in a new
+    /// detector, as every pod generation does, decides exactly the same.
+    #[test]
+    fn history_round_trip_changes_nothing(t in thresholds(), script in script(), cut in 0usize..250) {
+        let mut whole = Detector::new(t.clone());
+        let (want, inputs) = play(&mut whole, &script);
+        let cut = cut.min(inputs.len());
+        let mut first = Detector::new(t.clone());
+        let mut got: Vec<Decision> = Vec::new();
+        for input in &inputs[..cut] {
+            got.extend(first.handle(input.clone()));
+        }
+        let json = first.history().to_json();
+        let mut second = Detector::from_history(t, History::from_json(&json).unwrap());
+        for input in &inputs[cut..] {
+            got.extend(second.handle(input.clone()));
+        }
+        prop_assert_eq!(got, want);
+        prop_assert_eq!(second.history(), whole.history());
     }
 }
