@@ -39,8 +39,9 @@ test-integration: go-tools
 
 .PHONY: image
 # Static musl binaries, checked in an empty root, and (with buildah) the
-# image from Containerfile.package as target/image/arc-watchdog.tar.
-# Multi-arch images for publishing: the Dockerfile with docker buildx.
+# image from Containerfile.package as target/image/arc-watchdog-<goarch>.tar
+# (ARCH=aarch64 make image: arm64, cross-compiled). Multi-arch images for
+# publishing: the Dockerfile with docker buildx.
 image:
 	scripts/image/build.sh
 
