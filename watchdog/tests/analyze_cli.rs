@@ -211,3 +211,41 @@ fn binary_garbage_is_analyzed_not_crashed_on() {
     let v = verdict(&[], &[p]);
     assert_eq!(v["conflicts"], 1);
 }
+
+#[test]
+fn revoked_token_is_a_crash_loop_not_a_conflict_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for i in 0..3 {
+        let p = dir.path().join(format!("run{i}.log"));
+        std::fs::write(
+            &p,
+            format!(
+                "{{\"time\":\"2026-09-14T22:0{i}:00Z\",\"level\":\"INFO\",\"msg\":\"Starting listener\",\"component\":\"listener-app\"}}\n\
+                 2026/09/14 22:0{i}:01 Application returned an error: failed to create actions message session client: \
+                 failed to get runner registration token: request POST https://api.github.com/x failed(status=\"401 Unauthorized\"): Bad credentials\n"
+            ),
+        )
+        .unwrap();
+        files.push(p);
+    }
+    let v = verdict(&[], &files);
+    assert_eq!(v["conflicts"], 0);
+    assert_eq!(v["loop_detected"], false);
+    assert_eq!(v["crash_loop"], "auth");
+    assert_eq!(v["runs"][0]["fatal"], "auth");
+    let crash = v["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["reason"] == "CrashLoopDetected")
+        .unwrap();
+    assert!(crash["message"].as_str().unwrap().contains("never heals"));
+    assert!(
+        v["decisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["action"] == "delay_start")
+    );
+}
