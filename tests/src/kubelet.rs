@@ -547,7 +547,7 @@ pub fn restart_delay(restarts: i32) -> Duration {
 }
 
 enum Wake {
-    Pod(Option<Pod>),
+    Pod(Option<Box<Pod>>),
     Exit(Exit),
     Timer,
 }
@@ -611,7 +611,7 @@ impl PodRun {
         loop {
             let next = restarts.values().min().copied();
             let wake = tokio::select! {
-                r = rx.changed() => Wake::Pod(if r.is_ok() { rx.borrow_and_update().clone() } else { None }),
+                r = rx.changed() => Wake::Pod(if r.is_ok() { rx.borrow_and_update().clone().map(Box::new) } else { None }),
                 Some(e) = exits.recv() => Wake::Exit(e),
                 () = sleep_until_opt(next) => Wake::Timer,
             };
@@ -619,7 +619,7 @@ impl PodRun {
                 Wake::Pod(None) => return Ok(()),
                 Wake::Pod(Some(p)) => {
                     let deleting = p.metadata.deletion_timestamp.is_some();
-                    self.pod = p;
+                    self.pod = *p;
                     if deleting {
                         return self.terminate(rx, exits).await;
                     }

@@ -381,29 +381,35 @@ impl Stack {
                                 .and_then(|s| s.component.as_deref())
                                 .is_some_and(|c| c.contains("arc-watchdog"))
                     })
-                    .map(|e| {
-                        format!(
+                    .flat_map(|e| {
+                        // An Event seen again is counted in the same object
+                        // (core `count`, events.k8s.io `series.count`).
+                        let n = e
+                            .series
+                            .as_ref()
+                            .and_then(|s| s.count)
+                            .or(e.count)
+                            .unwrap_or(1)
+                            .max(1);
+                        let line = format!(
                             "{} {}",
                             e.reason.unwrap_or_default(),
                             e.message.unwrap_or_default()
-                        )
+                        );
+                        std::iter::repeat_n(line, usize::try_from(n).unwrap_or(1))
                     })
                     .collect()
             })
             .unwrap_or_default()
     }
 
-    /// Listener pods the watchdog evicted (Eviction API: a graceful delete
-    /// the kubelet carried out) or that were deleted while their listener
-    /// still ran, as the kubelet saw them.
+    /// Evictions arc-watchdog reported (its `ListenerEvicted` Events).
     async fn evictions(&self) -> usize {
-        let from_events = self
-            .watchdog_events()
+        self.watchdog_events()
             .await
             .iter()
             .filter(|e| e.starts_with("ListenerEvicted"))
-            .count();
-        from_events
+            .count()
     }
 
     /// How many times a listener process was started.
