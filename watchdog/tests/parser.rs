@@ -504,3 +504,22 @@ fn fatal_helpers() {
     assert!(fatal(FatalKind::Auth).is_fatal());
     assert!(!EST.is_fatal());
 }
+
+#[test]
+fn events_serialise_to_json_and_back() {
+    for ev in [
+        CONFLICT,
+        RETRY_CONFLICT,
+        EST,
+        OTHER,
+        fatal(FatalKind::Auth),
+        fatal(FatalKind::RateLimited),
+    ] {
+        let json = serde_json::to_string(&ev).unwrap();
+        assert_eq!(serde_json::from_str::<ListenerEvent>(&json).unwrap(), ev);
+    }
+    assert_eq!(
+        serde_json::to_string(&fatal(FatalKind::NotFound)).unwrap(),
+        r#"{"fatal":"not_found"}"#
+    );
+}

@@ -93,7 +93,7 @@ impl FatalKind {
 
 /// What one log entry means to the watchdog.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "event")]
+#[serde(rename_all = "snake_case")]
 pub enum ListenerEvent {
     /// Creating the message session failed because another session is
     /// alive (HTTP 409 `RunnerScaleSetSessionConflictException`).
