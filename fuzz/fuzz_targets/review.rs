@@ -26,7 +26,13 @@ fuzz_target!(|data: &[u8]| {
             .map(|n| u8::try_from(n.as_u64().expect("byte")).expect("byte"))
             .collect();
         let patch: json_patch::Patch = serde_json::from_slice(&patch).expect("patch is JSON");
-        let request: Value = serde_json::from_slice(data).expect("input was JSON");
+        // The handler's typed parse skips unknown fields without checking
+        // them, so it accepts bodies that a `Value` refuses (a lone UTF-16
+        // surrogate escape in an ignored field, found by this target). The
+        // answer is still right; the patch check needs the object as a Value.
+        let Ok(request) = serde_json::from_slice::<Value>(data) else {
+            continue;
+        };
         let mut pod = request["request"]["object"].clone();
         json_patch::patch(&mut pod, &patch).expect("patch applies");
         if serde_json::from_value::<Pod>(request["request"]["object"].clone()).is_ok() {
