@@ -1,5 +1,5 @@
 //! The binary exits promptly on SIGTERM (the kubelet's stop), while it
-//! follows a listener and holds a watch open.
+//! follows a listener and holds a watch open; idle, it uses (almost) no CPU.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -61,6 +61,24 @@ async fn sigterm_exits_within_a_second() {
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 
     let pid = child.id().unwrap();
+    // Idle (following a silent listener, watching a quiet pod): no busy
+    // polling. CPU time over a 2 s window, from /proc (clock ticks).
+    let cpu = |pid: u32| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = after_comm.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of stat (11 and 12 here).
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    };
+    let before = cpu(pid);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_ticks = cpu(pid) - before;
+    eprintln!("idle: {idle_ticks} clock ticks of CPU in 2 s");
+    assert!(
+        idle_ticks <= 10,
+        "busy while idle: {idle_ticks} ticks in 2 s"
+    );
+
     let sent = Instant::now();
     let kill = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
