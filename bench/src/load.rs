@@ -326,6 +326,7 @@ pub async fn admission_tls(args: &TlsArgs) -> anyhow::Result<Vec<Figure>> {
         .await
         .with_context(|| format!("loading the webhook (its log: {})", webhook_log.display()))?;
         let peak_kib = proc::vm_hwm_kib(pid)?;
+        eprintln!("webhook-rss: after load: {}", proc::rss_breakdown(pid));
         anyhow::Ok((idle_kib, result, peak_kib))
     }
     .await;

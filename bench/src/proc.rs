@@ -27,6 +27,25 @@ pub fn vm_hwm_kib(pid: u32) -> anyhow::Result<u64> {
         .with_context(|| format!("no VmHWM in {path}"))
 }
 
+/// The resident set of process `pid` by kind (`RssAnon`, `RssFile`,
+/// `Threads`), for the notes printed beside a figure.
+pub fn rss_breakdown(pid: u32) -> String {
+    let path = format!("/proc/{pid}/status");
+    let Ok(status) = std::fs::read_to_string(&path) else {
+        return String::new();
+    };
+    status
+        .lines()
+        .filter(|l| {
+            ["RssAnon:", "RssFile:", "Threads:"]
+                .iter()
+                .any(|k| l.starts_with(k))
+        })
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// KiB as MiB, for display.
 pub fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0

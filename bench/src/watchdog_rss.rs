@@ -91,6 +91,7 @@ pub async fn measure(args: &RssArgs) -> anyhow::Result<Vec<Figure>> {
         // observation window, not a synchronisation).
         tokio::time::sleep(args.idle).await;
         let idle_kib = proc::vm_hwm_kib(pid)?;
+        eprintln!("watchdog-rss: idle: {}", proc::rss_breakdown(pid));
 
         let per_tick = (args.lines_per_second / TICKS_PER_SECOND).max(1);
         let ticks = (args.follow.as_secs_f64() * TICKS_PER_SECOND as f64).ceil() as u64;
@@ -141,6 +142,7 @@ pub async fn measure(args: &RssArgs) -> anyhow::Result<Vec<Figure>> {
         }
         let drained = t0.elapsed();
         let busy_kib = proc::vm_hwm_kib(pid)?;
+        eprintln!("watchdog-rss: busy: {}", proc::rss_breakdown(pid));
         if api.log_opens() != 1 {
             eprintln!(
                 "note: the watchdog opened the log stream {} times",
