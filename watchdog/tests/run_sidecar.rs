@@ -267,3 +267,65 @@ async fn conflict_loop_delays_saves_reports_and_evicts_a_dead_listener() {
         .unwrap()
         .unwrap();
 }
+
+/// A listener that writes its conflict and exits at once (ARC >= 0.8):
+/// the pod update and the last line race. The run's end waits for its log,
+/// so the failed start counts once, as a session conflict, not also as an
+/// unexplained exit.
+#[tokio::test]
+async fn a_run_ends_after_its_last_line_is_counted() {
+    let api = FakeApi::start().await;
+    api.set_lease(None);
+    api.set_pod(pod_json(
+        Some("containerd://c1"),
+        running("2026-11-28T10:00:00Z"),
+        0,
+    ));
+    let cancel = CancellationToken::new();
+    let started = start(run_args("20s", &[]), Ok(api.client()), cancel.clone())
+        .await
+        .unwrap();
+    api.wait_for("the log follow", |s| {
+        s.requests.iter().any(|r| r.path.ends_with("/log"))
+    })
+    .await;
+    // The pod status first, the line later (the log path through the
+    // kubelet is slower than the watch): the worst order.
+    api.set_pod(pod_json(
+        Some("containerd://c1"),
+        terminated(1, &Timestamp::now().to_string()),
+        0,
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    api.with(|s| {
+        s.log.push((Timestamp::now(), CONFLICT.to_owned()));
+        s.log_done = true;
+    });
+    api.wait_for("the run's end in the Lease", |s| {
+        s.lease
+            .as_ref()
+            .and_then(|l| l["metadata"]["annotations"][HISTORY_ANNOTATION].as_str())
+            .and_then(|h| History::from_json(h).ok())
+            .is_some_and(|h| h.run.as_ref().is_some_and(|r| r.ended.is_some()))
+    })
+    .await;
+    let lease = api.with(|s| s.lease.clone().unwrap());
+    let h = History::from_json(
+        lease["metadata"]["annotations"][HISTORY_ANNOTATION]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(h.conflicts.len(), 1, "{h:?}");
+    assert_eq!(h.failed_starts.len(), 1, "{h:?}");
+    assert_eq!(
+        h.failed_starts[0].cause,
+        arc_watchdog::detector::Cause::SessionConflict,
+        "{h:?}"
+    );
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(1), started.task)
+        .await
+        .unwrap()
+        .unwrap();
+}
