@@ -79,7 +79,7 @@ impl Metrics {
         let rbac_ensures = Family::<ResultLabels, Counter>::default();
         registry.register(
             "rbac_ensures",
-            "Per-listener Role/RoleBinding/Lease ensures, by result (ok, no_owner, error, timeout)",
+            "Per-listener Role/RoleBinding/Lease ensures, by result (ok, no_owner, foreign, error, timeout)",
             rbac_ensures.clone(),
         );
         let native_sidecars = Gauge::<i64, AtomicI64>::default();

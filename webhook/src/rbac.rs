@@ -138,6 +138,10 @@ pub enum EnsureResult {
     /// All three exist, but the configuration could not be found, so they
     /// carry no owner (they are still labelled managed-by arc-watchdog).
     NoOwner,
+    /// A RoleBinding of arc-watchdog's name exists with another `roleRef`
+    /// (made by someone else): it is left alone, and the watchdog of that
+    /// listener fails open for lack of rights.
+    Foreign,
     /// An API call failed.
     Error,
     /// The time budget ran out (the work goes on in the background).
@@ -150,6 +154,7 @@ impl EnsureResult {
         match self {
             Self::Ok => "ok",
             Self::NoOwner => "no_owner",
+            Self::Foreign => "foreign",
             Self::Error => "error",
             Self::Timeout => "timeout",
         }
@@ -254,18 +259,24 @@ impl RbacKeeper {
 
         let bindings: Api<RoleBinding> = Api::namespaced(self.client.clone(), ns);
         let name = names::rbac_name(&target.pod_name);
+        let mut foreign = false;
         match bindings.create(&pp, &want.binding).await {
             Ok(_) => {}
             Err(err) if is_conflict(&err) => {
                 let mut have = bindings.get(&name).await?;
                 if have.role_ref != want.binding.role_ref {
-                    // roleRef is immutable: replace the whole binding.
-                    bindings.delete(&name, &Default::default()).await?;
-                    match bindings.create(&pp, &want.binding).await {
-                        Ok(_) => {}
-                        Err(err) if is_conflict(&err) => {}
-                        Err(err) => return Err(err),
-                    }
+                    // roleRef is immutable and ours always names the Role of
+                    // the same name: a binding with another roleRef was made
+                    // by someone else. Replacing it would need `delete` on
+                    // every RoleBinding of the namespace, a right the webhook
+                    // must not hold, so leave it and say so.
+                    tracing::warn!(
+                        namespace = %ns,
+                        binding = %name,
+                        role_ref = %have.role_ref.name,
+                        "a RoleBinding of arc-watchdog's name refers to another role; leaving it alone"
+                    );
+                    foreign = true;
                 } else {
                     let mut changed = adopt(&mut have.metadata, owner.as_ref());
                     if have.subjects != want.binding.subjects {
@@ -288,7 +299,9 @@ impl RbacKeeper {
             Err(err) => return Err(err),
         }
 
-        Ok(if owner.is_some() {
+        Ok(if foreign {
+            EnsureResult::Foreign
+        } else if owner.is_some() {
             EnsureResult::Ok
         } else {
             EnsureResult::NoOwner
