@@ -1013,6 +1013,19 @@ impl ControlPlane {
     /// `newScaleSetListenerPod` builds it ([`listener_pod`]), through the
     /// API (and so through the webhook). Returns the stored pod.
     pub async fn create_listener(&self, namespace: &str, scale_set: &str) -> Result<Pod> {
+        self.create_listener_with(namespace, scale_set, |_| {})
+            .await
+    }
+
+    /// [`Self::create_listener`], with `edit` applied to the pod before it
+    /// is created (e.g. `restartPolicy: Always` from a user's
+    /// `listenerTemplate`).
+    pub async fn create_listener_with(
+        &self,
+        namespace: &str,
+        scale_set: &str,
+        edit: impl FnOnce(&mut Pod),
+    ) -> Result<Pod> {
         let name = listener_name(scale_set);
         self.create_service_account(namespace, &name).await?;
         let client = self.admin_client().await?;
@@ -1040,7 +1053,8 @@ impl ControlPlane {
             .await
             .with_context(|| format!("creating AutoscalingListener {namespace}/{name}"))?;
         let pods: Api<Pod> = Api::namespaced(client, namespace);
-        let pod = listener_pod(scale_set, &al.uid().unwrap_or_default());
+        let mut pod = listener_pod(scale_set, &al.uid().unwrap_or_default());
+        edit(&mut pod);
         pods.create(&PostParams::default(), &pod)
             .await
             .with_context(|| format!("creating listener pod {namespace}/{name}"))
@@ -1466,6 +1480,168 @@ impl Drop for Webhook {
     }
 }
 
+/// `arc-watchdog run` as a process standing in for the injected sidecar of
+/// one pod: the arguments the webhook injected, the downward-API env, and
+/// the credentials the kubelet would mount (a TokenRequest token for the
+/// pod's ServiceAccount, bound to the pod), passed through `KUBECONFIG`.
+#[derive(Debug)]
+pub struct WatchdogProcess {
+    proc: Mutex<Option<Proc>>,
+    dir: PathBuf,
+    /// Where its HTTP endpoints listen (`/healthz`, `/readyz`, `/startz`, `/metrics`).
+    pub addr: SocketAddr,
+    /// Its log file (JSON lines).
+    pub log: PathBuf,
+}
+
+impl WatchdogProcess {
+    /// Starts the watchdog for `pod` (as stored, i.e. injected). `extra_env`
+    /// is added (e.g. `RUST_LOG`). Waits until `/healthz` answers.
+    pub async fn start(cp: &ControlPlane, pod: &Pod, extra_env: &[(&str, &str)]) -> Result<Self> {
+        let bin = workspace_bin("arc-watchdog", "arc-watchdog")?;
+        let name = pod
+            .metadata
+            .name
+            .clone()
+            .ok_or_else(|| anyhow!("pod without name"))?;
+        let ns = pod
+            .metadata
+            .namespace
+            .clone()
+            .ok_or_else(|| anyhow!("pod without namespace"))?;
+        let uid = pod
+            .metadata
+            .uid
+            .clone()
+            .ok_or_else(|| anyhow!("pod without uid"))?;
+        let spec = pod.spec.clone().unwrap_or_default();
+        let container = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(spec.containers.iter())
+            .find(|c| c.name == arc_watchdog::names::CONTAINER_NAME)
+            .ok_or_else(|| {
+                anyhow!(
+                    "{ns}/{name} has no {} container: not injected",
+                    arc_watchdog::names::CONTAINER_NAME
+                )
+            })?;
+        let args = container.args.clone().unwrap_or_default();
+        let sa = spec
+            .service_account_name
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let token = cp
+            .service_account_token(&ns, &sa, Some((&name, &uid)))
+            .await?;
+        let tag = format!("watchdog-{name}-{}", &uid[..8.min(uid.len())]);
+        let kubeconfig = cp.write_token_kubeconfig(&tag, &token)?;
+        let port = free_port()?;
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let log = cp.dir().join(format!("{tag}.log"));
+        let out = fs::File::create(&log)?;
+        let err = out.try_clone()?;
+        let child = Command::new(&bin)
+            .args(&args)
+            .env("KUBECONFIG", &kubeconfig)
+            .env(arc_watchdog::names::ENV_POD_NAME, &name)
+            .env(arc_watchdog::names::ENV_POD_NAMESPACE, &ns)
+            .env(arc_watchdog::names::ENV_POD_UID, &uid)
+            .env("ARC_WATCHDOG_LISTEN", addr.to_string())
+            .envs(extra_env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        fs::write(cp.dir().join(format!("{tag}.pid")), child.id().to_string())?;
+        let wd = Self {
+            proc: Mutex::new(Some(Proc {
+                name: tag,
+                child,
+                log: log.clone(),
+            })),
+            dir: cp.dir().to_path_buf(),
+            addr,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = wd.exited() {
+                bail!(
+                    "arc-watchdog run exited ({status}):\n{}",
+                    fs::read_to_string(&wd.log).unwrap_or_default()
+                );
+            }
+            if matches!(
+                http_get(addr, arc_watchdog::names::PATH_HEALTHZ).await,
+                Ok((200, _))
+            ) {
+                return Ok(wd);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "arc-watchdog run not healthy after 30s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn exited(&self) -> Option<std::process::ExitStatus> {
+        self.proc.lock().ok()?.as_mut().and_then(Proc::exited)
+    }
+
+    /// `GET path` on its HTTP port: status and body.
+    pub async fn get(&self, path: &str) -> Result<(u16, String)> {
+        http_get(self.addr, path).await
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> Result<String> {
+        let (status, body) = self.get(arc_watchdog::names::PATH_METRICS).await?;
+        ensure!(status == 200, "/metrics answered {status}");
+        Ok(body)
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM (what the kubelet sends), then SIGKILL after 5s; by pid.
+    pub fn stop(&self) {
+        if let Ok(mut p) = self.proc.lock()
+            && let Some(mut p) = p.take()
+        {
+            p.stop();
+            let _ = fs::remove_file(self.dir.join(format!("{}.pid", p.name)));
+        }
+    }
+}
+
+impl Drop for WatchdogProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The value of the first sample of `metric` whose labels contain every
+/// `labels` pair (`name="value"`), in Prometheus text format.
+pub fn metric_value(text: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        let (name, rest) = series.split_once('{').unwrap_or((series, ""));
+        if name != metric {
+            return None;
+        }
+        let all = labels
+            .iter()
+            .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+        if all { value.parse().ok() } else { None }
+    })
+}
+
 /// The MutatingWebhookConfiguration in `manifests/`, as JSON (via
 /// `kubectl kustomize manifests/`).
 pub fn manifest_webhook_configuration(cp: &ControlPlane) -> Result<serde_json::Value> {
@@ -1580,6 +1756,18 @@ mod tests {
         assert_eq!(b64("fo"), "Zm8=");
         assert_eq!(b64("foo"), "Zm9v");
         assert_eq!(b64("foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn metric_values_found_by_name_and_labels() {
+        let text = "# HELP x y\nfoo_total{reason=\"a\"} 2\nfoo_total{reason=\"b\"} 5\nbar 1.5\n";
+        assert_eq!(
+            metric_value(text, "foo_total", &[("reason", "b")]),
+            Some(5.0)
+        );
+        assert_eq!(metric_value(text, "bar", &[]), Some(1.5));
+        assert_eq!(metric_value(text, "foo_total", &[("reason", "c")]), None);
+        assert_eq!(metric_value(text, "foo", &[]), None);
     }
 
     #[test]

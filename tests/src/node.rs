@@ -71,6 +71,7 @@ impl Buffer {
 #[derive(Debug, Clone, Default)]
 pub struct Logs {
     inner: Arc<Mutex<HashMap<LogKey, Buffer>>>,
+    requests: Arc<Mutex<Vec<String>>>,
 }
 
 fn key(ns: &str, pod: &str, container: &str) -> LogKey {
@@ -113,6 +114,23 @@ impl Logs {
             let old = std::mem::replace(&mut b.version, watch::Sender::new(0));
             drop(old);
         });
+    }
+
+    /// Forgets every container log of pod `ns/pod`: a new pod with the same
+    /// name (ARC reuses listener names) has new containers and empty logs.
+    /// Open follow streams of the old pod end.
+    pub fn forget_pod(&self, ns: &str, pod: &str) {
+        let mut map = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.retain(|(n, p, _), _| !(n == ns && p == pod));
+    }
+
+    /// Every containerLogs request served so far (`path?query`), oldest
+    /// first: what the API server asked on behalf of its clients.
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
     /// The current run's lines (without timestamps).
@@ -221,6 +239,9 @@ fn text(status: StatusCode, body: &str) -> Response<Body> {
 }
 
 fn serve_logs(logs: &Logs, path: &str, query: &str) -> Response<Body> {
+    if let Ok(mut r) = logs.requests.lock() {
+        r.push(format!("{path}?{query}"));
+    }
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let [_, ns, pod, container] = parts.as_slice() else {
         return text(StatusCode::NOT_FOUND, "not found\n");
@@ -399,8 +420,10 @@ impl FakeNode {
         self.logs.end(ns, pod, container);
     }
 
-    /// Binds a pod to this node (what the scheduler does).
+    /// Binds a pod to this node (what the scheduler does). The node starts
+    /// with empty logs for it (see [`Logs::forget_pod`]).
     pub async fn bind(&self, ns: &str, pod: &str) -> Result<()> {
+        self.logs.forget_pod(ns, pod);
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         let binding = serde_json::json!({
             "apiVersion": "v1", "kind": "Binding",
@@ -440,6 +463,96 @@ impl FakeNode {
             .await
             .with_context(|| format!("reading {ns}/{pod}"))?;
         self.set_pod_status(ns, pod, running_status(&p)).await
+    }
+
+    /// Reports a container's current run as terminated with `exit_code`
+    /// (what the kubelet reports when the process exits) and ends its log
+    /// stream. `phase`, when given, is written too (e.g. `Failed` when the
+    /// only regular container of a `restartPolicy: Never` pod failed).
+    pub async fn terminate_container(
+        &self,
+        ns: &str,
+        pod: &str,
+        container: &str,
+        exit_code: i32,
+        phase: Option<&str>,
+    ) -> Result<Pod> {
+        self.logs.end(ns, pod, container);
+        let now = Timestamp::now().to_string();
+        self.edit_container_status(ns, pod, container, phase, |st| {
+            let started = st["state"]["running"]["startedAt"].clone();
+            st["state"] = serde_json::json!({"terminated": {
+                "exitCode": exit_code, "reason": if exit_code == 0 { "Completed" } else { "Error" },
+                "startedAt": started, "finishedAt": now, "containerID": st["containerID"].clone(),
+            }});
+            st["ready"] = false.into();
+            st["started"] = false.into();
+        })
+        .await
+    }
+
+    /// Reports that a container restarted in place (new container ID,
+    /// restartCount + 1, the old run as `lastState`); its log starts afresh
+    /// (the old one becomes `previous`).
+    pub async fn restart_container(&self, ns: &str, pod: &str, container: &str) -> Result<Pod> {
+        self.logs.restart(ns, pod, container);
+        let now = Timestamp::now().to_string();
+        let p: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let uid = p.get(pod).await?.metadata.uid.unwrap_or_default();
+        self.edit_container_status(ns, pod, container, None, |st| {
+            let count = st["restartCount"].as_i64().unwrap_or(0) + 1;
+            let last = st["state"].clone();
+            st["lastState"] = last;
+            st["restartCount"] = count.into();
+            st["containerID"] =
+                container_id(&uid, container, i32::try_from(count).unwrap_or(i32::MAX)).into();
+            st["state"] = serde_json::json!({"running": {"startedAt": now}});
+            st["ready"] = true.into();
+            st["started"] = true.into();
+        })
+        .await
+    }
+
+    async fn edit_container_status(
+        &self,
+        ns: &str,
+        pod: &str,
+        container: &str,
+        phase: Option<&str>,
+        edit: impl FnOnce(&mut serde_json::Value),
+    ) -> Result<Pod> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let current = api
+            .get(pod)
+            .await
+            .with_context(|| format!("reading {ns}/{pod}"))?;
+        let mut status = serde_json::to_value(current.status.unwrap_or_default())?;
+        let mut edit = Some(edit);
+        for list in ["containerStatuses", "initContainerStatuses"] {
+            if let Some(items) = status[list].as_array_mut() {
+                for st in items.iter_mut().filter(|st| st["name"] == container) {
+                    if let Some(f) = edit.take() {
+                        f(st);
+                    }
+                }
+            }
+        }
+        anyhow::ensure!(
+            edit.is_none(),
+            "{ns}/{pod} has no status for container {container}"
+        );
+        if let Some(phase) = phase {
+            status["phase"] = phase.into();
+        }
+        // A merge patch replaces lists whole: send both complete lists.
+        let patch = serde_json::json!({"status": {
+            "phase": status["phase"].clone(),
+            "containerStatuses": status["containerStatuses"].clone(),
+            "initContainerStatuses": status["initContainerStatuses"].clone(),
+        }});
+        api.patch_status(pod, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .with_context(|| format!("writing status of {ns}/{pod}"))
     }
 
     /// Does what a kubelet does when a pod on this node is deleted
@@ -515,15 +628,22 @@ impl Drop for FakeNode {
     }
 }
 
+/// The container ID the fake kubelet reports: unique per pod, container
+/// and run (the watchdog tells runs apart by it).
+pub fn container_id(pod_uid: &str, container: &str, restart_count: i32) -> String {
+    format!("fake://{pod_uid}/{container}/{restart_count}")
+}
+
 /// A `status` for [`FakeNode::set_pod_status`]: phase Running, Ready, every
 /// container (and restartable init container) running and ready.
 pub fn running_status(pod: &Pod) -> serde_json::Value {
     let now = Timestamp::now().to_string();
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
     let spec = pod.spec.clone().unwrap_or_default();
     let state = |name: &str, image: &str| {
         serde_json::json!({
             "name": name, "image": image, "imageID": "", "ready": true, "started": true, "restartCount": 0,
-            "containerID": format!("fake://{name}"),
+            "containerID": container_id(&uid, name, 0),
             "state": {"running": {"startedAt": now}},
         })
     };
