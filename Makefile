@@ -27,6 +27,11 @@ fuzz:
 test: go-tools
 	cargo test --workspace --all-targets
 
+# The demo: a local control plane (no cluster), arc-watchdog installed from
+# manifests/, a conflict loop played through a fake node; cleans up after itself.
+demo: go-tools
+	cargo run -q -p arc-watchdog-tests --bin demo
+
 .PHONY: go-tools test-integration
 # etcd, kube-apiserver, kube-controller-manager and kubectl built from their Go
 # modules (tests/go/), cached in ~/.cache/arc-watchdog (ARC_WATCHDOG_CACHE).

@@ -8,6 +8,7 @@
 #   (no arguments: all four)
 #
 # Env: ARC_WATCHDOG_CACHE (default ~/.cache/arc-watchdog) is where binaries go;
+#      ARC_WATCHDOG_QUIET_UP_TO_DATE=1 prints nothing for tools already built;
 #      ARC_WATCHDOG_PRINT_DIRS=1 only prints "name=dir" lines for each tool, building nothing.
 set -euo pipefail
 
@@ -47,7 +48,7 @@ build() { # name module-dir package tags ldflags
   local out; out="$(dir_of "$name")"
   local key; key="$(cat "$moddir/go.mod" "$moddir/go.sum" | sha256sum | cut -c1-16)"
   if [[ -x "$out/$name" && -f "$out/.key" && "$(cat "$out/.key")" == "$key" ]]; then
-    echo "==> $name: up to date in $out"
+    [[ "${ARC_WATCHDOG_QUIET_UP_TO_DATE:-}" == 1 ]] || echo "==> $name: up to date in $out"
     return 0
   fi
   echo "==> $name: building $pkg into $out (cold: several minutes on 2 cores)"
@@ -71,4 +72,4 @@ for t in "${tools[@]}"; do
     *) dir_of "$t" >/dev/null ;;
   esac
 done
-echo "==> go tools ready in $(( $(now) - total0 ))s (cache: $cache)"
+[[ "${ARC_WATCHDOG_QUIET_UP_TO_DATE:-}" == 1 ]] || echo "==> go tools ready in $(( $(now) - total0 ))s (cache: $cache)"

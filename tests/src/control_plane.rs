@@ -112,13 +112,11 @@ pub fn go_tool(name: &str) -> Result<PathBuf> {
         .ok_or_else(|| anyhow!("{} printed no directory for {name}", script.display()))?;
     let path = Path::new(dir).join(name);
     // Always run the build script: it is a quick no-op when the binary is up
-    // to date and rebuilds when the pinned version or go.sum changed.
-    eprintln!(
-        "[control-plane] ensuring {name} is built ({})",
-        path.display()
-    );
+    // to date (and then silent) and rebuilds, showing progress, when the
+    // pinned version or go.sum changed.
     let status = Command::new(&script)
         .arg(name)
+        .env("ARC_WATCHDOG_QUIET_UP_TO_DATE", "1")
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
         .status()
@@ -144,6 +142,7 @@ pub fn workspace_bin(package: &str, bin: &str) -> Result<PathBuf> {
         .current_dir(workspace_root())
         .args([
             "build",
+            "--quiet",
             "--message-format=json-render-diagnostics",
             "-p",
             package,
