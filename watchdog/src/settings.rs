@@ -118,12 +118,21 @@ impl Thresholds {
     pub fn to_args(&self) -> Vec<String> {
         let mut args = vec![
             format!("--conflict-threshold={}", self.conflict_threshold),
-            format!("--conflict-window={}", format_duration(self.conflict_window)),
-            format!("--backoff-initial={}", format_duration(self.backoff_initial)),
+            format!(
+                "--conflict-window={}",
+                format_duration(self.conflict_window)
+            ),
+            format!(
+                "--backoff-initial={}",
+                format_duration(self.backoff_initial)
+            ),
             format!("--backoff-max={}", format_duration(self.backoff_max)),
             format!("--duplicate-after-caps={}", self.duplicate_after_caps),
             format!("--eviction-budget={}", self.eviction_budget),
-            format!("--eviction-window={}", format_duration(self.eviction_window)),
+            format!(
+                "--eviction-window={}",
+                format_duration(self.eviction_window)
+            ),
         ];
         if let Some(hung) = self.hung_after {
             args.push(format!("--hung-after={}", format_duration(hung)));
