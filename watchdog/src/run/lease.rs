@@ -16,6 +16,38 @@ use kube::Api;
 use kube::api::PostParams;
 
 pub use crate::detector::HISTORY_ANNOTATION;
+use crate::detector::History;
+
+/// Longest time a change of mere bookkeeping (a run's latest output and its
+/// dedupe high-water mark, which move with every log line) waits before it
+/// is saved. A busy listener writes many lines a second; saving each would
+/// mean as many Lease updates (hundreds a second were measured). Another
+/// pod generation does not act on these fields, so losing up to this much
+/// of them to a crash costs at most a few re-read lines (deduplicated or
+/// harmless) and an earlier hung check; everything it does act on is saved
+/// at once (see [`needs_prompt_save`]).
+pub const BOOKKEEPING_SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether `new` differs from the `saved` history in anything but
+/// bookkeeping: conflicts, failed starts, evictions, the loop and its
+/// backoff (the start gate), duplicate suspicion, a pending eviction, a run
+/// started, established or ended. Such a change is saved at once; a change
+/// of bookkeeping only (the run's `last_output`, `high_water`, `seen`) waits
+/// for [`BOOKKEEPING_SAVE_INTERVAL`].
+pub fn needs_prompt_save(saved: &History, new: &History) -> bool {
+    substance(saved) != substance(new)
+}
+
+/// `h` without the fields every log line moves.
+fn substance(h: &History) -> History {
+    let mut h = h.clone();
+    if let Some(run) = &mut h.run {
+        run.last_output = None;
+        run.high_water = None;
+        run.seen.clear();
+    }
+    h
+}
 
 /// How often a conflicting update is re-read, merged and retried.
 pub const MAX_CONFLICT_RETRIES: usize = 5;

@@ -22,7 +22,9 @@ use super::events::{EventSink, Report};
 use super::evict::{EvictOutcome, EvictRetry, evict_pod};
 use super::gate::{self, Gate};
 use super::http::{Shared, serve};
-use super::lease::{LeaseLoad, LeaseSave, LeaseStore};
+use super::lease::{
+    BOOKKEEPING_SAVE_INTERVAL, LeaseLoad, LeaseSave, LeaseStore, needs_prompt_save,
+};
 use super::logs::{FollowConfig, FollowerMsg, follow_run};
 use super::merge::{merge_histories, merge_json};
 use super::metrics::{Metrics, ReasonLabel, VersionWarningLabel};
@@ -36,6 +38,10 @@ const HEARTBEAT: Duration = Duration::from_secs(30);
 /// is handed to the detector anyway (a conflict line must be counted before
 /// the exit, or the run would count as an unexplained failure too).
 const END_WAITS_FOR_LOG: Duration = Duration::from_secs(5);
+/// How long shutdown waits for the last (coalesced) Lease save: best
+/// effort, within the binary's exit budget (`run` waits 700 ms for the
+/// loop, and the kubelet's stop must stay well under a second).
+const FINAL_SAVE_BUDGET: Duration = Duration::from_millis(500);
 
 /// A started sidecar.
 #[derive(Debug)]
@@ -127,7 +133,10 @@ struct Sidecar {
     /// Run ends waiting for their log to be read to the end.
     pending_ends: BTreeMap<String, (Timestamp, Input)>,
     lease_tx: watch::Sender<Option<String>>,
-    last_saved: Option<String>,
+    /// The history last handed to the Lease task, as JSON and as data.
+    last_saved: Option<(String, History)>,
+    /// A bookkeeping-only change waits for this time to be saved.
+    save_due: Option<tokio::time::Instant>,
     events_tx: mpsc::Sender<(Report, Option<ObjectReference>)>,
     evict_tx: mpsc::Sender<EvictDone>,
     evicting: bool,
@@ -161,6 +170,7 @@ impl Sidecar {
             pending_ends: BTreeMap::new(),
             lease_tx,
             last_saved: None,
+            save_due: None,
             events_tx,
             evict_tx,
             evicting: false,
@@ -204,12 +214,15 @@ impl Sidecar {
             self.args.lease_name(),
             id.pod_name.clone(),
         );
-        let lease_task = tokio::spawn(lease_loop(
+        // Not `cancel`: at shutdown the Lease task gets to finish the last
+        // save (it ends when `lease_tx` is dropped), within FINAL_SAVE_BUDGET.
+        let lease_stop = CancellationToken::new();
+        let mut lease_task = tokio::spawn(lease_loop(
             store,
             lease_rx,
             lease_msg_tx,
             self.shared.clone(),
-            self.cancel.clone(),
+            lease_stop.clone(),
         ));
 
         let cfg = watcher::Config::default().fields(&format!("metadata.name={}", id.pod_name));
@@ -261,6 +274,21 @@ impl Sidecar {
             f.abort();
         }
         events_task.abort();
+        // A coalesced change is saved now (best effort, bounded).
+        if self.ready && self.save_due.is_some() {
+            self.publish_history();
+        }
+        drop(std::mem::replace(
+            &mut self.lease_tx,
+            watch::channel(None).0,
+        ));
+        if tokio::time::timeout(FINAL_SAVE_BUDGET, &mut lease_task)
+            .await
+            .is_err()
+        {
+            warn!(budget = ?FINAL_SAVE_BUDGET, "the last Lease save did not finish in time");
+        }
+        lease_stop.cancel();
         lease_task.abort();
         info!("watchdog stopped");
     }
@@ -276,6 +304,9 @@ impl Sidecar {
         }
         for (deadline, _) in self.pending_ends.values() {
             next = next.min(gate::elapsed(now, *deadline));
+        }
+        if let Some(due) = self.save_due {
+            next = next.min(due.saturating_duration_since(tokio::time::Instant::now()));
         }
         // Never a zero sleep in a loop: wake-ups in the past are handled by
         // the tick right away, then the detector moves on.
@@ -497,11 +528,40 @@ impl Sidecar {
             .loop_active
             .set(i64::from(status.loop_active));
         self.shared.refresh_gauges(now);
-        let json = self.detector.history().to_json();
-        if self.last_saved.as_deref() != Some(json.as_str()) {
-            self.last_saved = Some(json.clone());
-            self.lease_tx.send_replace(Some(json));
+        self.save_if_due();
+    }
+
+    /// Hands the history to the Lease task when it matters for another pod
+    /// generation at once, a bookkeeping-only change at most every
+    /// [`BOOKKEEPING_SAVE_INTERVAL`]. The Lease task saves only the latest
+    /// history, one save at a time; the latest contains every earlier
+    /// change, so coalescing never loses one.
+    fn save_if_due(&mut self) {
+        let history = self.detector.history();
+        let prompt = match &self.last_saved {
+            None => true,
+            Some((_, saved)) if saved == history => {
+                self.save_due = None;
+                return;
+            }
+            Some((_, saved)) => needs_prompt_save(saved, history),
+        };
+        let now = tokio::time::Instant::now();
+        if prompt || self.save_due.is_some_and(|due| due <= now) {
+            self.publish_history();
+        } else if self.save_due.is_none() {
+            self.save_due = Some(now + BOOKKEEPING_SAVE_INTERVAL);
         }
+    }
+
+    fn publish_history(&mut self) {
+        let history = self.detector.history().clone();
+        let json = history.to_json();
+        self.save_due = None;
+        if self.last_saved.as_ref().map(|(j, _)| j.as_str()) != Some(json.as_str()) {
+            self.lease_tx.send_replace(Some(json.clone()));
+        }
+        self.last_saved = Some((json, history));
     }
 
     fn execute(&mut self, decisions: Vec<Decision>) {

@@ -60,6 +60,10 @@ pub struct FakeState {
     pub log_drops: VecDeque<usize>,
     /// The container ended: streams close after the last line.
     pub log_done: bool,
+    /// Streams opened from now on serve only lines at or after this time
+    /// (a new container run: the kubelet serves the current container's
+    /// log, not the earlier run's).
+    pub log_floor: Option<Timestamp>,
 }
 
 #[derive(Clone)]
@@ -449,7 +453,10 @@ async fn watch_pod(ctx: Ctx) -> Response {
 fn log_stream(ctx: Ctx, query: &str) -> Response {
     let since: Option<Timestamp> = query_param(query, "sinceTime").map(|s| s.parse().unwrap());
     let (tx, rx) = mpsc::channel::<Bytes>(64);
-    let limit = ctx.state.lock().unwrap().log_drops.pop_front();
+    let (limit, floor) = {
+        let mut s = ctx.state.lock().unwrap();
+        (s.log_drops.pop_front(), s.log_floor)
+    };
     let mut changed = ctx.changed.subscribe();
     tokio::spawn(async move {
         let mut next = 0usize;
@@ -460,6 +467,7 @@ fn log_stream(ctx: Ctx, query: &str) -> Response {
                 let batch: Vec<String> = s.log[next..]
                     .iter()
                     .filter(|(ts, _)| since.is_none_or(|since| *ts >= since))
+                    .filter(|(ts, _)| floor.is_none_or(|floor| *ts >= floor))
                     .map(|(ts, l)| format!("{} {l}\n", ts.strftime("%Y-%m-%dT%H:%M:%S%.9fZ")))
                     .collect();
                 next = s.log.len();

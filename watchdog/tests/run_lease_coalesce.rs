@@ -1,0 +1,167 @@
+//! Lease saves are coalesced: a busy listener's session-established lines
+//! (bookkeeping only) cause a bounded number of Lease updates, while a
+//! change another pod generation acts on (a session conflict) is saved at
+//! once, and a coalesced change is saved on shutdown.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod run_support;
+
+use std::time::{Duration, Instant};
+
+use arc_watchdog::detector::History;
+use arc_watchdog::run::lease::{BOOKKEEPING_SAVE_INTERVAL, HISTORY_ANNOTATION};
+use arc_watchdog::run::start;
+use jiff::Timestamp;
+use run_support::*;
+use tokio_util::sync::CancellationToken;
+
+const CONFLICT: &str = "2026/03/02 04:10:02 Application returned an error: createSession failed: failed to create session: actions error: StatusCode 409, AcivityId \"3f5c9a2e\": GitHub.Actions.Runtime.WebApi.RunnerScaleSetSessionConflictException, GitHub.Actions.Runtime.WebApi: The actions runner scaleset arc-runner-set already has an active session.";
+
+/// How long the listener floods its log, and how fast.
+const FLOOD: Duration = Duration::from_secs(3);
+const LINE_EVERY: Duration = Duration::from_millis(5);
+
+fn stored(s: &FakeState) -> Option<History> {
+    s.lease
+        .as_ref()
+        .and_then(|l| l["metadata"]["annotations"][HISTORY_ANNOTATION].as_str())
+        .and_then(|h| History::from_json(h).ok())
+}
+
+fn lease_updates(api: &FakeApi) -> usize {
+    api.requests("PUT", &format!("/leases/arc-watchdog-{POD}"))
+        .len()
+}
+
+#[tokio::test]
+async fn established_lines_coalesce_lease_saves_but_a_conflict_is_saved_at_once() {
+    // The test window must be shorter than the interval, or one periodic
+    // save more would be allowed.
+    assert!(FLOOD < BOOKKEEPING_SAVE_INTERVAL);
+    let api = FakeApi::start().await;
+    api.set_lease(None);
+    api.set_pod(pod_json(
+        Some("containerd://c1"),
+        running("2026-11-28T10:00:00Z"),
+        0,
+    ));
+    api.with(|s| {
+        s.log = vec![(
+            Timestamp::now(),
+            "2026-03-02T05:00:02Z\tINFO\tlistener-app.listener\tGetting next message\t{\"lastMessageID\": 0}".to_owned(),
+        )]
+    });
+    let cancel = CancellationToken::new();
+    let started = start(run_args("20s", &[]), Ok(api.client()), cancel.clone())
+        .await
+        .unwrap();
+    // The run got its session: that much is saved at once.
+    api.wait_for("the established run in the Lease", |s| {
+        stored(s).is_some_and(|h| {
+            h.run
+                .is_some_and(|r| r.id == "containerd://c1" && r.established)
+        })
+    })
+    .await;
+
+    // A busy listener: ~200 session-established lines a second.
+    let before = lease_updates(&api);
+    let t0 = Instant::now();
+    let mut lines = 0u32;
+    while t0.elapsed() < FLOOD {
+        lines += 1;
+        api.with(|s| {
+            s.log.push((
+                Timestamp::now(),
+                format!("2026-03-02T05:00:02Z\tINFO\tlistener-app.listener\tGetting next message\t{{\"lastMessageID\": {lines}}}"),
+            ))
+        });
+        tokio::time::sleep(LINE_EVERY).await;
+    }
+    let during = lease_updates(&api) - before;
+    eprintln!("{lines} established lines in {FLOOD:?}: {during} Lease updates");
+    assert!(lines > 300, "only {lines} lines fed");
+    assert!(
+        during <= 3,
+        "{during} Lease updates for {lines} bookkeeping-only lines"
+    );
+
+    // The listener restarts in place; the new run meets a session
+    // conflict: saved at once, not after the interval. First the old run's
+    // stream ends, and its follower reconnects (after its backoff): every
+    // line of the old run has been handed on by then, so none is taken for
+    // the new run's.
+    let log_requests = |s: &FakeState| {
+        s.requests
+            .iter()
+            .filter(|r| r.path.ends_with("/log"))
+            .count()
+    };
+    let opened = api.with(|s| log_requests(s));
+    api.with(|s| s.log_done = true);
+    api.wait_for("the old run's follower to reconnect", |s| {
+        log_requests(s) > opened
+    })
+    .await;
+    let restart = Timestamp::now();
+    api.with(|s| {
+        s.log_done = false;
+        s.log_floor = Some(restart);
+    });
+    api.set_pod(pod_json(
+        Some("containerd://c2"),
+        running(&restart.to_string()),
+        1,
+    ));
+    api.wait_for("the new run in the Lease", |s| {
+        stored(s).is_some_and(|h| h.run.is_some_and(|r| r.id == "containerd://c2"))
+    })
+    .await;
+    let t1 = Instant::now();
+    api.with(|s| s.log.push((Timestamp::now(), CONFLICT.to_owned())));
+    api.wait_for("the conflict in the Lease", |s| {
+        stored(s).is_some_and(|h| h.conflicts.len() == 1)
+    })
+    .await;
+    let took = t1.elapsed();
+    eprintln!("conflict saved {took:?} after its line");
+    assert!(
+        took < Duration::from_secs(2),
+        "the conflict waited {took:?} to be saved"
+    );
+
+    // More routine lines (bookkeeping only) right before the shutdown:
+    // they wait for the interval, so only the shutdown saves them.
+    let at_conflict = api.with(|s| stored(s).and_then(|h| h.run).and_then(|r| r.high_water));
+    let t2 = Instant::now();
+    let mut routine = 0u32;
+    while t2.elapsed() < Duration::from_millis(500) {
+        routine += 1;
+        api.with(|s| {
+            s.log.push((
+                Timestamp::now(),
+                format!("2026-03-02T05:00:03Z\tINFO\tlistener-app.listener\troutine {routine}"),
+            ))
+        });
+        tokio::time::sleep(LINE_EVERY).await;
+    }
+    let updates_before_stop = lease_updates(&api);
+    let t3 = Instant::now();
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(1), started.task)
+        .await
+        .unwrap()
+        .unwrap();
+    eprintln!("stopped in {:?}", t3.elapsed());
+    let at_stop = api.with(|s| stored(s).and_then(|h| h.run).and_then(|r| r.high_water));
+    assert!(
+        at_stop > at_conflict,
+        "the routine lines were not saved on shutdown: {at_stop:?} vs {at_conflict:?}"
+    );
+    assert_eq!(
+        lease_updates(&api),
+        updates_before_stop + 1,
+        "one save on shutdown"
+    );
+}
