@@ -50,10 +50,11 @@ use serde::Deserialize as _;
 /// Kubernetes release the control plane runs (must match
 /// `tests/scripts/build-go-tools.sh` and `tests/go/kube/go.mod`).
 pub const KUBE_VERSION: &str = "v1.34.4";
-/// ARC release whose CRDs are installed. The module version (a
-/// pseudo-version: release tags are not semver) is pinned, with cert-manager's,
-/// in `tests/go/crds/go.mod` and checked by its go.sum.
-pub const ARC_RELEASE: &str = "gha-runner-scale-set-0.14.2";
+/// ARC module version whose CRDs the integration tests install, pinned
+/// with cert-manager's in `tests/go/crds/go.mod` and checked by its go.sum:
+/// the newest the Go module proxy serves (it refuses the pseudo-versions
+/// of the gha-runner-scale-set release commits; see that go.mod).
+pub const ARC_RELEASE: &str = "v0.27.6";
 /// Go module of ARC; its CRDs are in `config/crd/bases/`.
 pub const ARC_MODULE: &str = "github.com/actions/actions-runner-controller";
 /// Go module of cert-manager; its plain CRDs are in `deploy/crds/`.
@@ -1116,7 +1117,8 @@ impl Drop for ControlPlane {
     }
 }
 
-/// Image of ARC's controller and listener at [`ARC_RELEASE`].
+/// Image an ARC 0.14.2 listener pod carries (the listener pods the
+/// integration tests create are shaped like ARC 0.14.2's).
 pub const ARC_LISTENER_IMAGE: &str = "ghcr.io/actions/gha-runner-scale-set-controller:0.14.2";
 
 /// The listener pod's (and AutoscalingListener's) name for a scale set:
@@ -1183,7 +1185,7 @@ fn sorted_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// The directory, in the module cache, of Go module `module` at `version`,
 /// as pinned by one of the wrapper modules under `tests/go/` (the one whose
-/// go.mod requires exactly that version; `tests/go/crds` pins ARC 0.14.2 and
+/// go.mod requires exactly that version; `tests/go/crds` pins ARC's CRDs and
 /// cert-manager). Resolving inside a wrapper downloads through the Go module
 /// proxy when missing and verifies against that wrapper's go.sum (outside a
 /// module, `go mod download` re-fetches, and the proxy has refused ARC's

@@ -1,12 +1,19 @@
 // Pins the modules whose CRDs the integration tests install (read from the
 // module cache by tests/src/control_plane.rs; nothing is built from them):
-// ARC gha-runner-scale-set-0.14.2 (config/crd/bases) and cert-manager
-// (deploy/crds).
+// ARC (config/crd/bases) and cert-manager (deploy/crds).
+//
+// ARC is pinned to v0.27.6, the newest ARC version the Go module proxy
+// serves: it refuses the pseudo-versions of the gha-runner-scale-set-*
+// release commits (403 "This module version is not available"). Its
+// actions.github.com/v1alpha1 CRDs are the scale-set mode's (0.6 era);
+// the integration tests only need the AutoscalingListener kind and its
+// schema's basics. The end-to-end tests use the CRDs of the ARC version
+// they run (tests/go/arc-*).
 module arc-watchdog.invalid/tests/go/crds
 
 go 1.24.0
 
 require (
-	github.com/actions/actions-runner-controller v0.27.7-0.20260522100713-9bb16ae49d0c
+	github.com/actions/actions-runner-controller v0.27.6
 	github.com/cert-manager/cert-manager v1.21.2
 )
