@@ -6,6 +6,7 @@
 
 use arc_watchdog_webhook::mutation::{InjectConfig, SidecarMode};
 use arc_watchdog_webhook::review::{self, Outcome};
+use base64::Engine as _;
 use k8s_openapi::api::core::v1::Pod;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
@@ -14,17 +15,22 @@ fuzz_target!(|data: &[u8]| {
     let cfg = InjectConfig::new("ghcr.io/example/arc-watchdog:0.1.0");
     for mode in [SidecarMode::Native, SidecarMode::Classic] {
         let result = review::handle(data, &cfg, mode);
-        assert!(result.status == 200 || result.status == 400, "status {}", result.status);
+        assert!(
+            result.status == 200 || result.status == 400,
+            "status {}",
+            result.status
+        );
         let answer: Value = serde_json::from_slice(&result.body).expect("answer is JSON");
         if !matches!(result.outcome, Outcome::Injected(_)) {
             continue;
         }
-        let patch: Vec<u8> = answer["response"]["patch"]
-            .as_array()
-            .expect("injected answer has a patch")
-            .iter()
-            .map(|n| u8::try_from(n.as_u64().expect("byte")).expect("byte"))
-            .collect();
+        let patch = base64::engine::general_purpose::STANDARD
+            .decode(
+                answer["response"]["patch"]
+                    .as_str()
+                    .expect("injected answer has a base64 patch"),
+            )
+            .expect("patch is standard base64");
         let patch: json_patch::Patch = serde_json::from_slice(&patch).expect("patch is JSON");
         // The handler's typed parse skips unknown fields without checking
         // them, so it accepts bodies that a `Value` refuses (a lone UTF-16

@@ -2,9 +2,14 @@
 //! the answer out. Pure (no I/O, no clock), so the HTTP layer stays thin
 //! and the fuzz target can drive it directly.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use k8s_openapi::api::authentication::v1::UserInfo;
 use k8s_openapi::api::core::v1::Pod;
-use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::core::admission::Operation;
+use kube::core::{GroupVersionKind, GroupVersionResource};
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::mutation::{self, Decision, InjectConfig, SidecarMode, SkipReason};
@@ -115,18 +120,128 @@ pub fn error_result(status: u16, reason: ErrorReason, message: &str) -> ReviewRe
     }
 }
 
-fn answer(response: AdmissionResponse, outcome: Outcome, rbac: Option<RbacTarget>) -> ReviewResult {
-    let uid = Some(response.uid.clone());
-    let review = response.into_review();
+/// The AdmissionReview (admission.k8s.io/v1) fields the webhook reads.
+///
+/// Our own type rather than kube's `AdmissionReview<DynamicObject>`: that one
+/// flattens its type meta and the object's fields, so serde buffers the whole
+/// object before building it, and the object then needs a second conversion
+/// into a `Pod`. Here the object is read in one pass as `O` (a `Pod` on the
+/// fast path). Required fields are the ones kube's type requires, so a body
+/// kube refused is still refused.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewIn<O> {
+    /// Required, but any version is answered in v1.
+    #[serde(rename = "apiVersion")]
+    _api_version: String,
+    #[serde(rename = "kind")]
+    _kind: String,
+    request: Option<RequestIn<O>>,
+}
+
+/// `AdmissionReview.request`, the fields the webhook reads.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestIn<O> {
+    uid: String,
+    kind: GroupVersionKind,
+    #[serde(rename = "resource")]
+    _resource: GroupVersionResource,
+    #[serde(default)]
+    sub_resource: Option<String>,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    operation: Operation,
+    #[serde(rename = "userInfo")]
+    _user_info: UserInfo,
+    object: Option<O>,
+    /// Never looked at: skipped without being built.
+    #[serde(rename = "oldObject")]
+    _old_object: Option<IgnoredAny>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// The answer, admission.k8s.io/v1 `AdmissionReview` with a `response`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewOut<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    response: ResponseOut<'a>,
+}
+
+/// `AdmissionReview.response`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ResponseOut<'a> {
+    uid: &'a str,
+    allowed: bool,
+    /// Always empty (the webhook never denies); kept as kube wrote it.
+    status: EmptyStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
+    /// The JSON patch, standard base64: how the API defines `[]byte`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warnings: Option<Vec<String>>,
+}
+
+/// An empty `metav1.Status`, serialised as `{}`.
+#[derive(Serialize)]
+struct EmptyStatus {}
+
+/// What goes into an answered (HTTP 200) review.
+struct Answer {
+    patch: Option<String>,
+    warnings: Option<Vec<String>>,
+    outcome: Outcome,
+    rbac: Option<RbacTarget>,
+}
+
+impl Answer {
+    fn plain(outcome: Outcome) -> Self {
+        Self {
+            patch: None,
+            warnings: None,
+            outcome,
+            rbac: None,
+        }
+    }
+
+    fn warning(outcome: Outcome, warning: String) -> Self {
+        Self {
+            warnings: Some(vec![warning]),
+            ..Self::plain(outcome)
+        }
+    }
+}
+
+fn answer(uid: String, answer: Answer) -> ReviewResult {
+    let review = ReviewOut {
+        api_version: ADMISSION_API_VERSION,
+        kind: "AdmissionReview",
+        response: ResponseOut {
+            uid: &uid,
+            allowed: true,
+            status: EmptyStatus {},
+            patch_type: answer.patch.as_ref().map(|_| "JSONPatch"),
+            patch: answer.patch,
+            warnings: answer.warnings,
+        },
+    };
     match serde_json::to_vec(&review) {
         Ok(body) => ReviewResult {
             status: 200,
             body,
-            outcome,
-            uid,
-            rbac,
+            outcome: answer.outcome,
+            uid: Some(uid),
+            rbac: answer.rbac,
         },
-        // Not reachable with kube's types; answered rather than panicking.
+        // Not reachable with these types; answered rather than panicking.
         Err(err) => error_result(
             500,
             ErrorReason::InvalidJson,
@@ -137,84 +252,109 @@ fn answer(response: AdmissionResponse, outcome: Outcome, rbac: Option<RbacTarget
 
 /// Handles one `/mutate` body; `mode` is the sidecar mode in force.
 pub fn handle(body: &[u8], cfg: &InjectConfig, mode: SidecarMode) -> ReviewResult {
-    let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(body) {
-        Ok(r) => r,
-        Err(err) => {
-            return error_result(
-                400,
-                ErrorReason::InvalidJson,
-                &format!("body is not an AdmissionReview: {err}"),
-            );
-        }
-    };
-    let request: AdmissionRequest<DynamicObject> = match review.try_into() {
-        Ok(r) => r,
-        Err(_) => {
-            return error_result(
-                400,
-                ErrorReason::NoRequest,
-                "AdmissionReview has no request",
-            );
-        }
-    };
-    let mut response = AdmissionResponse::from(&request);
-    // Always answer in v1, whatever the request's TypeMeta says.
-    response.types.api_version = ADMISSION_API_VERSION.to_owned();
-    response.types.kind = "AdmissionReview".to_owned();
+    // Fast path: the object read straight into a Pod. Any failure (not
+    // JSON, not a review, an object that is not a valid Pod) is sorted out
+    // by the slow path, which reads the object as a `Value` so that only an
+    // object the checks below reach is judged as a Pod.
+    if let Ok(review) = serde_json::from_slice::<ReviewIn<Pod>>(body) {
+        return review_answer(review, Ok, cfg, mode);
+    }
+    match serde_json::from_slice::<ReviewIn<serde_json::Value>>(body) {
+        Ok(review) => review_answer(review, serde_json::from_value, cfg, mode),
+        Err(err) => error_result(
+            400,
+            ErrorReason::InvalidJson,
+            &format!("body is not an AdmissionReview: {err}"),
+        ),
+    }
+}
 
+fn review_answer<O>(
+    review: ReviewIn<O>,
+    into_pod: impl FnOnce(O) -> Result<Pod, serde_json::Error>,
+    cfg: &InjectConfig,
+    mode: SidecarMode,
+) -> ReviewResult {
+    let Some(request) = review.request else {
+        return error_result(
+            400,
+            ErrorReason::NoRequest,
+            "AdmissionReview has no request",
+        );
+    };
     let is_pod = request.kind.group.is_empty()
         && request.kind.version == "v1"
         && request.kind.kind == "Pod"
         && request.sub_resource.as_deref().unwrap_or("").is_empty();
     if !is_pod {
-        return answer(response, Outcome::Skipped(Skip::NotPod), None);
+        return answer(request.uid, Answer::plain(Outcome::Skipped(Skip::NotPod)));
     }
     if request.operation != Operation::Create {
-        return answer(response, Outcome::Skipped(Skip::NotCreate), None);
+        return answer(
+            request.uid,
+            Answer::plain(Outcome::Skipped(Skip::NotCreate)),
+        );
     }
-    let Some(object) = request.object.as_ref() else {
-        return answer(response, Outcome::Skipped(Skip::NoObject), None);
+    let Some(object) = request.object else {
+        return answer(request.uid, Answer::plain(Outcome::Skipped(Skip::NoObject)));
     };
-    let pod: Pod = match serde_json::to_value(object).and_then(serde_json::from_value) {
+    let pod = match into_pod(object) {
         Ok(p) => p,
         Err(err) => {
-            let mut response = response;
-            response.warnings = Some(vec![format!(
-                "arc-watchdog: object is not a valid Pod ({err}); not injected"
-            )]);
-            return answer(response, Outcome::Error(ErrorReason::InvalidPod), None);
+            return answer(
+                request.uid,
+                Answer::warning(
+                    Outcome::Error(ErrorReason::InvalidPod),
+                    format!("arc-watchdog: object is not a valid Pod ({err}); not injected"),
+                ),
+            );
         }
     };
 
     match mutation::mutate(&pod, cfg, mode) {
-        Decision::Skip(reason) => answer(response, Outcome::Skipped(Skip::Pod(reason)), None),
-        Decision::Inject { mode, patch } => {
-            let rbac = (!request.dry_run)
-                .then(|| rbac_target(&request, &pod))
-                .flatten();
-            match response.clone().with_patch(patch) {
-                Ok(patched) => answer(patched, Outcome::Injected(mode), rbac),
-                Err(err) => {
-                    let mut response = response;
-                    response.warnings =
-                        Some(vec![format!("arc-watchdog: patch not serialisable: {err}")]);
-                    answer(response, Outcome::Error(ErrorReason::InvalidPod), None)
-                }
+        Decision::Skip(reason) => answer(
+            request.uid,
+            Answer::plain(Outcome::Skipped(Skip::Pod(reason))),
+        ),
+        Decision::Inject { mode, patch } => match serde_json::to_vec(&patch) {
+            Ok(patch) => {
+                let rbac = (!request.dry_run)
+                    .then(|| rbac_target(&request.name, request.namespace.as_deref(), &pod))
+                    .flatten();
+                answer(
+                    request.uid,
+                    Answer {
+                        patch: Some(BASE64.encode(patch)),
+                        warnings: None,
+                        outcome: Outcome::Injected(mode),
+                        rbac,
+                    },
+                )
             }
-        }
+            Err(err) => answer(
+                request.uid,
+                Answer::warning(
+                    Outcome::Error(ErrorReason::InvalidPod),
+                    format!("arc-watchdog: patch not serialisable: {err}"),
+                ),
+            ),
+        },
     }
 }
 
-fn rbac_target(request: &AdmissionRequest<DynamicObject>, pod: &Pod) -> Option<RbacTarget> {
+fn rbac_target(
+    request_name: &str,
+    request_namespace: Option<&str>,
+    pod: &Pod,
+) -> Option<RbacTarget> {
     let pod_name = pod
         .metadata
         .name
         .clone()
         .filter(|n| !n.is_empty())
-        .or_else(|| Some(request.name.clone()).filter(|n| !n.is_empty()))?;
-    let namespace = request
-        .namespace
-        .clone()
+        .or_else(|| Some(request_name.to_owned()).filter(|n| !n.is_empty()))?;
+    let namespace = request_namespace
+        .map(str::to_owned)
         .filter(|n| !n.is_empty())
         .or_else(|| pod.metadata.namespace.clone().filter(|n| !n.is_empty()))?;
     let spec = pod.spec.as_ref();

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use arc_watchdog_webhook::mutation::{self, Decision, InjectConfig, SidecarMode, SkipReason};
 use arc_watchdog_webhook::review::{self, Outcome};
+use base64::Engine as _;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
@@ -258,36 +259,16 @@ fn golden_reviews() {
     );
 }
 
-/// The response's `patch` as bytes. kube serialises `Vec<u8>` as a JSON
-/// array of numbers (which the API server's decoder accepts for `[]byte`);
-/// Go clients write base64 strings. Both are read here.
+/// The response's `patch` as bytes. The API defines `[]byte` in JSON as
+/// a standard base64 string; anything else (such as a JSON array of
+/// numbers) fails the test.
 fn patch_bytes(encoded: &Value) -> Vec<u8> {
-    match encoded {
-        Value::String(s) => base64_decode(s),
-        Value::Array(items) => items
-            .iter()
-            .map(|n| u8::try_from(n.as_u64().unwrap()).unwrap())
-            .collect(),
-        other => panic!("unexpected patch encoding {other}"),
-    }
-}
-
-fn base64_decode(s: &str) -> Vec<u8> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for c in s.bytes().filter(|c| *c != b'=') {
-        let v = ALPHABET.iter().position(|a| *a == c).expect("base64") as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    out
+    let Value::String(s) = encoded else {
+        panic!("patch is not a base64 string: {encoded}");
+    };
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .unwrap_or_else(|e| panic!("patch is not standard base64 ({e}): {s}"))
 }
 
 #[test]

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use arc_watchdog_webhook::mutation::{InjectConfig, SidecarMode};
 use arc_watchdog_webhook::review::{self, Outcome};
+use base64::Engine as _;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
@@ -45,12 +46,10 @@ fn check(data: &[u8]) -> bool {
             continue;
         }
         injected = true;
-        let bytes: Vec<u8> = answer["response"]["patch"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| u8::try_from(n.as_u64().unwrap()).unwrap())
-            .collect();
+        assert_eq!(answer["response"]["patchType"], "JSONPatch");
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(answer["response"]["patch"].as_str().unwrap())
+            .unwrap();
         let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
         let request: Value = serde_json::from_slice(data).unwrap();
         let mut pod = request["request"]["object"].clone();
