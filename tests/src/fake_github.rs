@@ -318,6 +318,21 @@ impl Shared {
         // handler; keep serving rather than poisoning every later call.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// The state for a tenant call to `endpoint` that carries an admin
+    /// token, or the counted 401 answer when it does not.
+    fn admin(
+        &self,
+        headers: &HeaderMap,
+        endpoint: &str,
+    ) -> Result<MutexGuard<'_, State_>, Box<Response>> {
+        let mut st = self.lock();
+        if admin_ok(headers) {
+            Ok(st)
+        } else {
+            Err(Box::new(unauthorized(&mut st, endpoint)))
+        }
+    }
 }
 
 impl State_ {
@@ -525,10 +540,10 @@ async fn runner_groups(
     headers: HeaderMap,
     Query(q): Query<GroupQuery>,
 ) -> Response {
-    let mut st = sh.lock();
-    if !admin_ok(&headers) {
-        return unauthorized(&mut st, "runner_groups");
-    }
+    let mut st = match sh.admin(&headers, "runner_groups") {
+        Ok(st) => st,
+        Err(denied) => return *denied,
+    };
     st.count("runner_groups", StatusCode::OK);
     let name = q.group_name.unwrap_or_else(|| "Default".to_owned());
     let next = i64::try_from(st.groups.len()).unwrap_or(0) + 1;
@@ -553,10 +568,10 @@ async fn scale_set_list(
     headers: HeaderMap,
     Query(q): Query<ScaleSetQuery>,
 ) -> Response {
-    let mut st = sh.lock();
-    if !admin_ok(&headers) {
-        return unauthorized(&mut st, "scale_set_list");
-    }
+    let mut st = match sh.admin(&headers, "scale_set_list") {
+        Ok(st) => st,
+        Err(denied) => return *denied,
+    };
     st.count("scale_set_list", StatusCode::OK);
     let found: Vec<Value> = st
         .scale_sets
@@ -572,10 +587,10 @@ async fn scale_set_list(
 }
 
 async fn scale_set_create(State(sh): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    let mut st = sh.lock();
-    if !admin_ok(&headers) {
-        return unauthorized(&mut st, "scale_set_create");
-    }
+    let mut st = match sh.admin(&headers, "scale_set_create") {
+        Ok(st) => st,
+        Err(denied) => return *denied,
+    };
     let Ok(v) = serde_json::from_slice::<Value>(&body) else {
         st.count("scale_set_create", StatusCode::BAD_REQUEST);
         return reply(
@@ -632,10 +647,10 @@ async fn scale_set_get(
     headers: HeaderMap,
     Path(id): Path<i64>,
 ) -> Response {
-    let mut st = sh.lock();
-    if !admin_ok(&headers) {
-        return unauthorized(&mut st, "scale_set_get");
-    }
+    let mut st = match sh.admin(&headers, "scale_set_get") {
+        Ok(st) => st,
+        Err(denied) => return *denied,
+    };
     match st.scale_sets.get(&id).map(scale_set_json) {
         Some(v) => {
             st.count("scale_set_get", StatusCode::OK);
@@ -660,10 +675,10 @@ async fn scale_set_update(
     Path(id): Path<i64>,
     body: Bytes,
 ) -> Response {
-    let mut st = sh.lock();
-    if !admin_ok(&headers) {
-        return unauthorized(&mut st, "scale_set_update");
-    }
+    let mut st = match sh.admin(&headers, "scale_set_update") {
+        Ok(st) => st,
+        Err(denied) => return *denied,
+    };
     let v: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
     let group_names: BTreeMap<i64, String> =
         st.groups.iter().map(|(n, id)| (*id, n.clone())).collect();
@@ -704,10 +719,10 @@ async fn scale_set_delete(
     headers: HeaderMap,
     Path(id): Path<i64>,
 ) -> Response {
-    let mut st = sh.lock();
-    if !admin_ok(&headers) {
-        return unauthorized(&mut st, "scale_set_delete");
-    }
+    let mut st = match sh.admin(&headers, "scale_set_delete") {
+        Ok(st) => st,
+        Err(denied) => return *denied,
+    };
     st.scale_sets.remove(&id);
     st.sessions.clear(id);
     drop(st);
@@ -723,10 +738,10 @@ async fn session_create(
     Path(id): Path<i64>,
     body: Bytes,
 ) -> Response {
-    let mut st = sh.lock();
-    if !admin_ok(&headers) {
-        return unauthorized(&mut st, "session_create");
-    }
+    let mut st = match sh.admin(&headers, "session_create") {
+        Ok(st) => st,
+        Err(denied) => return *denied,
+    };
     let owner = serde_json::from_slice::<Value>(&body)
         .ok()
         .and_then(|v| {
@@ -775,10 +790,10 @@ async fn session_refresh(
     headers: HeaderMap,
     Path((id, sid)): Path<(i64, String)>,
 ) -> Response {
-    let mut st = sh.lock();
-    if !admin_ok(&headers) {
-        return unauthorized(&mut st, "session_refresh");
-    }
+    let mut st = match sh.admin(&headers, "session_refresh") {
+        Ok(st) => st,
+        Err(denied) => return *denied,
+    };
     let now = st.now();
     match st.sessions.refresh(id, &sid, now) {
         Some(s) => {
@@ -806,10 +821,10 @@ async fn session_delete(
     headers: HeaderMap,
     Path((id, sid)): Path<(i64, String)>,
 ) -> Response {
-    let mut st = sh.lock();
-    if !admin_ok(&headers) {
-        return unauthorized(&mut st, "session_delete");
-    }
+    let mut st = match sh.admin(&headers, "session_delete") {
+        Ok(st) => st,
+        Err(denied) => return *denied,
+    };
     let owner = st
         .sessions
         .current(id)
@@ -942,10 +957,10 @@ async fn acquire_jobs(
 }
 
 async fn acquirable_jobs(State(sh): State<Shared>, headers: HeaderMap) -> Response {
-    let mut st = sh.lock();
-    if !admin_ok(&headers) {
-        return unauthorized(&mut st, "acquirable_jobs");
-    }
+    let mut st = match sh.admin(&headers, "acquirable_jobs") {
+        Ok(st) => st,
+        Err(denied) => return *denied,
+    };
     st.count("acquirable_jobs", StatusCode::OK);
     reply(StatusCode::OK, Some(json!({"count": 0, "value": []})))
 }
@@ -956,10 +971,10 @@ async fn generate_jit_config(
     Path(id): Path<i64>,
     body: Bytes,
 ) -> Response {
-    let mut st = sh.lock();
-    if !admin_ok(&headers) {
-        return unauthorized(&mut st, "generate_jit_config");
-    }
+    let mut st = match sh.admin(&headers, "generate_jit_config") {
+        Ok(st) => st,
+        Err(denied) => return *denied,
+    };
     let name = serde_json::from_slice::<Value>(&body)
         .ok()
         .and_then(|v| v.get("name").and_then(Value::as_str).map(str::to_owned))
@@ -986,10 +1001,10 @@ async fn agents_get(
     headers: HeaderMap,
     Query(q): Query<AgentQuery>,
 ) -> Response {
-    let mut st = sh.lock();
-    if !admin_ok(&headers) {
-        return unauthorized(&mut st, "agents_get");
-    }
+    let mut st = match sh.admin(&headers, "agents_get") {
+        Ok(st) => st,
+        Err(denied) => return *denied,
+    };
     let found: Vec<Value> = st
         .agents
         .iter()
@@ -1004,10 +1019,10 @@ async fn agents_get(
 }
 
 async fn agent_get(State(sh): State<Shared>, headers: HeaderMap, Path(id): Path<i64>) -> Response {
-    let mut st = sh.lock();
-    if !admin_ok(&headers) {
-        return unauthorized(&mut st, "agent_get");
-    }
+    let mut st = match sh.admin(&headers, "agent_get") {
+        Ok(st) => st,
+        Err(denied) => return *denied,
+    };
     match st.agents.get(&id).cloned() {
         Some((n, ss)) => {
             st.count("agent_get", StatusCode::OK);
@@ -1031,10 +1046,10 @@ async fn agent_delete(
     headers: HeaderMap,
     Path(id): Path<i64>,
 ) -> Response {
-    let mut st = sh.lock();
-    if !admin_ok(&headers) {
-        return unauthorized(&mut st, "agent_delete");
-    }
+    let mut st = match sh.admin(&headers, "agent_delete") {
+        Ok(st) => st,
+        Err(denied) => return *denied,
+    };
     // 204 even for unknown ids, or ARC's runner finalizers never clear.
     st.agents.remove(&id);
     st.count("agent_delete", StatusCode::NO_CONTENT);
