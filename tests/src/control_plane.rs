@@ -409,10 +409,18 @@ fn kubeconfig_yaml(server: &str, ca_pem: &str, creds: &Credentials<'_>) -> Strin
 }
 
 async fn client_from_kubeconfig(yaml: &str) -> Result<Client> {
+    client_from_kubeconfig_with(yaml, true).await
+}
+
+/// `default_retry: false` is how `arc-watchdog run` builds its client (its
+/// own bounded retries instead of kube's: a PDB's 429 would otherwise be
+/// retried inside kube).
+async fn client_from_kubeconfig_with(yaml: &str, default_retry: bool) -> Result<Client> {
     let kc = Kubeconfig::from_yaml(yaml).context("parsing kubeconfig")?;
-    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+    let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
         .context("kubeconfig to client config")?;
+    config.default_retry = default_retry;
     Client::try_from(config).context("building kube client")
 }
 
@@ -807,6 +815,22 @@ impl ControlPlane {
             &Credentials::Token(token),
         ))
         .await
+    }
+
+    /// A client for a ServiceAccount (fresh TokenRequest token, optionally
+    /// bound to a pod) configured like `arc-watchdog run`'s: no kube-level
+    /// retries, so that the watchdog's own eviction retries are what is tested.
+    pub async fn watchdog_client(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        bound_pod: Option<(&str, &str)>,
+    ) -> Result<Client> {
+        let token = self
+            .service_account_token(namespace, service_account, bound_pod)
+            .await?;
+        let yaml = kubeconfig_yaml(&self.server, &self.ca_pem, &Credentials::Token(&token));
+        client_from_kubeconfig_with(&yaml, false).await
     }
 
     /// A client for a ServiceAccount with a fresh TokenRequest token: what
