@@ -101,7 +101,7 @@ async fn the_watchdog_identity_reaches_only_its_own_pod_log_eviction_and_lease()
         a.metadata.uid
     );
     let wp = WatchParams::default().fields(&format!("metadata.name={a_name}"));
-    pods.watch(&wp, "0").await.expect("watch of the own pod");
+    let _events = pods.watch(&wp, "0").await.expect("watch of the own pod");
     assert_eq!(
         pods.logs(&a_name, &log).await.unwrap(),
         format!("hello from {a_name}\n")
