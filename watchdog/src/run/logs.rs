@@ -245,6 +245,56 @@ async fn read_stream(
     }
 }
 
+/// Reads the listener's current log once, without following: on shutdown
+/// this catches the lines a lagging follow stream had not delivered yet.
+/// `since` is the newest line timestamp already handed on (rounded down to
+/// the second, the API's precision; the detector skips what it has seen);
+/// at most the last `tail_lines` lines are read.
+pub async fn read_log_once(
+    api: &Api<Pod>,
+    pod: &str,
+    container: &str,
+    container_id: &str,
+    since: Option<Timestamp>,
+    tail_lines: i64,
+) -> Result<Vec<LogLine>, String> {
+    let params = LogParams {
+        container: Some(container.to_owned()),
+        follow: false,
+        timestamps: true,
+        since_time: since.and_then(|t| Timestamp::from_second(t.as_second()).ok()),
+        tail_lines: Some(tail_lines),
+        ..LogParams::default()
+    };
+    let mut stream = api
+        .log_stream(pod, &params)
+        .await
+        .map_err(|e| error_text(&e))?;
+    let mut parser = Parser::new();
+    let mut lines = Vec::new();
+    let to_line = |entry: crate::parser::Entry<'_>| LogLine {
+        container_id: container_id.to_owned(),
+        ts: entry.stamp,
+        key: entry.key(),
+        event: entry.event,
+        text: entry.content[..entry.content.len().min(KEPT_TEXT)].to_vec(),
+    };
+    loop {
+        let chunk = stream
+            .fill_buf()
+            .await
+            .map_err(|e| format!("reading the log: {e}"))?;
+        if chunk.is_empty() {
+            break;
+        }
+        let n = chunk.len();
+        parser.push(chunk, |e| lines.push(to_line(e)));
+        stream.consume_unpin(n);
+    }
+    parser.finish(|e| lines.push(to_line(e)));
+    Ok(lines)
+}
+
 /// Short text of a kube error for logs, metrics and `/readyz`.
 pub fn error_text(e: &kube::Error) -> String {
     match e {

@@ -167,7 +167,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     cancel.cancel();
     // Everything watches `cancel`; do not let a slow task hold the exit.
-    let _ = tokio::time::timeout(Duration::from_millis(700), started.task).await;
+    let _ = tokio::time::timeout(sidecar::SHUTDOWN_BUDGET, started.task).await;
     Ok(())
 }
 

@@ -25,7 +25,7 @@ use super::http::{Shared, serve};
 use super::lease::{
     BOOKKEEPING_SAVE_INTERVAL, LeaseLoad, LeaseSave, LeaseStore, needs_prompt_save,
 };
-use super::logs::{FollowConfig, FollowerMsg, follow_run};
+use super::logs::{FollowConfig, FollowerMsg, follow_run, read_log_once};
 use super::merge::{merge_histories, merge_json};
 use super::metrics::{Metrics, ReasonLabel, VersionWarningLabel};
 use super::pod::{ListenerState, PodTracker, PodView, Transition};
@@ -38,10 +38,22 @@ const HEARTBEAT: Duration = Duration::from_secs(30);
 /// is handed to the detector anyway (a conflict line must be counted before
 /// the exit, or the run would count as an unexplained failure too).
 const END_WAITS_FOR_LOG: Duration = Duration::from_secs(5);
+/// How long shutdown spends catching up before the last save: the lines a
+/// lagging follow stream had not delivered, and the listener's end. With
+/// restartPolicy Never the kubelet stops the sidecar milliseconds after
+/// the listener exits, so without this a conflict seen by nobody but the
+/// log never reaches the Lease, and no pod generation sees the loop.
+pub(crate) const DRAIN_BUDGET: Duration = Duration::from_millis(400);
 /// How long shutdown waits for the last (coalesced) Lease save: best
-/// effort, within the binary's exit budget (`run` waits 700 ms for the
-/// loop, and the kubelet's stop must stay well under a second).
-const FINAL_SAVE_BUDGET: Duration = Duration::from_millis(500);
+/// effort. Drain and save together stay well under a second (the
+/// kubelet's stop), see [`SHUTDOWN_BUDGET`].
+pub(crate) const FINAL_SAVE_BUDGET: Duration = Duration::from_millis(500);
+/// How long `run` waits for the loop to end after SIGTERM.
+pub(crate) const SHUTDOWN_BUDGET: Duration = DRAIN_BUDGET
+    .saturating_add(FINAL_SAVE_BUDGET)
+    .saturating_add(Duration::from_millis(50));
+/// How many of the log's last lines the shutdown drain reads at most.
+const DRAIN_TAIL_LINES: i64 = 1000;
 
 /// A started sidecar.
 #[derive(Debug)]
@@ -141,6 +153,8 @@ struct Sidecar {
     evict_tx: mpsc::Sender<EvictDone>,
     evicting: bool,
     version_warned: bool,
+    /// Shutting down: run ends wait for the drain's log read.
+    draining: bool,
 }
 
 impl Sidecar {
@@ -175,6 +189,7 @@ impl Sidecar {
             evict_tx,
             evicting: false,
             version_warned: false,
+            draining: false,
         }
     }
 
@@ -269,9 +284,19 @@ impl Sidecar {
                 () = tokio::time::sleep(sleep_for) => self.on_tick(),
             }
         }
-        // Shutdown: everything else watches `cancel` too.
+        // Shutdown: everything else watches `cancel` too. Lines already
+        // delivered go first.
+        while let Ok(msg) = follow_rx.try_recv() {
+            self.on_follower(msg);
+        }
         for (_, f) in self.followers.drain() {
             f.abort();
+        }
+        if tokio::time::timeout(DRAIN_BUDGET, self.drain())
+            .await
+            .is_err()
+        {
+            warn!(budget = ?DRAIN_BUDGET, "catching up with the listener's log did not finish in time; saving what is known");
         }
         events_task.abort();
         // A coalesced change is saved now (best effort, bounded).
@@ -291,6 +316,68 @@ impl Sidecar {
         lease_stop.cancel();
         lease_task.abort();
         info!("watchdog stopped");
+    }
+
+    /// On shutdown: reads the listener's log once (what the follow stream
+    /// had not delivered yet) and its end (from the last pod status, or one
+    /// fresh look), so that the run's conflict and failed start reach the
+    /// last save. Any failure ends the drain: the exit is never held.
+    async fn drain(&mut self) {
+        self.draining = true;
+        let ended = |v: &PodView| {
+            v.listener
+                .as_ref()
+                .is_some_and(|l| matches!(l.state, ListenerState::Terminated { .. }))
+        };
+        if !ended(&self.view) {
+            match self.pods.get(&self.args.identity.pod_name).await {
+                Ok(pod) => self.on_pod(&pod),
+                Err(e) => {
+                    self.shared.metrics.api_error(gate::OP_POD_GET);
+                    warn!(error = %super::logs::error_text(&e), "shutdown: re-reading the pod failed; saving what is known");
+                    return;
+                }
+            }
+        }
+        let Some(container_id) = self
+            .view
+            .listener
+            .as_ref()
+            .and_then(|l| l.container_id.clone())
+        else {
+            return;
+        };
+        let since = self
+            .detector
+            .history()
+            .run
+            .as_ref()
+            .filter(|r| r.id == container_id)
+            .and_then(|r| r.high_water);
+        let lines = match read_log_once(
+            &self.pods,
+            &self.args.identity.pod_name,
+            &self.args.listener_container,
+            &container_id,
+            since,
+            DRAIN_TAIL_LINES,
+        )
+        .await
+        {
+            Ok(lines) => lines,
+            Err(e) => {
+                warn!(error = %e, "shutdown: reading the listener's log failed; saving what is known");
+                return;
+            }
+        };
+        for line in lines {
+            self.on_follower(FollowerMsg::Line(line));
+        }
+        // The log is read to its end now: the run's end follows its lines.
+        let ids: Vec<String> = self.pending_ends.keys().cloned().collect();
+        for id in ids {
+            self.flush_end(&id);
+        }
     }
 
     /// Time until the next thing due: the detector's wake-up, a pending
@@ -411,7 +498,7 @@ impl Sidecar {
                         exit_code: Some(exit_code),
                         pod_lives_on: pod_alive,
                     };
-                    if self.followers.contains_key(&container_id) {
+                    if self.followers.contains_key(&container_id) || self.draining {
                         let deadline = now.saturating_add(END_WAITS_FOR_LOG).unwrap_or(now);
                         self.pending_ends.insert(container_id, (deadline, input));
                     } else {
@@ -430,7 +517,7 @@ impl Sidecar {
     }
 
     fn start_follower(&mut self, container_id: String) {
-        if self.followers.contains_key(&container_id) {
+        if self.followers.contains_key(&container_id) || self.cancel.is_cancelled() {
             return;
         }
         let cfg = FollowConfig {
@@ -499,7 +586,14 @@ impl Sidecar {
                     None => None,
                 };
                 info!(found = stored.is_some(), "history loaded from the Lease");
+                // A history published before this load was dropped by the
+                // Lease task: compare with what is stored, not with what
+                // was published, and save the difference at once.
+                self.last_saved = stored.as_ref().map(|h| (h.to_json(), h.clone()));
                 self.become_ready(Some(stored.unwrap_or_default()));
+                if self.ready {
+                    self.publish_history();
+                }
             }
             LeaseMsg::Unavailable(why) => {
                 warn!(reason = %why, "the Lease cannot be used; keeping the history in memory only");

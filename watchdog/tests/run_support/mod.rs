@@ -64,6 +64,9 @@ pub struct FakeState {
     /// (a new container run: the kubelet serves the current container's
     /// log, not the earlier run's).
     pub log_floor: Option<Timestamp>,
+    /// Follow streams opened from now on stay open and send nothing (a
+    /// lagging stream); plain (non-follow) reads are served as usual.
+    pub stall_follow: bool,
 }
 
 #[derive(Clone)]
@@ -453,12 +456,23 @@ async fn watch_pod(ctx: Ctx) -> Response {
 fn log_stream(ctx: Ctx, query: &str) -> Response {
     let since: Option<Timestamp> = query_param(query, "sinceTime").map(|s| s.parse().unwrap());
     let (tx, rx) = mpsc::channel::<Bytes>(64);
-    let (limit, floor) = {
+    // Without `follow` the kubelet sends what is there and closes.
+    let follow = query_param(query, "follow").as_deref() == Some("true");
+    let (limit, floor, stall) = {
         let mut s = ctx.state.lock().unwrap();
-        (s.log_drops.pop_front(), s.log_floor)
+        (
+            s.log_drops.pop_front(),
+            s.log_floor,
+            s.stall_follow && follow,
+        )
     };
     let mut changed = ctx.changed.subscribe();
     tokio::spawn(async move {
+        if stall {
+            // Hold the stream open without a byte until the client goes.
+            tx.closed().await;
+            return;
+        }
         let mut next = 0usize;
         let mut sent = 0usize;
         loop {
@@ -482,7 +496,7 @@ fn log_stream(ctx: Ctx, query: &str) -> Response {
                 }
                 sent += 1;
             }
-            if limit.is_some_and(|l| sent >= l) || done {
+            if limit.is_some_and(|l| sent >= l) || done || !follow {
                 return;
             }
             if changed.changed().await.is_err() {
