@@ -211,6 +211,48 @@ fn failures_before_the_delay_was_served_do_not_escalate() {
 }
 
 #[test]
+fn a_start_that_waited_counts_as_served_despite_whole_second_stamps() {
+    // Seen against the real ARC 0.14.2: the new pod's listener starts just
+    // after the delay, but its container start time and its fatal log line
+    // carry whole seconds, so they read up to a second *before* the end of
+    // the delay. That failure must still double the delay; otherwise every
+    // later generation starts after the same short delay, forever.
+    let mut s = Sim::new(Thresholds::default());
+    let mut until = None;
+    for _ in 0..3 {
+        for d in s.failing_generation(CONFLICT) {
+            if let Decision::DelayStart { until: u, .. } = d {
+                until = Some(u);
+            }
+        }
+    }
+    let until = until.expect("the third conflict starts the loop");
+    assert_eq!(s.d.status().current_delay, Some(Duration::from_secs(30)));
+    let stamped = |ms: u64| until.checked_sub(Duration::from_millis(ms)).unwrap();
+    s.feed(Input::RunStarted {
+        at: stamped(900),
+        run_id: "after-the-delay".to_owned(),
+        in_place: false,
+    });
+    let out = s.feed(Input::Entry {
+        at: stamped(800),
+        event: CONFLICT,
+        key: None,
+    });
+    assert!(
+        out.iter().any(|d| matches!(
+            d,
+            Decision::DelayStart {
+                delay_ms: 60_000,
+                ..
+            }
+        )),
+        "{out:?}"
+    );
+    assert_eq!(s.d.status().current_delay, Some(Duration::from_secs(60)));
+}
+
+#[test]
 fn crash_loop_any_cause_names_the_cause() {
     for (kind, cause, hint) in [
         (FatalKind::Auth, Cause::Auth, "never heals"),

@@ -393,6 +393,9 @@ pub struct Detector {
     clock: Option<Timestamp>,
 }
 
+/// The precision of the timestamps the detector is fed (see `escalate`).
+const TIMESTAMP_SLACK: Duration = Duration::from_secs(1);
+
 fn add(at: Timestamp, d: Duration) -> Timestamp {
     at.saturating_add(d).unwrap_or(Timestamp::MAX)
 }
@@ -809,7 +812,11 @@ impl Detector {
             return;
         };
         l.cause = cause;
-        if at < l.not_before {
+        // Container start times and log lines carry whole seconds (Go's log
+        // and Kubernetes' timestamps): a failure stamped up to a second
+        // before the end of the delay may well have come after a start that
+        // waited for it, so only an earlier one counts as not served.
+        if add(at, TIMESTAMP_SLACK) < l.not_before {
             // The delay was not served (classic mode, dry-run, fail-open):
             // this failure says nothing about whether waiting helps.
             l.last_failure = at;
