@@ -393,8 +393,9 @@ fn state_json(s: &ContainerState) -> serde_json::Value {
     }
 }
 
-/// The `status` a kubelet writes for these runs.
+/// The `status` a kubelet writes for these runs of the pod `pod_uid`.
 pub fn pod_status(
+    pod_uid: &str,
     runs: &[ContainerRun],
     restart_policy: &str,
     start: Timestamp,
@@ -404,7 +405,9 @@ pub fn pod_status(
         let running = matches!(r.state, ContainerState::Running(_));
         let mut v = json!({
             "name": r.name, "image": r.image, "imageID": "",
-            "containerID": format!("process://{}", r.name),
+            // Unique per pod and run, as a container runtime's ids are: the
+            // watchdog tells a new run (and a new pod generation) by it.
+            "containerID": format!("process://{pod_uid}/{}/{}", r.name, r.restart_count),
             "ready": running && r.started,
             "started": running && r.started,
             "restartCount": r.restart_count,
@@ -952,7 +955,7 @@ impl PodRun {
     }
 
     async fn write_status(&mut self) {
-        let status = pod_status(&self.runs, &self.restart_policy, self.start);
+        let status = pod_status(&self.uid, &self.runs, &self.restart_policy, self.start);
         if self
             .last_status
             .as_ref()
@@ -1562,7 +1565,7 @@ mod tests {
             ),
             run("listener", false, false, term(1)),
         ];
-        let s = pod_status(&runs, "Never", Timestamp::UNIX_EPOCH);
+        let s = pod_status("uid-1", &runs, "Never", Timestamp::UNIX_EPOCH);
         assert_eq!(s["phase"], "Failed");
         assert_eq!(
             s["containerStatuses"][0]["state"]["terminated"]["exitCode"],
@@ -1574,6 +1577,16 @@ mod tests {
         );
         assert_eq!(s["initContainerStatuses"][0]["ready"], true);
         assert_eq!(s["conditions"][3]["status"], "False");
+        // Runtime ids differ per pod and per run, as a real runtime's do.
+        assert_eq!(
+            s["containerStatuses"][0]["containerID"],
+            "process://uid-1/listener/0"
+        );
+        let other = pod_status("uid-2", &runs, "Never", Timestamp::UNIX_EPOCH);
+        assert_ne!(
+            other["containerStatuses"][0]["containerID"],
+            s["containerStatuses"][0]["containerID"]
+        );
     }
 
     #[test]
