@@ -24,7 +24,7 @@ fuzz:
 	@mkdir -p fuzz/corpus/review
 	cargo +nightly fuzz run review fuzz/corpus/review webhook/tests/golden/inputs -- -max_total_time=60
 
-test: go-tools
+test: go-tools lint
 	cargo test --workspace --all-targets
 
 # The demo: a local control plane (no cluster), arc-watchdog installed from
