@@ -557,6 +557,17 @@ fn fake_config(args: &Args) -> FakeGithubConfig {
 
 /// Ends a scenario leg: on failure records the kubelet's actions and keeps
 /// the control plane's directory (all logs) for inspection.
+/// Ends a scenario leg: an error of its body fails it (prefixed with
+/// `what` when not empty), then the stack stops, keeping its logs on failure.
+async fn conclude(stack: Stack, o: &mut Outcome, result: Result<()>, what: &str) {
+    if let Err(e) = &result {
+        let sep = if what.is_empty() { "" } else { ": " };
+        o.check(false, format!("{what}{sep}{e:#}"));
+    }
+    let failed = !o.pass;
+    finish(stack, o, failed).await;
+}
+
 async fn finish(stack: Stack, o: &mut Outcome, failed: bool) {
     if failed {
         o.notes
@@ -624,11 +635,7 @@ async fn s1(bins: &Binaries, args: &Args) -> Result<Outcome> {
         anyhow::Ok(())
     }
     .await;
-    if let Err(e) = &result {
-        o.check(false, format!("{e:#}"));
-    }
-    let failed = !o.pass;
-    finish(stack, &mut o, failed).await;
+    conclude(stack, &mut o, result, "").await;
     Ok(o)
 }
 
@@ -812,11 +819,7 @@ async fn s3_leg(
         anyhow::Ok(())
     }
     .await;
-    if let Err(e) = &result {
-        o.check(false, format!("{tag}: {e:#}"));
-    }
-    let failed = !o.pass;
-    finish(stack, o, failed).await;
+    conclude(stack, o, result, tag).await;
     Ok(())
 }
 
@@ -937,11 +940,7 @@ async fn s4(bins: &Binaries, args: &Args) -> Result<Outcome> {
         anyhow::Ok(())
     }
     .await;
-    if let Err(e) = &result {
-        o.check(false, format!("{e:#}"));
-    }
-    let failed = !o.pass;
-    finish(stack, &mut o, failed).await;
+    conclude(stack, &mut o, result, "").await;
     Ok(o)
 }
 
@@ -981,11 +980,7 @@ async fn s6(bins: &Binaries, args: &Args) -> Result<Outcome> {
         anyhow::Ok(())
     }
     .await;
-    if let Err(e) = &result {
-        o.check(false, format!("{e:#}"));
-    }
-    let failed = !o.pass;
-    finish(stack, &mut o, failed).await;
+    conclude(stack, &mut o, result, "").await;
     Ok(o)
 }
 
