@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Cli;
+use crate::coverage;
 use crate::metrics::Metrics;
 use crate::mutation::SidecarMode;
 use crate::rbac::RbacKeeper;
@@ -39,7 +40,8 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send) -> anyhow:
         })?;
     let tls_config = Arc::new(tls::server_config(store).context("building the TLS configuration")?);
 
-    let needs_client = cli.manage_rbac || cli.sidecar_mode == SidecarModeFlag::Auto;
+    let needs_client =
+        cli.manage_rbac || cli.report_uninjected || cli.sidecar_mode == SidecarModeFlag::Auto;
     let client = if needs_client {
         match kube::Client::try_default().await {
             Ok(client) => Some(client),
@@ -47,7 +49,8 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send) -> anyhow:
                 tracing::warn!(
                     error = %err,
                     "no Kubernetes client (neither in-cluster config nor KUBECONFIG); \
-                     serving without per-listener RBAC and with classic sidecars for --sidecar-mode=auto"
+                     serving without per-listener RBAC, without reports of uninjected listeners \
+                     and with classic sidecars for --sidecar-mode=auto"
                 );
                 None
             }
@@ -110,6 +113,25 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send) -> anyhow:
         max_body_bytes: cli.max_body_bytes,
         ready: std::sync::atomic::AtomicBool::new(false),
     });
+
+    // Runs beside the servers; readiness never waits for it, and it never
+    // ends the process (failures are logged, counted and retried).
+    match (&client, cli.report_uninjected) {
+        (Some(client), true) => {
+            let instance = std::env::var("HOSTNAME").unwrap_or_default();
+            tokio::spawn(coverage::run(
+                client.clone(),
+                cli.listener_namespaces.clone(),
+                instance,
+                Arc::clone(&metrics),
+                cancel.clone(),
+            ));
+        }
+        (None, true) => tracing::warn!(
+            "--report-uninjected is on but there is no Kubernetes client: uninjected listeners are not reported"
+        ),
+        (_, false) => {}
+    }
 
     let tls_listener = TcpListener::bind(cli.listen)
         .await

@@ -111,6 +111,25 @@ pub struct Cli {
     #[arg(long, env = "ARC_WATCHDOG_RBAC_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub rbac_timeout: Duration,
 
+    /// Watch the listener pods of --listener-namespaces and report each one
+    /// that runs without the watchdog (created while the webhook was down or
+    /// not yet installed): a Warning Event `ListenerNotInjected` on the pod,
+    /// a log line and the gauge `arc_watchdog_webhook_uninjected_listeners`.
+    /// Never deletes anything. Needs a kube client and list/watch on pods.
+    #[arg(long, env = "ARC_WATCHDOG_REPORT_UNINJECTED", default_value_t = true, action = ArgAction::Set)]
+    pub report_uninjected: bool,
+
+    /// Namespaces in which ARC creates listener pods (the ARC controller's),
+    /// comma-separated; watched by --report-uninjected.
+    #[arg(
+        long,
+        env = "ARC_WATCHDOG_LISTENER_NAMESPACES",
+        value_delimiter = ',',
+        default_value = "arc-systems",
+        value_parser = namespace_name
+    )]
+    pub listener_namespaces: Vec<String>,
+
     /// Largest accepted request body; larger ones get HTTP 413.
     #[arg(long, env = "ARC_WATCHDOG_MAX_BODY_BYTES", default_value_t = 3 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -133,6 +152,22 @@ pub struct Cli {
     pub log_level: String,
 }
 
+/// A namespace name: a DNS-1123 label (blanks around it are ignored).
+fn namespace_name(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let valid = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if valid {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("{s:?} is not a namespace name (DNS-1123 label)"))
+    }
+}
+
 fn quantity(s: &str) -> Result<String, String> {
     validate_quantity(s).map(|()| s.to_owned())
 }
@@ -150,6 +185,9 @@ impl Cli {
         }
         if self.max_body_bytes == 0 {
             return Err("--max-body-bytes must be at least 1".to_owned());
+        }
+        if self.report_uninjected && self.listener_namespaces.is_empty() {
+            return Err("--report-uninjected needs at least one --listener-namespaces".to_owned());
         }
         if self.tls_reload_interval.is_zero() {
             return Err("--tls-reload-interval must be greater than zero".to_owned());
@@ -186,6 +224,8 @@ mod tests {
         assert!(cli.manage_rbac);
         assert_eq!(cli.webhook_config_name, "arc-watchdog");
         assert_eq!(cli.max_body_bytes, 3 * 1024 * 1024);
+        assert!(cli.report_uninjected);
+        assert_eq!(cli.listener_namespaces, vec!["arc-systems".to_owned()]);
         assert_eq!(cli.inject_config(), InjectConfig::new("img:1"));
         cli.validate().unwrap();
     }
@@ -215,5 +255,30 @@ mod tests {
         );
         let bad = Cli::try_parse_from(["x", "--watchdog-image=a b"]).unwrap();
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn uninjected_report_flags() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--watchdog-image=img",
+            "--report-uninjected=false",
+            "--listener-namespaces=arc-systems, arc-two",
+        ])
+        .unwrap();
+        assert!(!cli.report_uninjected);
+        assert_eq!(cli.listener_namespaces, vec!["arc-systems", "arc-two"]);
+        cli.validate().unwrap();
+        for bad in ["Arc", "a_b", "-a", "", "a,,b"] {
+            assert!(
+                Cli::try_parse_from([
+                    "x",
+                    "--watchdog-image=img",
+                    &format!("--listener-namespaces={bad}")
+                ])
+                .is_err(),
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -38,6 +38,9 @@ pub struct Metrics {
     cert_reloads: Family<ResultLabels, Counter>,
     rbac_ensures: Family<ResultLabels, Counter>,
     native_sidecars: Gauge<i64, AtomicI64>,
+    uninjected_listeners: Gauge<i64, AtomicI64>,
+    uninjected_reports: Family<ResultLabels, Counter>,
+    coverage_watch_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -88,6 +91,26 @@ impl Metrics {
             "1 when the webhook injects native sidecars, 0 for classic",
             native_sidecars.clone(),
         );
+        let uninjected_listeners = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "uninjected_listeners",
+            "ARC listener pods in --listener-namespaces that run without the arc-watchdog \
+             sidecar and did not opt out (created while the webhook was down or not installed)",
+            uninjected_listeners.clone(),
+        );
+        let uninjected_reports = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "uninjected_reports",
+            "Warning Events (reason ListenerNotInjected) about uninjected listener pods, \
+             by result (created, already_reported, error)",
+            uninjected_reports.clone(),
+        );
+        let coverage_watch_errors = Counter::default();
+        registry.register(
+            "coverage_watch_errors",
+            "Failed list/watch calls on listener pods (retried with backoff; RBAC missing or API down)",
+            coverage_watch_errors.clone(),
+        );
         Self {
             registry,
             reviews,
@@ -96,6 +119,9 @@ impl Metrics {
             cert_reloads,
             rbac_ensures,
             native_sidecars,
+            uninjected_listeners,
+            uninjected_reports,
+            coverage_watch_errors,
         }
     }
 
@@ -132,6 +158,24 @@ impl Metrics {
     /// Records whether native sidecars are in use.
     pub fn set_native(&self, native: bool) {
         self.native_sidecars.set(i64::from(native));
+    }
+
+    /// Sets the number of listener pods running without the watchdog.
+    pub fn set_uninjected_listeners(&self, count: usize) {
+        self.uninjected_listeners
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// Counts one attempt to report an uninjected listener pod.
+    pub fn uninjected_report(&self, result: &'static str) {
+        self.uninjected_reports
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// Counts a failed list/watch of listener pods.
+    pub fn coverage_watch_error(&self) {
+        self.coverage_watch_errors.inc();
     }
 
     /// The OpenMetrics text exposition.

@@ -199,16 +199,27 @@ pub fn is_injected(pod: &Pod) -> bool {
     })
 }
 
-/// Decides whether and how to inject the watchdog into `pod`.
-pub fn mutate(pod: &Pod, cfg: &InjectConfig, mode: SidecarMode) -> Decision {
+/// Why `pod` needs no watchdog, or `None` when it is an ARC listener that
+/// should have one and does not. Shared by the admission ([`mutate`]) and
+/// the report of listeners created while the webhook was away
+/// ([`crate::coverage`]), so both always agree on which pods need it.
+pub fn skip_reason(pod: &Pod) -> Option<SkipReason> {
     if !is_listener(pod) {
-        return Decision::Skip(SkipReason::NotListener);
+        return Some(SkipReason::NotListener);
     }
     if is_opted_out(pod) {
-        return Decision::Skip(SkipReason::OptedOut);
+        return Some(SkipReason::OptedOut);
     }
     if is_injected(pod) {
-        return Decision::Skip(SkipReason::AlreadyInjected);
+        return Some(SkipReason::AlreadyInjected);
+    }
+    None
+}
+
+/// Decides whether and how to inject the watchdog into `pod`.
+pub fn mutate(pod: &Pod, cfg: &InjectConfig, mode: SidecarMode) -> Decision {
+    if let Some(reason) = skip_reason(pod) {
+        return Decision::Skip(reason);
     }
     Decision::Inject {
         mode,
