@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Builds the real control-plane binaries the integration tests and the demo run (etcd,
 # kube-apiserver, kube-controller-manager, kubectl) from the Go wrapper modules in tests/go/,
+# and promrules (tests/go/promrules: our rule-file check on Prometheus's own rule loader),
 # into a cache outside the repository. Idempotent: a binary is rebuilt only when its version
 # or its wrapper's go.sum changes. Prints each step and how long it took.
 #
-#   tests/scripts/build-go-tools.sh [etcd] [kube-apiserver] [kube-controller-manager] [kubectl]
-#   (no arguments: all four)
+#   tests/scripts/build-go-tools.sh [etcd] [kube-apiserver] [kube-controller-manager] [kubectl] [promrules]
+#   (no arguments: all five)
 #
 # Env: ARC_WATCHDOG_CACHE (default ~/.cache/arc-watchdog) is where binaries go;
 #      ARC_WATCHDOG_QUIET_UP_TO_DATE=1 prints nothing for tools already built;
@@ -14,17 +15,19 @@ set -euo pipefail
 
 KUBE_VERSION="v1.34.4"
 ETCD_VERSION="v3.6.4"   # what k8s.io/kubernetes v1.34.4 requires (go.etcd.io/etcd/client/v3)
+PROMETHEUS_VERSION="v0.307.3"   # Prometheus 3.7.3's Go module, pinned in tests/go/promrules/go.mod
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cache="${ARC_WATCHDOG_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/arc-watchdog}"
 
 tools=("$@")
-(( ${#tools[@]} > 0 )) || tools=(etcd kube-apiserver kube-controller-manager kubectl)
+(( ${#tools[@]} > 0 )) || tools=(etcd kube-apiserver kube-controller-manager kubectl promrules)
 
 dir_of() { # name -> cache dir
   case "$1" in
     etcd) echo "$cache/etcd-$ETCD_VERSION" ;;
     kube-apiserver|kube-controller-manager|kubectl) echo "$cache/$1-$KUBE_VERSION" ;;
-    *) echo "error: unknown tool '$1' (known: etcd kube-apiserver kube-controller-manager kubectl)" >&2; return 1 ;;
+    promrules) echo "$cache/promrules-$PROMETHEUS_VERSION" ;;
+    *) echo "error: unknown tool '$1' (known: etcd kube-apiserver kube-controller-manager kubectl promrules)" >&2; return 1 ;;
   esac
 }
 
@@ -46,7 +49,11 @@ done
 build() { # name module-dir package tags ldflags
   local name="$1" moddir="$2" pkg="$3" tags="$4" ldflags="$5"
   local out; out="$(dir_of "$name")"
-  local key; key="$(cat "$moddir/go.mod" "$moddir/go.sum" | sha256sum | cut -c1-16)"
+  # Keyed by the wrapper's pins, plus its own Go sources where it has some
+  # (promrules); the others keep the key they always had.
+  local srcs=("$moddir/go.mod" "$moddir/go.sum")
+  local f; for f in "$moddir"/*.go; do [[ -e "$f" ]] && srcs+=("$f"); done
+  local key; key="$(cat "${srcs[@]}" | sha256sum | cut -c1-16)"
   if [[ -x "$out/$name" && -f "$out/.key" && "$(cat "$out/.key")" == "$key" ]]; then
     [[ "${ARC_WATCHDOG_QUIET_UP_TO_DATE:-}" == 1 ]] || echo "==> $name: up to date in $out"
     return 0
@@ -69,6 +76,7 @@ for t in "${tools[@]}"; do
     kube-apiserver) build kube-apiserver "$root/go/kube" k8s.io/kubernetes/cmd/kube-apiserver "selinux,notest" "$kube_ldflags" ;;
     kube-controller-manager) build kube-controller-manager "$root/go/kube" k8s.io/kubernetes/cmd/kube-controller-manager "selinux,notest" "$kube_ldflags" ;;
     kubectl) build kubectl "$root/go/kube" k8s.io/kubernetes/cmd/kubectl "selinux,notest" "$kube_ldflags" ;;
+    promrules) build promrules "$root/go/promrules" . "" "-s -w" ;;
     *) dir_of "$t" >/dev/null ;;
   esac
 done

@@ -1,0 +1,194 @@
+//! The optional monitoring component (`manifests/monitoring`) as its two
+//! consumers take it:
+//! - Prometheus: its own rule loader (strict YAML, PromQL, templates, through
+//!   `promrules`, built from `tests/go/promrules`) accepts the alert rules;
+//! - the Prometheus Operator: a real API server stores the PodMonitors and
+//!   the PrometheusRule under the operator's own CRD schemas, with strict
+//!   field validation, next to the rest of the install.
+//!
+//! That the alerts read metrics the binaries really export is checked in
+//! `manifests.rs`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is the failure report
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use arc_watchdog_tests::control_plane::{
+    ControlPlane, LISTENER_NAMESPACE, WEBHOOK_NAMESPACE, crd_pins, go_module_dir_in, go_tool,
+    workspace_root,
+};
+use kube::api::{Api, DynamicObject};
+use kube::core::{ApiResource, GroupVersionKind};
+use serde_json::Value;
+
+const OPERATOR_MODULE: &str = "github.com/prometheus-operator/prometheus-operator";
+
+/// The PrometheusRule of the monitoring component.
+fn prometheus_rule() -> Value {
+    let path = workspace_root().join("manifests/monitoring/prometheusrule.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    serde_yaml_ng::from_str(&text).unwrap()
+}
+
+/// What `promrules` says of `rules` (a Prometheus rule file's content):
+/// the rules it loaded, or everything it rejected.
+fn promrules(rules: &Value) -> Result<Vec<Value>, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rules.yaml");
+    std::fs::write(&file, serde_yaml_ng::to_string(rules).unwrap()).unwrap();
+    let out = Command::new(go_tool("promrules").unwrap())
+        .arg(&file)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn alert_names(spec: &Value) -> BTreeSet<String> {
+    spec["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
+        .filter_map(|r| r["alert"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn prometheus_loads_every_alert_rule() {
+    let spec = prometheus_rule()["spec"].clone();
+    let loaded = promrules(&spec).unwrap_or_else(|e| panic!("Prometheus rejects the rules:\n{e}"));
+    let names: BTreeSet<String> = loaded
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_owned())
+        .collect();
+    let expected = alert_names(&spec);
+    assert!(expected.len() >= 5, "{expected:?}");
+    assert_eq!(names, expected);
+    for rule in &loaded {
+        assert_eq!(rule["kind"], "alert", "{rule}");
+        assert!(
+            !rule["metrics"].as_array().unwrap().is_empty(),
+            "{} reads no metric",
+            rule["name"]
+        );
+    }
+}
+
+/// The check above can fail: Prometheus refuses what it could not load.
+#[test]
+fn prometheus_rejects_broken_rules() {
+    let spec = prometheus_rule()["spec"].clone();
+    for (what, edit, says) in [
+        (
+            "PromQL",
+            (
+                "expr",
+                Value::from("sum(rate(arc_watchdog_session_conflicts_total[5m])"),
+            ),
+            "parse error",
+        ),
+        ("duration", ("for", Value::from("15 minutes")), "duration"),
+        (
+            "template",
+            (
+                "annotations",
+                serde_json::json!({"summary": "{{ $labels.pod "}),
+            ),
+            "annotation",
+        ),
+        (
+            "unknown field",
+            ("expression", Value::from("up")),
+            "expression",
+        ),
+    ] {
+        let mut broken = spec.clone();
+        broken["groups"][0]["rules"][0][edit.0] = edit.1.clone();
+        let err = promrules(&broken).expect_err(what);
+        assert!(err.contains(says), "{what}: {err}");
+    }
+}
+
+fn operator_crds() -> String {
+    let dir = go_module_dir_in(OPERATOR_MODULE, &crd_pins())
+        .unwrap()
+        .join("example/prometheus-operator-crd");
+    ["podmonitors", "prometheusrules"]
+        .iter()
+        .map(|kind| {
+            let f = dir.join(format!("monitoring.coreos.com_{kind}.yaml"));
+            std::fs::read_to_string(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()))
+        })
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+}
+
+fn monitoring_api(client: kube::Client, kind: &str, plural: &str) -> Api<DynamicObject> {
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("monitoring.coreos.com", "v1", kind),
+        plural,
+    );
+    Api::namespaced_with(client, WEBHOOK_NAMESPACE, &resource)
+}
+
+#[tokio::test]
+async fn the_operator_stores_the_monitoring_objects() {
+    let cp = ControlPlane::shared().await.unwrap();
+    cp.create_namespace(LISTENER_NAMESPACE).await.unwrap();
+    cp.install_cert_manager_crds().await.unwrap();
+    let crds = cp.apply_crds(&operator_crds()).await.unwrap();
+    assert_eq!(crds.len(), 2, "{crds:?}");
+
+    let overlay = workspace_root().join("tests/kustomize/with-monitoring");
+    let out = cp
+        .kubectl_run(&[
+            "apply",
+            "--server-side",
+            "--field-manager=kubectl",
+            "--validate=strict",
+            "-k",
+            &overlay.display().to_string(),
+        ])
+        .unwrap();
+    assert!(out.contains("prometheusrule"), "{out}");
+
+    let client = cp.admin_client().await.unwrap();
+    let rules = monitoring_api(client.clone(), "PrometheusRule", "prometheusrules")
+        .get("arc-watchdog")
+        .await
+        .unwrap();
+    let stored = serde_json::to_value(&rules.data["spec"]).unwrap();
+    assert_eq!(
+        alert_names(&stored),
+        alert_names(&prometheus_rule()["spec"])
+    );
+    let monitors = monitoring_api(client, "PodMonitor", "podmonitors")
+        .list(&Default::default())
+        .await
+        .unwrap();
+    assert_eq!(monitors.items.len(), 2, "{:?}", monitors.items);
+
+    // The schema is enforced: a field the operator does not know is refused.
+    let bad = workspace_root().join("manifests/monitoring/podmonitors.yaml");
+    let text = std::fs::read_to_string(&bad).unwrap();
+    let broken = text.replacen("podMetricsEndpoints:", "podMetricEndpoints:", 1);
+    assert_ne!(broken, text, "podmonitors.yaml has podMetricsEndpoints");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("podmonitors.yaml");
+    std::fs::write(&file, broken).unwrap();
+    let err = cp
+        .kubectl_run(&[
+            "apply",
+            "--server-side",
+            "--dry-run=server",
+            "--validate=strict",
+            "-f",
+            &file.display().to_string(),
+        ])
+        .expect_err("an unknown field is refused");
+    assert!(format!("{err:#}").contains("podMetricEndpoints"), "{err:#}");
+}
