@@ -693,6 +693,23 @@ fn rbac_is_least_privilege() {
             }
         }
     }
+    // What the webhook itself uses there (--report-uninjected): list and
+    // watch the listener pods, create their Warning Events. Already held for
+    // granting: the report adds no right.
+    for (group, resource, verb) in [
+        ("", "pods", "list"),
+        ("", "pods", "watch"),
+        ("events.k8s.io", "events", "create"),
+    ] {
+        assert!(
+            allows(role, group, resource, verb),
+            "{verb} {group}/{resource}"
+        );
+        assert!(
+            granted.contains(&(group.to_owned(), resource.to_owned(), verb.to_owned())),
+            "{verb} {group}/{resource} is also what each watchdog is granted"
+        );
+    }
     let binding = r
         .get("RoleBinding", Some(LISTENER_NAMESPACE), WEBHOOK)
         .unwrap();
@@ -780,6 +797,10 @@ fn listener_namespace_is_one_knob() {
         .unwrap();
     assert_eq!(binding["subjects"][0]["namespace"], NAMESPACE);
     assert!(r.get("Role", Some(LISTENER_NAMESPACE), WEBHOOK).is_err());
+    // The webhook watches the new namespace for uninjected listeners.
+    let line = webhook_command_line(r.webhook_container().unwrap()).unwrap();
+    let cli = Cli::try_parse_from(&line).unwrap();
+    assert_eq!(cli.listener_namespaces, vec!["ci-arc-controller"]);
     // Nothing else moved.
     r.deployment().unwrap();
     r.get("MutatingWebhookConfiguration", None, WEBHOOK_CONFIG)
@@ -909,6 +930,15 @@ fn monitoring_component_alerts_on_every_failure_the_issue_names() {
         expr_of("ArcWatchdogWebhookUnavailable")
             .contains("up{job=\"arc-watchdog/arc-watchdog-webhook\"}")
     );
+    // Uninjected listeners, from the webhook's own watch (no kube-state-metrics).
+    assert!(
+        expr_of("ArcWatchdogUninjectedListeners")
+            .contains("arc_watchdog_webhook_uninjected_listeners")
+    );
+    assert!(
+        expr_of("ArcWatchdogWebhookCannotWatchListeners")
+            .contains("arc_watchdog_webhook_coverage_watch_errors_total")
+    );
     let without = expr_of("ArcWatchdogListenerWithoutWatchdog");
     assert!(without.contains("kube_pod_labels"));
     assert!(without.contains(&format!("container=\"{}\"", names::CONTAINER_NAME)));
@@ -996,6 +1026,7 @@ fn webhook_metric_names() -> Result<BTreeSet<String>> {
     // Families appear in the output only once they hold a series.
     metrics.cert_reload("ok");
     metrics.rbac_ensure("ok");
+    metrics.uninjected_report("created");
     Ok(series_names(&metrics.encode()?))
 }
 
@@ -1069,6 +1100,17 @@ fn deployment_speaks_the_webhook_flags() {
         cli.manage_rbac,
         "the manifests grant what RBAC management needs"
     );
+    // Uninjected listeners are reported in exactly the namespaces where the
+    // manifests give the webhook its Role.
+    assert!(cli.report_uninjected);
+    let role_namespaces: Vec<&str> = r
+        .all("Role")
+        .into_iter()
+        .filter(|role| role["metadata"]["name"] == WEBHOOK)
+        .filter_map(|role| role["metadata"]["namespace"].as_str())
+        .collect();
+    assert_eq!(cli.listener_namespaces, role_namespaces);
+    cli.validate().unwrap();
 
     let port = |name: &str| {
         container["ports"]
