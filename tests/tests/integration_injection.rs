@@ -19,19 +19,34 @@ use kube::Resource as _;
 use kube::api::{Api, PostParams};
 use tokio::sync::{Mutex, MutexGuard};
 
-/// The webhook process of this test binary and the flags it runs with.
-/// Tests hold the lock for their whole run: some restart or stop it.
-static WEBHOOK: Mutex<Option<(Vec<String>, Webhook)>> = Mutex::const_new(None);
+/// Who the webhook talks to the API server as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Identity {
+    /// Its own ServiceAccount (manifests/), as installed.
+    ServiceAccount,
+    /// A token the API server rejects: every request (`/version`, RBAC)
+    /// fails with 401.
+    Rejected,
+}
+
+/// The webhook process of this test binary, the flags and identity it runs
+/// with. Tests hold the lock for their whole run: some restart or stop it.
+static WEBHOOK: Mutex<Option<(Vec<String>, Identity, Webhook)>> = Mutex::const_new(None);
 static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
 
+type WebhookGuard = MutexGuard<'static, Option<(Vec<String>, Identity, Webhook)>>;
+
 /// The shared control plane with arc-watchdog installed and a webhook
-/// running with exactly `args` (None: stopped).
-async fn setup(
+/// running with exactly `args` (None: stopped) as its own ServiceAccount.
+async fn setup(args: Option<&[&str]>) -> (&'static ControlPlane, WebhookGuard) {
+    setup_as(args, Identity::ServiceAccount).await
+}
+
+/// [`setup`] with the webhook running as `identity`.
+async fn setup_as(
     args: Option<&[&str]>,
-) -> (
-    &'static ControlPlane,
-    MutexGuard<'static, Option<(Vec<String>, Webhook)>>,
-) {
+    identity: Identity,
+) -> (&'static ControlPlane, WebhookGuard) {
     let cp = ControlPlane::shared().await.unwrap();
     let mut guard = WEBHOOK.lock().await;
     INSTALLED
@@ -42,22 +57,27 @@ async fn setup(
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
-    let current = guard.as_ref().map(|(a, _)| a.clone());
-    if current.as_ref() != Some(&wanted) {
-        if let Some((_, old)) = guard.take() {
+    let current = guard.as_ref().map(|(a, i, _)| (a.clone(), *i));
+    if current.as_ref() != Some(&(wanted.clone(), identity)) {
+        if let Some((_, _, old)) = guard.take() {
             old.stop();
         }
         let refs: Vec<&str> = wanted.iter().map(String::as_str).collect();
-        let kubeconfig = cp.webhook_kubeconfig().await.unwrap();
+        let kubeconfig = match identity {
+            Identity::ServiceAccount => cp.webhook_kubeconfig().await.unwrap(),
+            Identity::Rejected => cp
+                .write_token_kubeconfig("webhook-rejected", "not-a-token-the-api-server-issued")
+                .unwrap(),
+        };
         let wh = Webhook::start(cp, "webhook", &kubeconfig, &refs)
             .await
             .unwrap();
         wh.register(cp).await.unwrap();
-        *guard = Some((wanted, wh));
+        *guard = Some((wanted, identity, wh));
     }
     if args.is_none() {
         // Registered, then stopped: the API server calls a closed port.
-        if let Some((_, wh)) = guard.take() {
+        if let Some((_, _, wh)) = guard.take() {
             wh.stop();
         }
     }
@@ -230,8 +250,7 @@ async fn assert_per_listener_rbac(cp: &ControlPlane, pod: &Pod) {
 
 #[tokio::test]
 async fn listener_pod_gets_a_native_sidecar_that_can_authenticate() {
-    // `auto` must pick native on a 1.34 API server.
-    let (cp, _guard) = setup(Some(&[])).await;
+    let (cp, _guard) = setup(Some(&["--sidecar-mode=native"])).await;
     let sent = listener_pod("inject-native", "uid-is-replaced");
     let pod = cp
         .create_listener(LISTENER_NAMESPACE, "inject-native")
@@ -317,6 +336,77 @@ async fn listener_pod_gets_a_classic_sidecar_when_asked() {
     assert_can_authenticate(&pod, wd);
     assert_listener_untouched(&pod, &sent);
     assert_per_listener_rbac(cp, &pod).await;
+}
+
+/// The injection mode the webhook recorded on `pod`.
+fn injected_mode(pod: &Pod) -> Option<String> {
+    pod.metadata
+        .annotations
+        .as_ref()?
+        .get(names::ANNOTATION_INJECTED)
+        .cloned()
+}
+
+#[tokio::test]
+async fn auto_mode_picks_native_on_a_1_34_api_server_and_the_stored_pod_keeps_it() {
+    // `auto` starts out classic and turns native only when the API server's
+    // /version says 1.29 or newer: a native pod here proves it asked.
+    let (cp, _guard) = setup(Some(&["--sidecar-mode=auto"])).await;
+    let created = cp
+        .create_listener(LISTENER_NAMESPACE, "auto-native")
+        .await
+        .unwrap();
+    assert_eq!(injected_mode(&created).as_deref(), Some("native"));
+    // Read back what etcd holds: an API server without native sidecars
+    // would have dropped `restartPolicy` from the init container.
+    let client = cp.admin_client().await.unwrap();
+    let stored = Api::<Pod>::namespaced(client, LISTENER_NAMESPACE)
+        .get(created.metadata.name.as_deref().unwrap())
+        .await
+        .unwrap();
+    let spec = stored.spec.as_ref().unwrap();
+    let first = spec
+        .init_containers
+        .as_deref()
+        .unwrap_or_default()
+        .first()
+        .expect("an init container");
+    assert_eq!(first.name, names::CONTAINER_NAME);
+    assert_eq!(first.restart_policy.as_deref(), Some("Always"));
+    assert!(first.startup_probe.is_some(), "the start gate");
+    assert!(watchdog_of(&spec.containers).is_none());
+}
+
+#[tokio::test]
+async fn auto_mode_falls_back_to_classic_when_version_cannot_be_read() {
+    // The API server rejects the webhook's token: /version answers 401 (and
+    // the per-listener RBAC cannot be written). The webhook still injects,
+    // in the safe mode, and the listener is still created.
+    let (cp, _guard) = setup_as(Some(&["--sidecar-mode=auto"]), Identity::Rejected).await;
+    let pod = cp
+        .create_listener(LISTENER_NAMESPACE, "auto-unknown")
+        .await
+        .unwrap();
+    assert_eq!(injected_mode(&pod).as_deref(), Some("classic"));
+    let spec = pod.spec.as_ref().unwrap();
+    assert_eq!(spec.containers[0].name, "listener");
+    let wd = watchdog_of(&spec.containers).expect("the watchdog as a regular container");
+    assert!(wd.restart_policy.is_none());
+    assert!(
+        spec.init_containers
+            .iter()
+            .flatten()
+            .all(|c| c.name != names::CONTAINER_NAME)
+    );
+    let client = cp.admin_client().await.unwrap();
+    assert!(
+        Api::<Role>::namespaced(client, LISTENER_NAMESPACE)
+            .get_opt(&names::rbac_name(pod.metadata.name.as_deref().unwrap()))
+            .await
+            .unwrap()
+            .is_none(),
+        "the rejected identity wrote no Role: the 401s were real"
+    );
 }
 
 fn has_watchdog(pod: &Pod) -> bool {
