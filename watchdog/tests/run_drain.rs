@@ -3,7 +3,9 @@
 //! has delivered the listener's last lines. On shutdown the watchdog reads
 //! the log once more (without follow) and the listener's end, so the
 //! conflict and the failed start reach the Lease, and the next pod
-//! generation sees the loop.
+//! generation sees the loop. The Events decided during the drain are
+//! published within the same bound, and a slow Event publisher never holds
+//! the exit.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -13,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use arc_watchdog::detector::{Cause, FailedStart, History};
 use arc_watchdog::run::lease::HISTORY_ANNOTATION;
-use arc_watchdog::run::start;
+use arc_watchdog::run::metrics::DropLabel;
+use arc_watchdog::run::{Started, start};
 use jiff::{SignedDuration, Timestamp};
 use run_support::*;
 use tokio_util::sync::CancellationToken;
@@ -27,9 +30,9 @@ fn stored(s: &FakeState) -> Option<History> {
         .and_then(|h| History::from_json(h).ok())
 }
 
-#[tokio::test]
-async fn sigterm_right_after_the_listener_exits_still_saves_its_conflict() {
-    let api = FakeApi::start().await;
+/// A sidecar following run c1 whose follow stream lags (delivers
+/// nothing), with two earlier conflicts in the Lease.
+async fn following_a_lagging_stream(api: &FakeApi) -> (Started, CancellationToken) {
     // Two earlier pod generations met a conflict each.
     let now = Timestamp::now();
     let earlier: Vec<Timestamp> = [120, 60]
@@ -70,8 +73,16 @@ async fn sigterm_right_after_the_listener_exits_still_saves_its_conflict() {
             .any(|r| r.path.ends_with("/log") && r.query.contains("follow=true"))
     })
     .await;
+    (started, cancel)
+}
 
-    // The listener meets the conflict and exits; SIGTERM follows at once.
+/// The listener meets the conflict and exits; SIGTERM follows at once.
+/// Returns how long the shutdown took.
+async fn conflict_then_sigterm(
+    api: &FakeApi,
+    started: Started,
+    cancel: &CancellationToken,
+) -> Duration {
     api.with(|s| {
         s.log.push((Timestamp::now(), CONFLICT.to_owned()));
         s.log_done = true;
@@ -89,6 +100,23 @@ async fn sigterm_right_after_the_listener_exits_still_saves_its_conflict() {
         .unwrap();
     let took = t0.elapsed();
     eprintln!("shutdown took {took:?}");
+    took
+}
+
+/// Event reasons posted about the pod.
+fn pod_event_reasons(s: &FakeState) -> Vec<String> {
+    s.events
+        .iter()
+        .filter(|e| e["regarding"]["kind"] == "Pod")
+        .filter_map(|e| e["reason"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn sigterm_right_after_the_listener_exits_still_saves_its_conflict() {
+    let api = FakeApi::start().await;
+    let (started, cancel) = following_a_lagging_stream(&api).await;
+    let took = conflict_then_sigterm(&api, started, &cancel).await;
     assert!(took < Duration::from_secs(1), "shutdown took {took:?}");
 
     let h = api.with(|s| stored(s)).expect("a history in the Lease");
@@ -108,4 +136,70 @@ async fn sigterm_right_after_the_listener_exits_still_saves_its_conflict() {
             .any(|r| !r.query.contains("follow=true")),
         "no plain log read"
     );
+}
+
+#[tokio::test]
+async fn events_decided_during_the_drain_are_published_before_the_exit() {
+    let api = FakeApi::start().await;
+    let (started, cancel) = following_a_lagging_stream(&api).await;
+    let shared = started.shared.clone();
+    let before = api.with(|s| pod_event_reasons(s));
+    assert!(!before.iter().any(|r| r == "SessionConflict"), "{before:?}");
+    let took = conflict_then_sigterm(&api, started, &cancel).await;
+    assert!(took < Duration::from_secs(1), "shutdown took {took:?}");
+
+    // Only the drain saw the conflict: its decisions reached the API.
+    let reasons = api.with(|s| pod_event_reasons(s));
+    for reason in [
+        "SessionConflict",
+        "ConflictLoopDetected",
+        "ListenerStartDelayed",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r == reason),
+            "no {reason} Event: {reasons:?}"
+        );
+    }
+    // And on the AutoscalingListener.
+    assert!(api.with(|s| s.events.iter().any(|e| {
+        e["reason"] == "ConflictLoopDetected" && e["regarding"]["kind"] == "AutoscalingListener"
+    })));
+    let dropped = shared
+        .metrics
+        .events_dropped
+        .get_or_create(&DropLabel {
+            why: "shutdown_bound".to_owned(),
+        })
+        .get();
+    assert_eq!(dropped, 0);
+}
+
+#[tokio::test]
+async fn a_stalled_event_publisher_never_holds_the_exit() {
+    let api = FakeApi::start().await;
+    let (started, cancel) = following_a_lagging_stream(&api).await;
+    let shared = started.shared.clone();
+    // The API server takes Event writes but never answers them.
+    api.with(|s| s.stall_events = true);
+    let took = conflict_then_sigterm(&api, started, &cancel).await;
+    assert!(took < Duration::from_secs(1), "shutdown took {took:?}");
+
+    // The three decisions of the drain were dropped, and counted so.
+    let dropped = shared
+        .metrics
+        .events_dropped
+        .get_or_create(&DropLabel {
+            why: "shutdown_bound".to_owned(),
+        })
+        .get();
+    assert!(dropped >= 3, "dropped {dropped}");
+    let reasons = api.with(|s| pod_event_reasons(s));
+    assert!(
+        !reasons.iter().any(|r| r == "SessionConflict"),
+        "{reasons:?}"
+    );
+    // The last Lease save was not held up by the Events.
+    let h = api.with(|s| stored(s)).expect("a history in the Lease");
+    assert_eq!(h.conflicts.len(), 3, "conflicts: {:?}", h.conflicts);
+    assert!(h.loop_state.is_some());
 }

@@ -108,15 +108,38 @@ pub struct FollowConfig {
     pub max_backoff: Duration,
 }
 
-fn run_is_over(view: &PodView, container_id: &str) -> bool {
+/// Where a followed run stands in the latest pod observation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunPhase {
+    /// Current and not known to have ended (or not seen yet).
+    Live,
+    /// Current and terminated: one more read gets the rest of its log.
+    Ended,
+    /// Another run is current: the log the API serves now is that run's,
+    /// so reading it again would hand on another run's lines as this one's.
+    Replaced,
+}
+
+/// The phase of run `container_id` in `view`.
+pub fn run_phase(view: &PodView, container_id: &str) -> RunPhase {
     let Some(l) = &view.listener else {
-        return false;
+        return RunPhase::Live;
     };
     match &l.container_id {
-        Some(id) if id == container_id => matches!(l.state, ListenerState::Terminated { .. }),
-        Some(_) => true,
-        None => false,
+        Some(id) if id == container_id => {
+            if matches!(l.state, ListenerState::Terminated { .. }) {
+                RunPhase::Ended
+            } else {
+                RunPhase::Live
+            }
+        }
+        Some(_) => RunPhase::Replaced,
+        None => RunPhase::Live,
     }
+}
+
+fn run_is_over(view: &PodView, container_id: &str) -> bool {
+    run_phase(view, container_id) != RunPhase::Live
 }
 
 /// Follows one listener run until its log is complete or `cancel` fires,
@@ -138,7 +161,16 @@ pub async fn follow_run(
             since_time: filter.since(),
             ..LogParams::default()
         };
-        let over_before = run_is_over(&pod_rx.borrow(), &cfg.container_id);
+        let phase = run_phase(&pod_rx.borrow(), &cfg.container_id);
+        if phase == RunPhase::Replaced {
+            let _ = tx
+                .send(FollowerMsg::Ended {
+                    container_id: cfg.container_id.clone(),
+                })
+                .await;
+            return;
+        }
+        let over_before = phase == RunPhase::Ended;
         let opened = tokio::select! {
             () = cancel.cancelled() => return,
             r = api.log_stream(&cfg.pod, &params) => r,
@@ -191,7 +223,8 @@ pub async fn follow_run(
                         return;
                     }
                     if run_is_over(&pod_rx.borrow(), &cfg.container_id) {
-                        // One more read: the rest of the finished run.
+                        // One more read of a finished run (the rest of its
+                        // log), or none of a replaced one.
                         break;
                     }
                 }

@@ -23,6 +23,25 @@ pub struct OpLabel {
     pub op: String,
 }
 
+/// Label set naming why Kubernetes Events were dropped.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabel {
+    /// `queue_full` (the publisher fell behind), `shutdown_bound` (still
+    /// queued or in flight when the shutdown bound was reached),
+    /// `publisher_stopped` (the publisher had ended).
+    pub why: String,
+}
+
+/// Label set naming what became of an eviction that was not accepted.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `not_sent` (dry run, failing open, another one under way), `moot`
+    /// (the pod is terminating or replaced, or its listener runs again),
+    /// `blocked` (a PodDisruptionBudget), `failed` (an API or RBAC error),
+    /// `cancelled` (shutdown).
+    pub outcome: String,
+}
+
 /// Label set of a version warning.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionWarningLabel {
@@ -42,9 +61,16 @@ pub struct Metrics {
     /// `arc_watchdog_evictions_total{reason}`: evictions the API accepted
     /// (dry-run evictions are not counted).
     pub evictions: Family<ReasonLabel, Counter>,
+    /// `arc_watchdog_evictions_not_accepted_total{outcome}`: evictions the
+    /// detector decided that the API server did not accept; they do not
+    /// count against the eviction budget.
+    pub evictions_not_accepted: Family<OutcomeLabel, Counter>,
     /// `arc_watchdog_decisions_total{reason}`: every decision reported as an
     /// Event, by Event reason.
     pub decisions: Family<ReasonLabel, Counter>,
+    /// `arc_watchdog_events_dropped_total{why}`: Kubernetes Events decided
+    /// but never published (the decision is still in the log).
+    pub events_dropped: Family<DropLabel, Counter>,
     /// `arc_watchdog_loop_active`: 1 while a conflict or crash loop is active.
     pub loop_active: Gauge,
     /// `arc_watchdog_start_delay_seconds`: remaining delay of the listener's
@@ -77,9 +103,19 @@ impl Metrics {
             self.evictions.clone(),
         );
         registry.register(
+            "evictions_not_accepted",
+            "Evictions decided but not accepted by the API server (not counted against the budget), by outcome",
+            self.evictions_not_accepted.clone(),
+        );
+        registry.register(
             "decisions",
             "Decisions reported as Kubernetes Events, by reason",
             self.decisions.clone(),
+        );
+        registry.register(
+            "events_dropped",
+            "Kubernetes Events decided but never published, by why",
+            self.events_dropped.clone(),
         );
         registry.register(
             "loop_active",
@@ -118,6 +154,24 @@ impl Metrics {
         let mut registry = Registry::with_prefix("arc_watchdog");
         self.register(&mut registry);
         registry
+    }
+
+    /// Counts one decided eviction that was not accepted, by `outcome`.
+    pub fn eviction_not_accepted(&self, outcome: &str) {
+        self.evictions_not_accepted
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts `n` Kubernetes Events dropped for `why`.
+    pub fn drop_events(&self, why: &str, n: u64) {
+        self.events_dropped
+            .get_or_create(&DropLabel {
+                why: why.to_owned(),
+            })
+            .inc_by(n);
     }
 
     /// Counts one failed API call of operation `op`.

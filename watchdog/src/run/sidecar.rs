@@ -14,7 +14,7 @@ use kube::{Api, Client};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::RunArgs;
 use super::backoff::Backoff;
@@ -44,14 +44,25 @@ const END_WAITS_FOR_LOG: Duration = Duration::from_secs(5);
 /// the listener exits, so without this a conflict seen by nobody but the
 /// log never reaches the Lease, and no pod generation sees the loop.
 pub(crate) const DRAIN_BUDGET: Duration = Duration::from_millis(400);
-/// How long shutdown waits for the last (coalesced) Lease save: best
-/// effort. Drain and save together stay well under a second (the
-/// kubelet's stop), see [`SHUTDOWN_BUDGET`].
+/// How long shutdown waits for the last (coalesced) Lease save and, at
+/// the same time, for the Events still queued (the drain's decisions
+/// among them): best effort. Drain and save together stay well under a
+/// second (the kubelet's stop), see [`SHUTDOWN_BUDGET`].
 pub(crate) const FINAL_SAVE_BUDGET: Duration = Duration::from_millis(500);
+/// How long the Events task gets, once told to stop, to count and log what
+/// it drops.
+const EVENTS_STOP_GRACE: Duration = Duration::from_millis(20);
 /// How long `run` waits for the loop to end after SIGTERM.
 pub(crate) const SHUTDOWN_BUDGET: Duration = DRAIN_BUDGET
     .saturating_add(FINAL_SAVE_BUDGET)
-    .saturating_add(Duration::from_millis(50));
+    .saturating_add(EVENTS_STOP_GRACE)
+    .saturating_add(Duration::from_millis(30));
+/// `why` of `arc_watchdog_events_dropped_total`: the queue was full.
+const DROPPED_QUEUE_FULL: &str = "queue_full";
+/// `why`: still queued or in flight when the shutdown bound was reached.
+const DROPPED_SHUTDOWN_BOUND: &str = "shutdown_bound";
+/// `why`: the Events task had already ended.
+const DROPPED_PUBLISHER_STOPPED: &str = "publisher_stopped";
 /// How many of the log's last lines the shutdown drain reads at most.
 const DRAIN_TAIL_LINES: i64 = 1000;
 
@@ -122,6 +133,8 @@ enum LeaseMsg {
 /// Result of an eviction task.
 #[derive(Debug)]
 struct EvictDone {
+    /// When the detector decided it (the time it recorded).
+    at: Timestamp,
     cause: EvictCause,
     message: String,
     outcome: EvictOutcome,
@@ -142,6 +155,9 @@ struct Sidecar {
     pod_tx: watch::Sender<PodView>,
     followers: HashMap<String, JoinHandle<()>>,
     follow_tx: mpsc::Sender<FollowerMsg>,
+    /// Container ID of the latest run handed to the detector: only its
+    /// lines are fed (a line of an earlier run would count for this one).
+    current_run: Option<String>,
     /// Run ends waiting for their log to be read to the end.
     pending_ends: BTreeMap<String, (Timestamp, Input)>,
     lease_tx: watch::Sender<Option<String>>,
@@ -152,6 +168,11 @@ struct Sidecar {
     events_tx: mpsc::Sender<(Report, Option<ObjectReference>)>,
     evict_tx: mpsc::Sender<EvictDone>,
     evicting: bool,
+    /// Evictions the detector decided (and counted in its history) that
+    /// the API server has not accepted yet: kept out of the saved history,
+    /// and taken out of the detector's when they are not accepted, so that
+    /// only accepted evictions count against the budget.
+    unconfirmed_evictions: Vec<Timestamp>,
     version_warned: bool,
     /// Shutting down: run ends wait for the drain's log read.
     draining: bool,
@@ -181,6 +202,7 @@ impl Sidecar {
             pod_tx,
             followers: HashMap::new(),
             follow_tx,
+            current_run: None,
             pending_ends: BTreeMap::new(),
             lease_tx,
             last_saved: None,
@@ -188,6 +210,7 @@ impl Sidecar {
             events_tx,
             evict_tx,
             evicting: false,
+            unconfirmed_evictions: Vec::new(),
             version_warned: false,
             draining: false,
         }
@@ -218,11 +241,15 @@ impl Sidecar {
             ..ObjectReference::default()
         };
         let sink = EventSink::new(self.client.clone(), &id.pod_name, pod_ref);
-        let events_task = tokio::spawn(events_loop(
+        // Not `cancel`: at shutdown the Events task publishes what is
+        // queued (it ends when `events_tx` is dropped), within
+        // FINAL_SAVE_BUDGET; `events_stop` cuts it off there.
+        let events_stop = CancellationToken::new();
+        let mut events_task = tokio::spawn(events_loop(
             sink,
             events_rx,
             self.shared.clone(),
-            self.cancel.clone(),
+            events_stop.clone(),
         ));
         let store = LeaseStore::new(
             Api::<Lease>::namespaced(self.client.clone(), &id.pod_namespace),
@@ -262,7 +289,14 @@ impl Sidecar {
             tokio::select! {
                 () = self.cancel.cancelled() => break,
                 ev = pod_events.next() => match ev {
-                    Some(Ok(ev)) => self.on_pod_event(ev),
+                    Some(Ok(ev)) => {
+                        // Lines already delivered belong to the run the
+                        // detector has now: they go before a new run starts.
+                        while let Ok(msg) = follow_rx.try_recv() {
+                            self.on_follower(msg);
+                        }
+                        self.on_pod_event(ev);
+                    }
                     Some(Err(e)) => {
                         let now = Timestamp::now();
                         warn!(error = %e, "watching the own pod failed; retrying with backoff");
@@ -298,16 +332,24 @@ impl Sidecar {
         {
             warn!(budget = ?DRAIN_BUDGET, "catching up with the listener's log did not finish in time; saving what is known");
         }
-        events_task.abort();
+        // An eviction's answer that has come decides whether it counts
+        // against the budget in the last save.
+        while let Ok(done) = evict_rx.try_recv() {
+            self.on_evicted(done);
+        }
         // A coalesced change is saved now (best effort, bounded).
         if self.ready && self.save_due.is_some() {
             self.publish_history();
         }
+        // Closing both queues lets each task finish what it holds: the last
+        // Lease save, and the Events decided so far (the drain's too).
         drop(std::mem::replace(
             &mut self.lease_tx,
             watch::channel(None).0,
         ));
-        if tokio::time::timeout(FINAL_SAVE_BUDGET, &mut lease_task)
+        drop(std::mem::replace(&mut self.events_tx, mpsc::channel(1).0));
+        let deadline = tokio::time::Instant::now() + FINAL_SAVE_BUDGET;
+        if tokio::time::timeout_at(deadline, &mut lease_task)
             .await
             .is_err()
         {
@@ -315,6 +357,19 @@ impl Sidecar {
         }
         lease_stop.cancel();
         lease_task.abort();
+        if tokio::time::timeout_at(deadline, &mut events_task)
+            .await
+            .is_err()
+        {
+            // Told to stop, the task counts and logs what it drops.
+            events_stop.cancel();
+            if tokio::time::timeout(EVENTS_STOP_GRACE, &mut events_task)
+                .await
+                .is_err()
+            {
+                events_task.abort();
+            }
+        }
         info!("watchdog stopped");
     }
 
@@ -474,6 +529,22 @@ impl Sidecar {
                     for id in ids {
                         self.flush_end(&id);
                     }
+                    // The earlier runs' followers stop: the log the API
+                    // serves now is the new run's, and what they still
+                    // deliver would be counted for the new run.
+                    let old: Vec<String> = self
+                        .followers
+                        .keys()
+                        .filter(|id| **id != container_id)
+                        .cloned()
+                        .collect();
+                    for id in old {
+                        if let Some(task) = self.followers.remove(&id) {
+                            task.abort();
+                            info!(container_id = %id, "a new listener run started: stopped following the earlier run's log");
+                        }
+                    }
+                    self.current_run = Some(container_id.clone());
                     let in_place = view.listener.as_ref().is_some_and(|l| l.restart_count > 0);
                     info!(container_id = %container_id, in_place, "listener run started");
                     self.feed(Input::RunStarted {
@@ -540,6 +611,17 @@ impl Sidecar {
     fn on_follower(&mut self, msg: FollowerMsg) {
         match msg {
             FollowerMsg::Line(line) => {
+                if self
+                    .current_run
+                    .as_ref()
+                    .is_some_and(|cur| *cur != line.container_id)
+                {
+                    // Delivered after a new run started (its follower was
+                    // stopped then): not the current run's line.
+                    debug!(container_id = %line.container_id, event = ?line.event,
+                        "a line of an earlier listener run came after a new run started; not counted");
+                    return;
+                }
                 let at = line.ts.unwrap_or_else(Timestamp::now);
                 if line.event.is_conflict() || line.event.is_fatal() {
                     info!(container_id = %line.container_id, event = ?line.event,
@@ -631,14 +713,14 @@ impl Sidecar {
     /// history, one save at a time; the latest contains every earlier
     /// change, so coalescing never loses one.
     fn save_if_due(&mut self) {
-        let history = self.detector.history();
+        let history = self.history_to_save();
         let prompt = match &self.last_saved {
             None => true,
-            Some((_, saved)) if saved == history => {
+            Some((_, saved)) if *saved == history => {
                 self.save_due = None;
                 return;
             }
-            Some((_, saved)) => needs_prompt_save(saved, history),
+            Some((_, saved)) => needs_prompt_save(saved, &history),
         };
         let now = tokio::time::Instant::now();
         if prompt || self.save_due.is_some_and(|due| due <= now) {
@@ -648,8 +730,30 @@ impl Sidecar {
         }
     }
 
+    /// The detector's history without the evictions the API server has not
+    /// accepted (yet): the Lease only ever holds accepted evictions, so a
+    /// decided eviction that is then dropped never counts for another pod
+    /// generation, and a merge never brings it back.
+    fn history_to_save(&self) -> History {
+        let mut history = self.detector.history().clone();
+        for at in &self.unconfirmed_evictions {
+            remove_one(&mut history.evictions, *at);
+        }
+        history
+    }
+
+    /// The API server did not accept the eviction decided at `at`: it no
+    /// longer counts against the budget.
+    fn retract_eviction(&mut self, at: Timestamp) {
+        remove_one(&mut self.unconfirmed_evictions, at);
+        let mut history = self.detector.history().clone();
+        if remove_one(&mut history.evictions, at) {
+            self.detector = Detector::from_history(self.args.thresholds.clone(), history);
+        }
+    }
+
     fn publish_history(&mut self) {
-        let history = self.detector.history().clone();
+        let history = self.history_to_save();
         let json = history.to_json();
         self.save_due = None;
         if self.last_saved.as_ref().map(|(j, _)| j.as_str()) != Some(json.as_str()) {
@@ -663,7 +767,7 @@ impl Sidecar {
             let reason = d.reason();
             let message = d.message().to_owned();
             match &d {
-                Decision::Evict { cause, .. } => self.evict(*cause, message),
+                Decision::Evict { cause, at, .. } => self.evict(*cause, *at, message),
                 Decision::DelayStart { .. } => {
                     info!(reason = reason.as_str(), message = %message, "decision");
                     self.report(reason, message, "DelayStart");
@@ -702,19 +806,28 @@ impl Sidecar {
             warning,
             action: action.to_owned(),
         };
-        if self
-            .events_tx
-            .try_send((report, self.view.owner.clone()))
-            .is_err()
-        {
-            warn!(
-                reason,
-                "event queue full; an Event is lost (the log has it)"
-            );
+        match self.events_tx.try_send((report, self.view.owner.clone())) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.shared.metrics.drop_events(DROPPED_QUEUE_FULL, 1);
+                warn!(
+                    reason,
+                    "the Event queue is full (publishing lags behind); this Event is dropped (the log has the decision)"
+                );
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.shared
+                    .metrics
+                    .drop_events(DROPPED_PUBLISHER_STOPPED, 1);
+                warn!(
+                    reason,
+                    "Events are no longer published (shutting down); this Event is dropped (the log has the decision)"
+                );
+            }
         }
     }
 
-    fn evict(&mut self, cause: EvictCause, message: String) {
+    fn evict(&mut self, cause: EvictCause, at: Timestamp, message: String) {
         let now = Timestamp::now();
         let blocked = |why: String| {
             warn!(cause = cause.as_str(), reason = %why, "not evicting");
@@ -731,6 +844,8 @@ impl Sidecar {
         };
         if let Some(why) = why_not {
             let why = blocked(why);
+            self.retract_eviction(at);
+            self.shared.metrics.eviction_not_accepted("not_sent");
             self.report_str(
                 Reason::EvictionBlocked.as_str(),
                 true,
@@ -740,6 +855,7 @@ impl Sidecar {
             return;
         }
         self.evicting = true;
+        self.unconfirmed_evictions.push(at);
         warn!(cause = cause.as_str(), message = %message, "evicting the own pod");
         let client = self.client.clone();
         let pods = self.pods.clone();
@@ -768,6 +884,7 @@ impl Sidecar {
             };
             let _ = tx
                 .send(EvictDone {
+                    at,
                     cause,
                     message,
                     outcome,
@@ -778,6 +895,31 @@ impl Sidecar {
 
     fn on_evicted(&mut self, done: EvictDone) {
         self.evicting = false;
+        let not_accepted = match &done.outcome {
+            EvictOutcome::Evicted { .. } => None,
+            EvictOutcome::Gone(_) => Some("moot"),
+            EvictOutcome::Blocked { .. } => Some("blocked"),
+            EvictOutcome::Forbidden(_) | EvictOutcome::Failed(_) => Some("failed"),
+            EvictOutcome::Cancelled => Some("cancelled"),
+            // The sidecar never sends a dry-run eviction (dry run decides
+            // no evictions); nothing was evicted.
+            EvictOutcome::DryRunAccepted => Some("not_sent"),
+        };
+        match not_accepted {
+            // Accepted: it counts, and the next save carries it.
+            None => {
+                remove_one(&mut self.unconfirmed_evictions, done.at);
+            }
+            Some(outcome) => {
+                self.retract_eviction(done.at);
+                self.shared.metrics.eviction_not_accepted(outcome);
+            }
+        }
+        self.report_eviction(done);
+        self.after_change();
+    }
+
+    fn report_eviction(&mut self, done: EvictDone) {
         let cause = done.cause.as_str();
         match done.outcome {
             EvictOutcome::Evicted { attempts } => {
@@ -901,23 +1043,70 @@ async fn fresh_check(
     Ok(())
 }
 
+/// Removes one occurrence of `at` from `list`; whether there was one.
+fn remove_one(list: &mut Vec<Timestamp>, at: Timestamp) -> bool {
+    match list.iter().position(|t| *t == at) {
+        Some(i) => {
+            list.remove(i);
+            true
+        }
+        None => false,
+    }
+}
+
+type EventItem = (Report, Option<ObjectReference>);
+
+/// Publishes the queued Events in order until the queue is closed and
+/// empty (the end of the shutdown), or until `stop` fires (the shutdown
+/// bound is reached): what is then still queued or in flight is dropped,
+/// counted and logged.
 async fn events_loop(
     sink: EventSink,
-    mut rx: mpsc::Receiver<(Report, Option<ObjectReference>)>,
+    mut rx: mpsc::Receiver<EventItem>,
     shared: Arc<Shared>,
-    cancel: CancellationToken,
+    stop: CancellationToken,
 ) {
     loop {
         let item = tokio::select! {
-            () = cancel.cancelled() => return,
+            biased;
+            () = stop.cancelled() => None,
             item = rx.recv() => item,
         };
-        let Some((report, owner)) = item else { return };
-        for e in sink.publish(&report, owner.as_ref()).await {
+        let Some((report, owner)) = item else { break };
+        let errors = tokio::select! {
+            biased;
+            () = stop.cancelled() => {
+                drop_unpublished(&mut rx, Some(report), &shared);
+                return;
+            }
+            errors = sink.publish(&report, owner.as_ref()) => errors,
+        };
+        for e in errors {
             warn!(reason = %report.reason, error = %e, "publishing an Event failed");
             shared.metrics.api_error(gate::OP_EVENT);
         }
     }
+    drop_unpublished(&mut rx, None, &shared);
+}
+
+/// At the shutdown bound: counts and logs the Events not published.
+fn drop_unpublished(
+    rx: &mut mpsc::Receiver<EventItem>,
+    in_flight: Option<Report>,
+    shared: &Shared,
+) {
+    rx.close();
+    let mut reasons: Vec<String> = in_flight.map(|r| r.reason).into_iter().collect();
+    while let Ok((report, _)) = rx.try_recv() {
+        reasons.push(report.reason);
+    }
+    if reasons.is_empty() {
+        return;
+    }
+    let n = u64::try_from(reasons.len()).unwrap_or(u64::MAX);
+    shared.metrics.drop_events(DROPPED_SHUTDOWN_BOUND, n);
+    warn!(dropped = n, reasons = %reasons.join(","), budget = ?FINAL_SAVE_BUDGET,
+        "shutdown: Events not published within the shutdown bound are dropped (the log has the decisions)");
 }
 
 async fn lease_loop(

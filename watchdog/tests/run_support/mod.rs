@@ -52,6 +52,15 @@ pub struct FakeState {
     pub concurrent_history: Option<String>,
     /// The next N evictions answer 429 (a PodDisruptionBudget).
     pub evict_429: u32,
+    /// While set, evictions answer this status (500: the API server
+    /// failed; 409: the UID precondition no longer holds) and evict nothing.
+    pub evict_fail: Option<u16>,
+    /// While set, only reading the Lease answers this status (503: the
+    /// API server cannot serve it); everything else works.
+    pub lease_get_fail: Option<u16>,
+    /// While set, Event writes never answer (held open until the client
+    /// goes): a slow API server.
+    pub stall_events: bool,
     pub evictions: Vec<Value>,
     pub events: Vec<Value>,
     /// The listener's log: (timestamp, line).
@@ -352,6 +361,9 @@ async fn handle(State(ctx): State<Ctx>, method: Method, uri: Uri, body: Bytes) -
         ("GET", p) if p == format!("{pod_path}/log") => log_stream(ctx, &query),
         ("POST", p) if p == format!("{pod_path}/eviction") => {
             let mut s = ctx.state.lock().unwrap();
+            if let Some(code) = s.evict_fail {
+                return status(code, "InternalError", "stand-in: the eviction fails");
+            }
             if s.evict_429 > 0 {
                 s.evict_429 -= 1;
                 return status(
@@ -366,10 +378,20 @@ async fn handle(State(ctx): State<Ctx>, method: Method, uri: Uri, body: Bytes) -
             }
             status(201, "", "")
         }
-        ("GET", p) if p == lease_path => match ctx.state.lock().unwrap().lease.clone() {
-            Some(l) => json_response(200, &l),
-            None => status(404, "NotFound", "leases not found"),
-        },
+        ("GET", p) if p == lease_path => {
+            let s = ctx.state.lock().unwrap();
+            if let Some(code) = s.lease_get_fail {
+                return status(
+                    code,
+                    "ServiceUnavailable",
+                    "stand-in: reading the Lease fails",
+                );
+            }
+            match s.lease.clone() {
+                Some(l) => json_response(200, &l),
+                None => status(404, "NotFound", "leases not found"),
+            }
+        }
         ("PUT", p) if p == lease_path => {
             let mut s = ctx.state.lock().unwrap();
             let Some(current) = s.lease.clone() else {
@@ -399,6 +421,12 @@ async fn handle(State(ctx): State<Ctx>, method: Method, uri: Uri, body: Bytes) -
             new["metadata"]["resourceVersion"] = json!(s.lease_rv.to_string());
             s.lease = Some(new.clone());
             json_response(200, &new)
+        }
+        ("POST" | "PATCH", p)
+            if p.starts_with(&events_path) && ctx.state.lock().unwrap().stall_events =>
+        {
+            // Answer nothing until the client gives up.
+            futures::future::pending::<Response>().await
         }
         ("POST", p) if p == events_path => {
             let v = body_json.unwrap_or(Value::Null);

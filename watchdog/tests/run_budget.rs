@@ -1,0 +1,173 @@
+//! Only evictions the API server accepted count against
+//! `--eviction-budget`, in memory and in the Lease. With `restartPolicy:
+//! Always` a listener's end decides an eviction that is moot once the
+//! kubelet has restarted it in place; an eviction the API server fails is
+//! not one either. Neither may use up the budget. (The crash-loop
+//! threshold is raised so that the three short runs do not start a backoff.)
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod run_support;
+
+use std::time::Duration;
+
+use arc_watchdog::detector::History;
+use arc_watchdog::run::lease::HISTORY_ANNOTATION;
+use arc_watchdog::run::metrics::OutcomeLabel;
+use arc_watchdog::run::start;
+use jiff::Timestamp;
+use run_support::*;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+fn history(lease: &Value) -> Option<History> {
+    lease["metadata"]["annotations"][HISTORY_ANNOTATION]
+        .as_str()
+        .and_then(|h| History::from_json(h).ok())
+}
+
+/// The pod with run `id` in `state` after `restarts` restarts in place,
+/// the previous run `last` terminated.
+fn restarted(id: &str, state: Value, restarts: i32, last: &str) -> Value {
+    let mut pod = pod_json(Some(id), state, restarts);
+    pod["spec"]["restartPolicy"] = json!("Always");
+    pod["status"]["containerStatuses"][0]["lastState"] = json!({"terminated": {
+        "exitCode": 1, "reason": "Error", "finishedAt": Timestamp::now().to_string(),
+        "containerID": last}});
+    pod
+}
+
+#[tokio::test]
+async fn evictions_the_api_did_not_accept_do_not_use_up_the_budget() {
+    let api = FakeApi::start().await;
+    api.set_lease(None);
+    // Streams close at once (the listener writes nothing here).
+    api.with(|s| s.log_done = true);
+    api.set_pod(pod_json(
+        Some("containerd://c1"),
+        running(&Timestamp::now().to_string()),
+        0,
+    ));
+    let cancel = CancellationToken::new();
+    let started = start(
+        run_args("20s", &["--eviction-budget=2", "--conflict-threshold=5"]),
+        Ok(api.client()),
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let shared = started.shared.clone();
+    let not_accepted = |outcome: &str| {
+        shared
+            .metrics
+            .evictions_not_accepted
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_owned(),
+            })
+            .get()
+    };
+    api.wait_for("run c1 in the Lease", |s| {
+        s.lease
+            .as_ref()
+            .and_then(history)
+            .is_some_and(|h| h.run.is_some_and(|r| r.id == "containerd://c1"))
+    })
+    .await;
+
+    // 1. c1 exits and the kubelet restarts it in place at once: the
+    // eviction its end decided is moot (the fresh look sees c2 running).
+    api.set_pod(restarted(
+        "containerd://c2",
+        running(&Timestamp::now().to_string()),
+        1,
+        "containerd://c1",
+    ));
+    let t0 = std::time::Instant::now();
+    while not_accepted("moot") < 1 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "no moot eviction");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // 2. c2 exits and stays down; the eviction meets an API server error.
+    api.with(|s| s.evict_fail = Some(500));
+    api.set_pod(restarted(
+        "containerd://c2",
+        terminated(1, &Timestamp::now().to_string()),
+        1,
+        "containerd://c1",
+    ));
+    let t0 = std::time::Instant::now();
+    while not_accepted("failed") < 1 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "no failed eviction");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(api.requests("POST", "/eviction").len(), 1);
+
+    // 3. Restarted in place, c3 exits and stays down: two evictions were
+    // decided before, none accepted, so the budget of 2 allows this one.
+    api.with(|s| s.evict_fail = None);
+    api.set_pod(restarted(
+        "containerd://c3",
+        running(&Timestamp::now().to_string()),
+        2,
+        "containerd://c2",
+    ));
+    api.set_pod(restarted(
+        "containerd://c3",
+        terminated(1, &Timestamp::now().to_string()),
+        2,
+        "containerd://c2",
+    ));
+    api.wait_for("an accepted eviction", |s| !s.evictions.is_empty())
+        .await;
+    api.wait_for("the accepted eviction in the Lease", |s| {
+        s.lease
+            .as_ref()
+            .and_then(history)
+            .is_some_and(|h| h.evictions.len() == 1)
+    })
+    .await;
+    assert!(
+        !api.with(|s| s
+            .events
+            .iter()
+            .any(|e| e["reason"] == "EvictionBudgetExhausted")),
+        "the budget was spent by evictions that never happened"
+    );
+
+    // The Lease never held an eviction before one was accepted.
+    let puts = api.requests("PUT", &format!("/leases/arc-watchdog-{POD}"));
+    let first_with_eviction = puts
+        .iter()
+        .position(|p| {
+            p.body
+                .as_ref()
+                .and_then(history)
+                .is_some_and(|h| !h.evictions.is_empty())
+        })
+        .expect("a save with the eviction");
+    let all = api.with(|s| s.requests.clone());
+    let accepted_at = all
+        .iter()
+        .rposition(|r| r.method == "POST" && r.path.ends_with("/eviction"))
+        .unwrap();
+    let put_at = all
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| {
+            r.method == "PUT" && r.path.ends_with(&format!("/leases/arc-watchdog-{POD}"))
+        })
+        .nth(first_with_eviction)
+        .map(|(i, _)| i)
+        .unwrap();
+    assert!(
+        put_at > accepted_at,
+        "the Lease held an eviction before the API server accepted one"
+    );
+
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(2), started.task)
+        .await
+        .unwrap()
+        .unwrap();
+}
