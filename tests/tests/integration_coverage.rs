@@ -109,7 +109,11 @@ async fn a_listener_created_before_the_webhook_is_reported_once_it_runs() {
     assert!(!has_watchdog(&opted_out));
     let missed_uid = uninjected.metadata.uid.clone().unwrap();
 
-    // The webhook comes (back): registered, and new listeners get the sidecar.
+    // The webhook comes (back): its configuration is applied (pointing at a
+    // Service that has no endpoints here, the state while the Deployment
+    // rolls out), then the webhook runs and is registered, and new listeners
+    // get the sidecar.
+    cp.apply_manifests().unwrap();
     let kubeconfig = cp.webhook_kubeconfig().await.unwrap();
     let first = Webhook::start(cp, "coverage-first", &kubeconfig, &[])
         .await
@@ -137,6 +141,35 @@ async fn a_listener_created_before_the_webhook_is_reported_once_it_runs() {
     assert_eq!(regarding.kind.as_deref(), Some("Pod"));
     assert_eq!(regarding.name, uninjected.metadata.name);
     assert_eq!(regarding.uid.as_deref(), Some(missed_uid.as_str()));
+    // Owned by the webhook configuration like every run-time object, so
+    // uninstalling removes it.
+    let config_uid = configs
+        .get(WEBHOOK_CONFIG_NAME)
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    assert!(
+        event
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.uid == config_uid && o.kind == "MutatingWebhookConfiguration"),
+        "{:?}",
+        event.metadata.owner_references
+    );
+    assert_eq!(
+        event
+            .metadata
+            .labels
+            .clone()
+            .unwrap_or_default()
+            .get(names::MANAGED_BY_LABEL)
+            .map(String::as_str),
+        Some(names::MANAGED_BY_VALUE)
+    );
     let note = event.note.clone().unwrap();
     assert!(
         note.contains(&format!(

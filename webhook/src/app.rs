@@ -123,6 +123,7 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send) -> anyhow:
                 client.clone(),
                 cli.listener_namespaces.clone(),
                 instance,
+                cli.webhook_config_name.clone(),
                 Arc::clone(&metrics),
                 cancel.clone(),
             ));

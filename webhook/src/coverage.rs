@@ -18,16 +18,20 @@
 //! Event for the same pod while the first still exists (the API server
 //! expires Events after its `--event-ttl`, 1 h by default; a webhook
 //! restart after that reports the pod once more). No extra rights needed:
-//! no list on Events, no write on pods.
+//! no list on Events, no write on pods. Like every object arc-watchdog
+//! creates at run time, the Event is labelled managed-by arc-watchdog and
+//! owned by the webhook's MutatingWebhookConfiguration (when it can be
+//! read), so uninstalling removes it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt as _, TryStreamExt as _};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
 use kube::runtime::WatchStreamExt as _;
@@ -38,6 +42,7 @@ use arc_watchdog::names;
 
 use crate::metrics::Metrics;
 use crate::mutation::{self, SkipReason};
+use crate::rbac;
 
 /// Reason of the Warning Event about an uninjected listener pod.
 pub const REASON: &str = "ListenerNotInjected";
@@ -225,8 +230,14 @@ pub fn message(pod: &Uninjected) -> String {
 }
 
 /// The Warning Event about `pod` (events.k8s.io/v1), reported by `instance`
-/// at `now`. Pure.
-pub fn event_for(pod: &Uninjected, instance: &str, now: Timestamp) -> Event {
+/// at `now`, owned by `owner` (the webhook's configuration, so that
+/// uninstalling removes it with the other run-time objects). Pure.
+pub fn event_for(
+    pod: &Uninjected,
+    instance: &str,
+    owner: Option<&OwnerReference>,
+    now: Timestamp,
+) -> Event {
     Event {
         metadata: ObjectMeta {
             name: Some(event_name(&pod.uid)),
@@ -238,6 +249,7 @@ pub fn event_for(pod: &Uninjected, instance: &str, now: Timestamp) -> Event {
                 )]
                 .into(),
             ),
+            owner_references: owner.map(|o| vec![o.clone()]),
             ..ObjectMeta::default()
         },
         event_time: Some(MicroTime(now)),
@@ -287,9 +299,55 @@ impl ReportResult {
     }
 }
 
-async fn report(client: &kube::Client, pod: &Uninjected, instance: &str) -> ReportResult {
+/// Creates the Events; knows who reports and who owns them.
+struct Reporter {
+    client: kube::Client,
+    instance: String,
+    webhook_config_name: String,
+    owner: Option<OwnerReference>,
+}
+
+impl Reporter {
+    /// The owner, looked up until found (the configuration may be
+    /// registered after the webhook starts). Without it the Event is still
+    /// created, unowned: it expires with the API server's event TTL.
+    async fn owner(&mut self) -> Option<OwnerReference> {
+        if self.owner.is_none() {
+            let api: Api<MutatingWebhookConfiguration> = Api::all(self.client.clone());
+            match tokio::time::timeout(CREATE_TIMEOUT, api.get_opt(&self.webhook_config_name)).await
+            {
+                Ok(Ok(Some(cfg))) => {
+                    self.owner = cfg
+                        .metadata
+                        .uid
+                        .map(|uid| rbac::owner_reference(&self.webhook_config_name, &uid));
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(err)) => tracing::debug!(
+                    error = %err,
+                    webhook_config = %self.webhook_config_name,
+                    "cannot read the webhook configuration; the Event gets no owner"
+                ),
+                Err(_) => {}
+            }
+        }
+        self.owner.clone()
+    }
+
+    async fn report(&mut self, pod: &Uninjected) -> ReportResult {
+        let owner = self.owner().await;
+        report(&self.client, pod, &self.instance, owner.as_ref()).await
+    }
+}
+
+async fn report(
+    client: &kube::Client,
+    pod: &Uninjected,
+    instance: &str,
+    owner: Option<&OwnerReference>,
+) -> ReportResult {
     let events: Api<Event> = Api::namespaced(client.clone(), &pod.namespace);
-    let event = event_for(pod, instance, Timestamp::now());
+    let event = event_for(pod, instance, owner, Timestamp::now());
     let created = tokio::time::timeout(
         CREATE_TIMEOUT,
         events.create(&PostParams::default(), &event),
@@ -345,6 +403,7 @@ pub async fn run(
     client: kube::Client,
     namespaces: Vec<String>,
     instance: String,
+    webhook_config_name: String,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
@@ -362,6 +421,12 @@ pub async fn run(
             .boxed()
     });
     let mut merged = futures::stream::select_all(streams);
+    let mut reporter = Reporter {
+        client: client.clone(),
+        instance,
+        webhook_config_name,
+        owner: None,
+    };
     let mut tracker = Tracker::default();
     let mut retry = tokio::time::interval(RETRY_INTERVAL);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -388,7 +453,7 @@ pub async fn run(
         for pod in tracker.to_report() {
             let result = tokio::select! {
                 () = cancel.cancelled() => return,
-                r = report(&client, &pod, &instance) => r,
+                r = reporter.report(&pod) => r,
             };
             metrics.uninjected_report(result.as_str());
             match result {
@@ -594,7 +659,22 @@ mod tests {
             name: "set-abc-listener".into(),
             uid: "0b6e-uid".into(),
         };
-        let e = event_for(&pod, "arc-watchdog-webhook-7d9-x", Timestamp::UNIX_EPOCH);
+        let owner = rbac::owner_reference("arc-watchdog", "cfg-uid");
+        let e = event_for(
+            &pod,
+            "arc-watchdog-webhook-7d9-x",
+            Some(&owner),
+            Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(e.metadata.owner_references, Some(vec![owner]));
+        assert_eq!(
+            e.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(names::MANAGED_BY_LABEL))
+                .map(String::as_str),
+            Some(names::MANAGED_BY_VALUE)
+        );
         assert_eq!(
             e.metadata.name.as_deref(),
             Some("arc-watchdog-uninjected-0b6e-uid")
@@ -623,14 +703,14 @@ mod tests {
         );
         // Same pod, another replica or a restart: same name, so the API
         // server refuses a duplicate.
-        let again = event_for(&pod, "other-replica", Timestamp::now());
+        let again = event_for(&pod, "other-replica", None, Timestamp::now());
         assert_eq!(again.metadata.name, Some(event_name("0b6e-uid")));
-        let blank = event_for(&pod, " ", Timestamp::UNIX_EPOCH);
+        let blank = event_for(&pod, " ", None, Timestamp::UNIX_EPOCH);
         assert_eq!(
             blank.reporting_instance.as_deref(),
             Some("arc-watchdog-webhook")
         );
-        let long = event_for(&pod, &"x".repeat(300), Timestamp::UNIX_EPOCH);
+        let long = event_for(&pod, &"x".repeat(300), None, Timestamp::UNIX_EPOCH);
         assert_eq!(long.reporting_instance.map(|i| i.len()), Some(128));
     }
 }
