@@ -199,3 +199,51 @@ async fn follower_backs_off_on_errors_and_stops_on_cancel() {
         .unwrap()
         .unwrap();
 }
+
+/// After a restart in place the API serves the new run's log under the
+/// same container name: a follower of the earlier run, once it sees that,
+/// ends without reading it (those lines would be taken for its own).
+#[tokio::test]
+async fn a_follower_of_a_replaced_run_reads_no_more() {
+    let api = FakeApi::start().await;
+    api.with(|s| {
+        s.log = vec![(
+            ts("2026-11-28T10:00:05.000000000Z"),
+            "a line of the new run".to_owned(),
+        )];
+    });
+    api.set_pod(pod_json(
+        Some("containerd://c2"),
+        running("2026-11-28T10:00:05Z"),
+        1,
+    ));
+    let (_pod_tx, pod_rx) = watch::channel(view(api.with(|s| s.pod.clone().unwrap())));
+    let (tx, mut rx) = mpsc::channel(64);
+    let follower = tokio::spawn(follow_run(
+        Api::<Pod>::namespaced(api.client(), NS),
+        FollowConfig {
+            pod: POD.to_owned(),
+            container: "listener".to_owned(),
+            container_id: "containerd://c1".to_owned(),
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(100),
+        },
+        pod_rx,
+        tx,
+        CancellationToken::new(),
+    ));
+    let first = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap();
+    assert_eq!(
+        first,
+        Some(FollowerMsg::Ended {
+            container_id: "containerd://c1".to_owned()
+        })
+    );
+    tokio::time::timeout(Duration::from_secs(1), follower)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(api.requests("GET", "/log").is_empty());
+}

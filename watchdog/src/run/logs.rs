@@ -335,3 +335,48 @@ pub fn error_text(e: &kube::Error) -> String {
         other => other.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::pod::ListenerView;
+
+    fn view(id: Option<&str>, state: ListenerState) -> PodView {
+        PodView {
+            listener: Some(ListenerView {
+                container_id: id.map(str::to_owned),
+                restart_count: 0,
+                state,
+                last_terminated: None,
+                image: None,
+            }),
+            ..PodView::default()
+        }
+    }
+
+    #[test]
+    fn a_replaced_run_is_not_read_again() {
+        let running = ListenerState::Running { started_at: None };
+        let ended = ListenerState::Terminated {
+            exit_code: 1,
+            reason: None,
+            finished_at: None,
+        };
+        assert_eq!(run_phase(&PodView::default(), "c1"), RunPhase::Live);
+        assert_eq!(
+            run_phase(&view(None, ListenerState::Waiting(None)), "c1"),
+            RunPhase::Live
+        );
+        assert_eq!(
+            run_phase(&view(Some("c1"), running.clone()), "c1"),
+            RunPhase::Live
+        );
+        assert_eq!(run_phase(&view(Some("c1"), ended), "c1"), RunPhase::Ended);
+        // Restarted in place: the API now serves c2's log under the same
+        // container name.
+        assert_eq!(
+            run_phase(&view(Some("c2"), running), "c1"),
+            RunPhase::Replaced
+        );
+    }
+}
