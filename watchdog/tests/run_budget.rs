@@ -171,3 +171,56 @@ async fn evictions_the_api_did_not_accept_do_not_use_up_the_budget() {
         .unwrap()
         .unwrap();
 }
+
+/// The API server accepts an eviction, and its effect (the kubelet's
+/// SIGTERM) comes before its answer: the eviction is still answered and
+/// counted in the last save, so the next pod generation sees it.
+#[tokio::test]
+async fn an_eviction_answered_after_sigterm_is_counted_in_the_last_save() {
+    let api = FakeApi::start().await;
+    api.set_lease(None);
+    api.with(|s| {
+        s.log_done = true;
+        s.evict_hold = true;
+    });
+    api.set_pod(pod_json(
+        Some("containerd://c1"),
+        running(&Timestamp::now().to_string()),
+        0,
+    ));
+    let cancel = CancellationToken::new();
+    let started = start(run_args("20s", &[]), Ok(api.client()), cancel.clone())
+        .await
+        .unwrap();
+    api.wait_for("run c1 in the Lease", |s| {
+        s.lease
+            .as_ref()
+            .and_then(history)
+            .is_some_and(|h| h.run.is_some_and(|r| r.id == "containerd://c1"))
+    })
+    .await;
+    // The listener dies while its pod lives on: evict at once.
+    api.set_pod(pod_json(
+        Some("containerd://c1"),
+        terminated(1, &Timestamp::now().to_string()),
+        0,
+    ));
+    api.wait_for("the eviction on its way", |s| {
+        s.requests
+            .iter()
+            .any(|r| r.method == "POST" && r.path.ends_with("/eviction"))
+    })
+    .await;
+    let t0 = std::time::Instant::now();
+    cancel.cancel();
+    api.with(|s| s.evict_hold = false);
+    tokio::time::timeout(Duration::from_secs(2), started.task)
+        .await
+        .unwrap()
+        .unwrap();
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(1), "shutdown took {took:?}");
+    assert_eq!(api.with(|s| s.evictions.len()), 1);
+    let h = api.with(|s| s.lease.as_ref().and_then(history)).unwrap();
+    assert_eq!(h.evictions.len(), 1, "{h:?}");
+}

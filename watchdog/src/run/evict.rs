@@ -61,7 +61,7 @@ pub enum EvictOutcome {
     /// Another error (network, 5xx): not retried, the next decision will
     /// try again.
     Failed(String),
-    /// Shutting down before it was done.
+    /// Shutting down while waiting to retry after a 429: not evicted.
     Cancelled,
 }
 
@@ -100,7 +100,9 @@ async fn post_eviction(
 
 /// Evicts pod `name` in `namespace` (only if its UID is still `uid`), or
 /// only asks the API server whether it could when `dry_run` (`dryRun=All`:
-/// nothing is evicted).
+/// nothing is evicted). `cancel` stops the waits between attempts, never a
+/// request on its way: an eviction the API server may have accepted is
+/// always answered, so the caller knows whether it counts.
 pub async fn evict_pod(
     client: &Client,
     namespace: &str,
@@ -114,10 +116,10 @@ pub async fn evict_pod(
     let attempts = retry.attempts.max(1);
     let mut last = String::new();
     for attempt in 1..=attempts {
-        let res = tokio::select! {
-            () = cancel.cancelled() => return EvictOutcome::Cancelled,
-            r = post_eviction(client, namespace, name, uid, dry_run) => r,
-        };
+        if cancel.is_cancelled() {
+            return EvictOutcome::Cancelled;
+        }
+        let res = post_eviction(client, namespace, name, uid, dry_run).await;
         match res {
             Ok(_) if dry_run => return EvictOutcome::DryRunAccepted,
             Ok(_) => return EvictOutcome::Evicted { attempts: attempt },

@@ -326,14 +326,19 @@ impl Sidecar {
         for (_, f) in self.followers.drain() {
             f.abort();
         }
-        if tokio::time::timeout(DRAIN_BUDGET, self.drain())
-            .await
-            .is_err()
-        {
-            warn!(budget = ?DRAIN_BUDGET, "catching up with the listener's log did not finish in time; saving what is known");
+        let catch_up = async {
+            self.drain().await;
+            // An eviction on its way (the kubelet's SIGTERM may well be its
+            // effect) is answered: whether it counts goes into the last save.
+            if self.evicting
+                && let Some(done) = evict_rx.recv().await
+            {
+                self.on_evicted(done);
+            }
+        };
+        if tokio::time::timeout(DRAIN_BUDGET, catch_up).await.is_err() {
+            warn!(budget = ?DRAIN_BUDGET, "catching up with the listener's log and an eviction's answer did not finish in time; saving what is known");
         }
-        // An eviction's answer that has come decides whether it counts
-        // against the budget in the last save.
         while let Ok(done) = evict_rx.try_recv() {
             self.on_evicted(done);
         }

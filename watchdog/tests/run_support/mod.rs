@@ -55,6 +55,9 @@ pub struct FakeState {
     /// While set, evictions answer this status (500: the API server
     /// failed; 409: the UID precondition no longer holds) and evict nothing.
     pub evict_fail: Option<u16>,
+    /// While set, evictions wait (unanswered) until it is cleared, then
+    /// are answered as usual: an eviction on its way.
+    pub evict_hold: bool,
     /// While set, only reading the Lease answers this status (503: the
     /// API server cannot serve it); everything else works.
     pub lease_get_fail: Option<u16>,
@@ -360,6 +363,12 @@ async fn handle(State(ctx): State<Ctx>, method: Method, uri: Uri, body: Bytes) -
         },
         ("GET", p) if p == format!("{pod_path}/log") => log_stream(ctx, &query),
         ("POST", p) if p == format!("{pod_path}/eviction") => {
+            let mut changed = ctx.changed.subscribe();
+            while ctx.state.lock().unwrap().evict_hold {
+                if changed.changed().await.is_err() {
+                    return status(503, "ServiceUnavailable", "stand-in stopped");
+                }
+            }
             let mut s = ctx.state.lock().unwrap();
             if let Some(code) = s.evict_fail {
                 return status(code, "InternalError", "stand-in: the eviction fails");
