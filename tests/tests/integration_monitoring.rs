@@ -4,15 +4,15 @@
 //!   `promrules`, built from `tests/go/promrules`) accepts the alert rules;
 //! - the Prometheus Operator: a real API server stores the PodMonitors and
 //!   the PrometheusRule under the operator's own CRD schemas, with strict
-//!   field validation, next to the rest of the install.
-//!
-//! That the alerts read metrics the binaries really export is checked in
-//! `manifests.rs`.
+//!   field validation, next to the rest of the install;
+//! - and every `arc_watchdog_*` series an alert reads (as Prometheus's PromQL
+//!   parser finds them) is one the watchdog or the webhook really exports.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is the failure report
 
 use std::collections::BTreeSet;
 use std::process::Command;
 
+use arc_watchdog::run::metrics::{Metrics as WatchdogMetrics, ReasonLabel, VersionWarningLabel};
 use arc_watchdog_tests::control_plane::{
     ControlPlane, LISTENER_NAMESPACE, WEBHOOK_NAMESPACE, crd_pins, go_module_dir_in, go_tool,
     workspace_root,
@@ -111,6 +111,103 @@ fn prometheus_rejects_broken_rules() {
         let err = promrules(&broken).expect_err(what);
         assert!(err.contains(says), "{what}: {err}");
     }
+}
+
+/// Every `arc_watchdog_*` / `arc_watchdog_webhook_*` series an alert reads
+/// is one the watchdog / the webhook really exports.
+#[test]
+fn alerts_read_metrics_the_binaries_export() {
+    let loaded = promrules(&prometheus_rule()["spec"]).unwrap();
+    let watchdog = watchdog_series();
+    let webhook = webhook_series();
+    let (mut checked_watchdog, mut checked_webhook) = (0, 0);
+    for rule in &loaded {
+        let alert = &rule["name"];
+        for metric in rule["metrics"].as_array().unwrap() {
+            let metric = metric.as_str().unwrap();
+            if metric.starts_with("arc_watchdog_webhook_") {
+                assert!(
+                    webhook.contains(metric),
+                    "{alert} reads {metric}, which the webhook does not export: {webhook:?}"
+                );
+                checked_webhook += 1;
+            } else if metric.starts_with("arc_watchdog_") {
+                assert!(
+                    watchdog.contains(metric),
+                    "{alert} reads {metric}, which the watchdog does not export: {watchdog:?}"
+                );
+                checked_watchdog += 1;
+            }
+        }
+    }
+    assert!(
+        checked_watchdog >= 3,
+        "the watchdog alerts read arc_watchdog_* metrics"
+    );
+    assert!(
+        checked_webhook >= 1,
+        "the webhook alerts read arc_watchdog_webhook_* metrics"
+    );
+}
+
+/// Series names the watchdog's registry exposes.
+fn watchdog_series() -> BTreeSet<String> {
+    let metrics = WatchdogMetrics::default();
+    // Families appear in the output only once they hold a series.
+    let reason = ReasonLabel {
+        reason: "Any".to_owned(),
+    };
+    metrics.evictions.get_or_create(&reason).inc();
+    metrics.decisions.get_or_create(&reason).inc();
+    metrics.api_error("any");
+    metrics.eviction_not_accepted("any");
+    metrics.drop_events("any", 1);
+    metrics
+        .version_warning
+        .get_or_create(&VersionWarningLabel {
+            version: "any".to_owned(),
+            warning: "any".to_owned(),
+        })
+        .set(1);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &metrics.registry()).unwrap();
+    series_names(&text)
+}
+
+/// Series names the webhook's registry exposes.
+fn webhook_series() -> BTreeSet<String> {
+    let metrics = arc_watchdog_webhook::metrics::Metrics::new();
+    // Families appear in the output only once they hold a series.
+    metrics.cert_reload("ok");
+    metrics.rbac_ensure("ok");
+    metrics.uninjected_report("created");
+    series_names(&metrics.encode().unwrap())
+}
+
+/// Series names in an OpenMetrics text exposition: counters get `_total`,
+/// histograms `_bucket`, `_sum` and `_count`.
+fn series_names(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let mut parts = line.split_whitespace().skip(2);
+        let (Some(name), Some(kind)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        match kind {
+            "counter" => {
+                out.insert(format!("{name}_total"));
+            }
+            "histogram" => {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    out.insert(format!("{name}{suffix}"));
+                }
+            }
+            _ => {
+                out.insert(name.to_owned());
+            }
+        }
+    }
+    out
 }
 
 fn operator_crds() -> String {
