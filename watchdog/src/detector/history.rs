@@ -103,7 +103,8 @@ pub struct History {
     pub conflicts: Vec<Timestamp>,
     /// Failed starts of the current streak within the conflict window.
     pub failed_starts: Vec<FailedStart>,
-    /// Evictions (real, or would-be in dry-run) within the eviction window.
+    /// Evictions within the eviction window: under `run`, only those the API
+    /// server accepted (would-be ones in dry-run).
     pub evictions: Vec<Timestamp>,
     /// The active loop and its backoff.
     #[serde(rename = "loop")]

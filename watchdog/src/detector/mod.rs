@@ -291,8 +291,10 @@ impl Input {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Decision {
-    /// Evict the listener pod now (policy/v1 Eviction). Already counted
-    /// against the eviction budget.
+    /// Evict the listener pod now (policy/v1 Eviction). The detector counts
+    /// it against the eviction budget at once; `run` withdraws it from the
+    /// history again when the API server does not accept it (dry-run keeps
+    /// would-be evictions counted).
     Evict {
         /// When decided.
         at: Timestamp,
