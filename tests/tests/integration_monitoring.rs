@@ -150,6 +150,29 @@ fn alerts_read_metrics_the_binaries_export() {
     );
 }
 
+/// One name for one thing: the README names every metric family the
+/// binaries export (histograms by their base name).
+#[test]
+fn readme_names_every_exported_metric() {
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
+    let families: BTreeSet<String> = watchdog_series()
+        .into_iter()
+        .chain(webhook_series())
+        .map(|s| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| s.strip_suffix(suffix))
+                .map_or_else(|| s.clone(), str::to_owned)
+        })
+        .collect();
+    assert!(families.len() >= 15, "{families:?}");
+    let missing: Vec<&String> = families
+        .iter()
+        .filter(|f| !readme.contains(&format!("`{f}`")) && !readme.contains(&format!("`{f}{{")))
+        .collect();
+    assert!(missing.is_empty(), "README.md does not name {missing:?}");
+}
+
 /// Series names the watchdog's registry exposes.
 fn watchdog_series() -> BTreeSet<String> {
     let metrics = WatchdogMetrics::default();
