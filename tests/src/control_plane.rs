@@ -7,8 +7,9 @@
 //! - [`ControlPlane::shared`]: one control plane per test binary, started on
 //!   first use; [`ControlPlane::start`]: one you own (the demo).
 //! - [`ControlPlane::admin_client`] (a `system:masters` client certificate;
-//!   bypasses RBAC) and [`ControlPlane::service_account_client`] (a real
-//!   TokenRequest token: use it to test RBAC).
+//!   bypasses RBAC), [`ControlPlane::service_account_client`] and
+//!   [`ControlPlane::pod_client`] (real TokenRequest tokens: use them to
+//!   test RBAC).
 //! - helpers to create namespaces and service accounts, apply YAML by
 //!   server-side apply, run the matching `kubectl`, and install ARC's and
 //!   cert-manager's CRDs from their Go modules.
@@ -35,7 +36,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Container, Namespace, Pod, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -178,36 +179,61 @@ pub fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-/// A child process of the control plane: ended by its own pid.
+/// A child process of the control plane: ended by its own pid. Its output
+/// goes to `<dir>/<name>.log`, its pid to `<dir>/<name>.pid` (for the
+/// reaper and [`kill_leftovers`]).
 #[derive(Debug)]
 struct Proc {
     name: String,
     child: Child,
     log: PathBuf,
+    pid_file: PathBuf,
 }
 
 impl Proc {
     fn spawn(dir: &Path, name: &str, program: &Path, args: &[String]) -> Result<Self> {
+        let mut cmd = Command::new(program);
+        cmd.args(args);
+        Self::start(dir, name, cmd, false)
+    }
+
+    /// Starts `cmd` with stdin closed and stdout and stderr to its log,
+    /// truncated, or appended to when `append` (a restarted process keeps
+    /// one log).
+    fn start(dir: &Path, name: &str, mut cmd: Command, append: bool) -> Result<Self> {
         let log = dir.join(format!("{name}.log"));
-        let out = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(&log)
+            .with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
-        let child = Command::new(program)
-            .args(args)
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .spawn()
-            .with_context(|| format!("starting {}", program.display()))?;
-        fs::write(dir.join(format!("{name}.pid")), child.id().to_string())?;
+            .with_context(|| format!("starting {}", Path::new(cmd.get_program()).display()))?;
+        let pid_file = dir.join(format!("{name}.pid"));
+        fs::write(&pid_file, child.id().to_string())?;
         Ok(Self {
             name: name.to_owned(),
             child,
             log,
+            pid_file,
         })
     }
 
-    /// SIGTERM, a short wait, then SIGKILL: by pid, never by name.
+    /// SIGTERM, a short wait, then SIGKILL: by pid, never by name. Then its
+    /// pid file goes (nothing left for the reaper to end).
     fn stop(&mut self) {
+        self.end();
+        let _ = fs::remove_file(&self.pid_file);
+    }
+
+    fn end(&mut self) {
         if matches!(self.child.try_wait(), Ok(Some(_))) {
             return;
         }
@@ -226,6 +252,60 @@ impl Proc {
 
     fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()
+    }
+}
+
+/// One process that a test may stop and start again ([`Webhook`],
+/// [`WatchdogProcess`]).
+#[derive(Debug, Default)]
+struct ProcSlot(Mutex<Option<Proc>>);
+
+impl ProcSlot {
+    fn set(&self, p: Proc) -> Result<()> {
+        *self
+            .0
+            .lock()
+            .map_err(|_| anyhow!("process slot poisoned"))? = Some(p);
+        Ok(())
+    }
+
+    /// Ends the process (by pid), if one runs.
+    fn stop(&self) {
+        if let Ok(mut p) = self.0.lock()
+            && let Some(mut p) = p.take()
+        {
+            p.stop();
+        }
+    }
+
+    fn exited(&self) -> Option<std::process::ExitStatus> {
+        self.0.lock().ok()?.as_mut().and_then(Proc::exited)
+    }
+
+    /// Waits until `GET path` on `addr` answers 200; fails early, with
+    /// `log_tail()`, when the process exits.
+    async fn await_http_ok(
+        &self,
+        what: &str,
+        addr: SocketAddr,
+        path: &str,
+        timeout: Duration,
+        log_tail: impl Fn() -> String,
+    ) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited() {
+                bail!("{what} exited ({status}):\n{}", log_tail());
+            }
+            if matches!(http_get(addr, path).await, Ok((200, _))) {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{what} not answering {path} after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 
@@ -304,6 +384,16 @@ fn kill_leftovers() {
     }
 }
 
+/// What the local servers' certificates name (`localhost`, 127.0.0.1) and
+/// how long they last: a week outlives any test run.
+fn loopback_serving() -> arc_watchdog_certs::Options {
+    arc_watchdog_certs::Options {
+        dns: vec!["localhost".into()],
+        ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+        days: 7,
+    }
+}
+
 /// A client certificate authority and the API server's PKI.
 struct Pki {
     serving_ca_pem: String,
@@ -317,13 +407,8 @@ struct Pki {
 
 impl Pki {
     fn new() -> Result<Self> {
-        let opts = arc_watchdog_certs::Options {
-            dns: vec!["localhost".into()],
-            ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
-            days: 7,
-        };
-        let serving =
-            arc_watchdog_certs::generate(&opts).context("API server serving certificate")?;
+        let serving = arc_watchdog_certs::generate(&loopback_serving())
+            .context("API server serving certificate")?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, "arc-watchdog tests client CA");
@@ -802,35 +887,18 @@ impl ControlPlane {
     /// plane's directory under `name`.
     pub fn write_token_kubeconfig(&self, name: &str, token: &str) -> Result<PathBuf> {
         let path = self.dir.join(format!("{name}.kubeconfig"));
-        let yaml = kubeconfig_yaml(&self.server, &self.ca_pem, &Credentials::Token(token));
+        let yaml = self.token_kubeconfig_yaml(token);
         arc_watchdog_certs::write_file_atomic(&path, yaml.as_bytes(), 0o600)?;
         Ok(path)
     }
 
-    /// A client authenticating with `token`.
-    pub async fn token_client(&self, token: &str) -> Result<Client> {
-        client_from_kubeconfig(&kubeconfig_yaml(
-            &self.server,
-            &self.ca_pem,
-            &Credentials::Token(token),
-        ))
-        .await
+    fn token_kubeconfig_yaml(&self, token: &str) -> String {
+        kubeconfig_yaml(&self.server, &self.ca_pem, &Credentials::Token(token))
     }
 
-    /// A client for a ServiceAccount (fresh TokenRequest token, optionally
-    /// bound to a pod) configured like `arc-watchdog run`'s: no kube-level
-    /// retries, so that the watchdog's own eviction retries are what is tested.
-    pub async fn watchdog_client(
-        &self,
-        namespace: &str,
-        service_account: &str,
-        bound_pod: Option<(&str, &str)>,
-    ) -> Result<Client> {
-        let token = self
-            .service_account_token(namespace, service_account, bound_pod)
-            .await?;
-        let yaml = kubeconfig_yaml(&self.server, &self.ca_pem, &Credentials::Token(&token));
-        client_from_kubeconfig_with(&yaml, false).await
+    /// A client authenticating with `token`.
+    pub async fn token_client(&self, token: &str) -> Result<Client> {
+        client_from_kubeconfig(&self.token_kubeconfig_yaml(token)).await
     }
 
     /// A client for a ServiceAccount with a fresh TokenRequest token: what
@@ -845,6 +913,35 @@ impl ControlPlane {
             .service_account_token(namespace, service_account, bound_pod)
             .await?;
         self.token_client(&token).await
+    }
+
+    /// The token the kubelet would mount into `pod`'s containers: for the
+    /// pod's ServiceAccount, bound to the pod (it dies with the pod).
+    pub async fn pod_token(&self, pod: &Pod) -> Result<String> {
+        let id = PodIdentity::of(pod)?;
+        self.service_account_token(
+            &id.namespace,
+            &id.service_account,
+            Some((&id.name, &id.uid)),
+        )
+        .await
+    }
+
+    /// A client with `pod`'s identity ([`Self::pod_token`]): what its
+    /// injected watchdog may do, for RBAC tests.
+    pub async fn pod_client(&self, pod: &Pod) -> Result<Client> {
+        self.token_client(&self.pod_token(pod).await?).await
+    }
+
+    /// [`Self::pod_client`] configured like `arc-watchdog run`'s: no
+    /// kube-level retries, so that the watchdog's own eviction retries are
+    /// what is tested.
+    pub async fn pod_watchdog_client(&self, pod: &Pod) -> Result<Client> {
+        client_from_kubeconfig_with(
+            &self.token_kubeconfig_yaml(&self.pod_token(pod).await?),
+            false,
+        )
+        .await
     }
 
     /// Creates a namespace (idempotent, server-side apply).
@@ -1084,6 +1181,32 @@ impl ControlPlane {
             .with_context(|| format!("creating listener pod {namespace}/{name}"))
     }
 
+    /// Creates a pod shaped like ARC's controller (the listener pod's shape
+    /// without the listener labels and owner: not a listener, so neither
+    /// injected nor given RBAC) named `name`, with its ServiceAccount
+    /// `arc-gha-rs-controller`. Returns the stored pod.
+    pub async fn create_controller_pod(&self, namespace: &str, name: &str) -> Result<Pod> {
+        let sa = "arc-gha-rs-controller";
+        self.create_service_account(namespace, sa).await?;
+        let mut pod = listener_pod("controller", "");
+        pod.metadata.name = Some(name.to_owned());
+        pod.metadata.labels = Some(
+            [(
+                "app.kubernetes.io/name".to_owned(),
+                "gha-rs-controller".to_owned(),
+            )]
+            .into(),
+        );
+        pod.metadata.owner_references = None;
+        if let Some(spec) = pod.spec.as_mut() {
+            spec.service_account_name = Some(sa.to_owned());
+        }
+        Api::<Pod>::namespaced(self.admin_client().await?, namespace)
+            .create(&PostParams::default(), &pod)
+            .await
+            .with_context(|| format!("creating pod {namespace}/{name}"))
+    }
+
     /// A `kubectl` command (the 1.34 one built with the control plane:
     /// /usr/bin/kubectl may be outside the supported version skew) pointed
     /// at this control plane as admin.
@@ -1119,7 +1242,6 @@ impl ControlPlane {
             // Reverse order: controller-manager, API server, then etcd.
             while let Some(mut p) = procs.pop() {
                 p.stop();
-                let _ = fs::remove_file(self.dir.join(format!("{}.pid", p.name)));
             }
         }
         if let Ok(mut reaper) = self.reaper.lock()
@@ -1287,7 +1409,7 @@ impl SidecarMode {
 /// certificate from `arc-watchdog-certs`, and its registration.
 #[derive(Debug)]
 pub struct Webhook {
-    proc: Mutex<Option<Proc>>,
+    proc: ProcSlot,
     dir: PathBuf,
     bin: PathBuf,
     args: Vec<String>,
@@ -1319,11 +1441,7 @@ impl Webhook {
         let cert_dir = dir.join("certs");
         fs::create_dir_all(&cert_dir)?;
         let ca = arc_watchdog_certs::Ca::new(7)?;
-        let serving = ca.issue(&arc_watchdog_certs::Options {
-            dns: vec!["localhost".into()],
-            ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
-            days: 7,
-        })?;
+        let serving = ca.issue(&loopback_serving())?;
         arc_watchdog_certs::write_bundle(
             &cert_dir,
             &arc_watchdog_certs::Bundle {
@@ -1353,7 +1471,7 @@ impl Webhook {
         env.insert("KUBECONFIG".to_owned(), kubeconfig.display().to_string());
         env.insert("RUST_LOG".to_owned(), "info".to_owned());
         let wh = Self {
-            proc: Mutex::new(None),
+            proc: ProcSlot::default(),
             dir: cp.dir().to_path_buf(),
             bin,
             args,
@@ -1369,56 +1487,22 @@ impl Webhook {
     }
 
     fn run(&self, name: &str) -> Result<()> {
-        let log = self.dir.join(format!("{name}.log"));
-        let out = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)?;
-        let err = out.try_clone()?;
-        let child = Command::new(&self.bin)
-            .args(&self.args)
-            .envs(&self.env)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .with_context(|| format!("starting {}", self.bin.display()))?;
-        fs::write(self.dir.join(format!("{name}.pid")), child.id().to_string())?;
-        *self.proc.lock().map_err(|_| anyhow!("poisoned"))? = Some(Proc {
-            name: name.to_owned(),
-            child,
-            log,
-        });
-        Ok(())
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(&self.args).envs(&self.env);
+        self.proc.set(Proc::start(&self.dir, name, cmd, true)?)
     }
 
     async fn wait_ready(&self, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.admin_port));
-        loop {
-            if let Some(status) = self
-                .proc
-                .lock()
-                .map_err(|_| anyhow!("poisoned"))?
-                .as_mut()
-                .and_then(Proc::exited)
-            {
-                bail!(
-                    "arc-watchdog-webhook exited ({status}):\n{}",
-                    tail_logs(&self.dir, 30)
-                );
-            }
-            if let Ok(body) = http_get(addr, "/readyz").await
-                && body.0 == 200
-            {
-                return Ok(());
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "arc-watchdog-webhook not ready after {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.proc
+            .await_http_ok(
+                "arc-watchdog-webhook",
+                addr,
+                arc_watchdog::names::PATH_READYZ,
+                timeout,
+                || tail_logs(&self.dir, 30),
+            )
+            .await
     }
 
     /// The CA certificate (PEM) clients must trust: the `caBundle`.
@@ -1434,11 +1518,7 @@ impl Webhook {
     /// Replaces the serving certificate on disk (same CA, new key), the way
     /// a Secret update does: the webhook must pick it up without a restart.
     pub fn rotate_cert(&self) -> Result<String> {
-        let serving = self.ca.issue(&arc_watchdog_certs::Options {
-            dns: vec!["localhost".into()],
-            ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
-            days: 7,
-        })?;
+        let serving = self.ca.issue(&loopback_serving())?;
         // Key first, then certificate, each atomically: the webhook must cope
         // with seeing a mismatched pair for a moment.
         arc_watchdog_certs::write_file_atomic(
@@ -1467,12 +1547,7 @@ impl Webhook {
 
     /// Stops the process (by pid).
     pub fn stop(&self) {
-        if let Ok(mut p) = self.proc.lock()
-            && let Some(mut p) = p.take()
-        {
-            p.stop();
-            let _ = fs::remove_file(self.dir.join(format!("{}.pid", p.name)));
-        }
+        self.proc.stop();
     }
 
     /// Registers this webhook: the MutatingWebhookConfiguration `arc-watchdog`
@@ -1511,8 +1586,7 @@ impl Drop for Webhook {
 /// pod's ServiceAccount, bound to the pod), passed through `KUBECONFIG`.
 #[derive(Debug)]
 pub struct WatchdogProcess {
-    proc: Mutex<Option<Proc>>,
-    dir: PathBuf,
+    proc: ProcSlot,
     /// Where its HTTP endpoints listen (`/healthz`, `/readyz`, `/startz`, `/metrics`).
     pub addr: SocketAddr,
     /// Its log file (JSON lines).
@@ -1524,97 +1598,46 @@ impl WatchdogProcess {
     /// is added (e.g. `RUST_LOG`). Waits until `/healthz` answers.
     pub async fn start(cp: &ControlPlane, pod: &Pod, extra_env: &[(&str, &str)]) -> Result<Self> {
         let bin = workspace_bin("arc-watchdog", "arc-watchdog")?;
-        let name = pod
-            .metadata
-            .name
-            .clone()
-            .ok_or_else(|| anyhow!("pod without name"))?;
-        let ns = pod
-            .metadata
-            .namespace
-            .clone()
-            .ok_or_else(|| anyhow!("pod without namespace"))?;
-        let uid = pod
-            .metadata
-            .uid
-            .clone()
-            .ok_or_else(|| anyhow!("pod without uid"))?;
-        let spec = pod.spec.clone().unwrap_or_default();
-        let container = spec
-            .init_containers
-            .iter()
-            .flatten()
-            .chain(spec.containers.iter())
-            .find(|c| c.name == arc_watchdog::names::CONTAINER_NAME)
-            .ok_or_else(|| {
-                anyhow!(
-                    "{ns}/{name} has no {} container: not injected",
-                    arc_watchdog::names::CONTAINER_NAME
-                )
-            })?;
+        let id = PodIdentity::of(pod)?;
+        let container = watchdog_container(pod).ok_or_else(|| {
+            anyhow!(
+                "{}/{} has no {} container: not injected",
+                id.namespace,
+                id.name,
+                arc_watchdog::names::CONTAINER_NAME
+            )
+        })?;
         let args = container.args.clone().unwrap_or_default();
-        let sa = spec
-            .service_account_name
-            .clone()
-            .unwrap_or_else(|| "default".into());
-        let token = cp
-            .service_account_token(&ns, &sa, Some((&name, &uid)))
-            .await?;
-        let tag = format!("watchdog-{name}-{}", &uid[..8.min(uid.len())]);
+        let token = cp.pod_token(pod).await?;
+        let tag = format!("watchdog-{}-{}", id.name, &id.uid[..8.min(id.uid.len())]);
         let kubeconfig = cp.write_token_kubeconfig(&tag, &token)?;
         let port = free_port()?;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let log = cp.dir().join(format!("{tag}.log"));
-        let out = fs::File::create(&log)?;
-        let err = out.try_clone()?;
-        let child = Command::new(&bin)
-            .args(&args)
+        let mut cmd = Command::new(&bin);
+        cmd.args(&args)
             .env("KUBECONFIG", &kubeconfig)
-            .env(arc_watchdog::names::ENV_POD_NAME, &name)
-            .env(arc_watchdog::names::ENV_POD_NAMESPACE, &ns)
-            .env(arc_watchdog::names::ENV_POD_UID, &uid)
+            .env(arc_watchdog::names::ENV_POD_NAME, &id.name)
+            .env(arc_watchdog::names::ENV_POD_NAMESPACE, &id.namespace)
+            .env(arc_watchdog::names::ENV_POD_UID, &id.uid)
             .env("ARC_WATCHDOG_LISTEN", addr.to_string())
-            .envs(extra_env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        fs::write(cp.dir().join(format!("{tag}.pid")), child.id().to_string())?;
+            .envs(extra_env.iter().copied());
+        let proc = Proc::start(cp.dir(), &tag, cmd, false)?;
+        let log = proc.log.clone();
         let wd = Self {
-            proc: Mutex::new(Some(Proc {
-                name: tag,
-                child,
-                log: log.clone(),
-            })),
-            dir: cp.dir().to_path_buf(),
+            proc: ProcSlot(Mutex::new(Some(proc))),
             addr,
             log,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = wd.exited() {
-                bail!(
-                    "arc-watchdog run exited ({status}):\n{}",
-                    fs::read_to_string(&wd.log).unwrap_or_default()
-                );
-            }
-            if matches!(
-                http_get(addr, arc_watchdog::names::PATH_HEALTHZ).await,
-                Ok((200, _))
-            ) {
-                return Ok(wd);
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "arc-watchdog run not healthy after 30s"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn exited(&self) -> Option<std::process::ExitStatus> {
-        self.proc.lock().ok()?.as_mut().and_then(Proc::exited)
+        wd.proc
+            .await_http_ok(
+                "arc-watchdog run",
+                addr,
+                arc_watchdog::names::PATH_HEALTHZ,
+                Duration::from_secs(30),
+                || wd.log_text(),
+            )
+            .await?;
+        Ok(wd)
     }
 
     /// `GET path` on its HTTP port: status and body.
@@ -1636,12 +1659,7 @@ impl WatchdogProcess {
 
     /// SIGTERM (what the kubelet sends), then SIGKILL after 5s; by pid.
     pub fn stop(&self) {
-        if let Ok(mut p) = self.proc.lock()
-            && let Some(mut p) = p.take()
-        {
-            p.stop();
-            let _ = fs::remove_file(self.dir.join(format!("{}.pid", p.name)));
-        }
+        self.proc.stop();
     }
 }
 
@@ -1649,6 +1667,49 @@ impl Drop for WatchdogProcess {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Who a pod's containers run as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodIdentity {
+    /// `metadata.namespace`.
+    pub namespace: String,
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.uid`.
+    pub uid: String,
+    /// `spec.serviceAccountName` (`default` when unset, as the API server
+    /// fills it in).
+    pub service_account: String,
+}
+
+impl PodIdentity {
+    /// The identity of a stored pod (one with namespace and uid).
+    pub fn of(pod: &Pod) -> Result<Self> {
+        let field =
+            |v: &Option<String>, what: &str| v.clone().ok_or_else(|| anyhow!("pod without {what}"));
+        Ok(Self {
+            namespace: field(&pod.metadata.namespace, "namespace")?,
+            name: field(&pod.metadata.name, "name")?,
+            uid: field(&pod.metadata.uid, "uid")?,
+            service_account: pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.service_account_name.clone())
+                .unwrap_or_else(|| "default".into()),
+        })
+    }
+}
+
+/// The injected `arc-watchdog` container of `pod` (native: an init
+/// container; classic: a regular one), if the webhook injected it.
+pub fn watchdog_container(pod: &Pod) -> Option<&Container> {
+    let spec = pod.spec.as_ref()?;
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+        .find(|c| c.name == arc_watchdog::names::CONTAINER_NAME)
 }
 
 /// The value of the first sample of `metric` whose labels contain every

@@ -550,12 +550,49 @@ pub fn restart_delay(restarts: i32) -> Duration {
 }
 
 enum Wake {
-    Pod(Option<Box<Pod>>),
+    Pod(Result<(), watch::error::RecvError>),
     Exit(Exit),
     Timer,
 }
 
+/// What a change seen on the pod's watch means for its run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PodChange {
+    /// The pod is gone (or the watch ended).
+    Gone,
+    /// The pod is being deleted: terminate its containers.
+    Deleting,
+    /// Anything else: keep running with the new pod.
+    Updated,
+}
+
 impl PodRun {
+    /// Takes the pod after `rx.changed()` answered `r`, and says what the
+    /// change means.
+    fn take_pod(
+        &mut self,
+        r: Result<(), watch::error::RecvError>,
+        rx: &mut watch::Receiver<Option<Pod>>,
+    ) -> PodChange {
+        let p = if r.is_ok() {
+            rx.borrow_and_update().clone()
+        } else {
+            None
+        };
+        match p {
+            None => PodChange::Gone,
+            Some(p) => {
+                let deleting = p.metadata.deletion_timestamp.is_some();
+                self.pod = p;
+                if deleting {
+                    PodChange::Deleting
+                } else {
+                    PodChange::Updated
+                }
+            }
+        }
+    }
+
     async fn drive(
         &mut self,
         rx: &mut watch::Receiver<Option<Pod>>,
@@ -614,19 +651,16 @@ impl PodRun {
         loop {
             let next = restarts.values().min().copied();
             let wake = tokio::select! {
-                r = rx.changed() => Wake::Pod(if r.is_ok() { rx.borrow_and_update().clone().map(Box::new) } else { None }),
+                r = rx.changed() => Wake::Pod(r),
                 Some(e) = exits.recv() => Wake::Exit(e),
                 () = sleep_until_opt(next) => Wake::Timer,
             };
             match wake {
-                Wake::Pod(None) => return Ok(()),
-                Wake::Pod(Some(p)) => {
-                    let deleting = p.metadata.deletion_timestamp.is_some();
-                    self.pod = *p;
-                    if deleting {
-                        return self.terminate(rx, exits).await;
-                    }
-                }
+                Wake::Pod(r) => match self.take_pod(r, rx) {
+                    PodChange::Gone => return Ok(()),
+                    PodChange::Deleting => return self.terminate(rx, exits).await,
+                    PodChange::Updated => {}
+                },
                 Wake::Exit(e) => {
                     if !self.on_exit(&e) {
                         continue;
@@ -725,14 +759,8 @@ impl PodRun {
             tokio::select! {
                 () = tokio::time::sleep_until(deadline) => return Ok(false),
                 r = rx.changed() => {
-                    let p = if r.is_ok() { rx.borrow_and_update().clone() } else { None };
-                    match p {
-                        None => return Ok(true),
-                        Some(p) => {
-                            let del = p.metadata.deletion_timestamp.is_some();
-                            self.pod = p;
-                            if del { return Ok(true); }
-                        }
+                    if self.take_pod(r, rx) != PodChange::Updated {
+                        return Ok(true);
                     }
                 }
             }
@@ -748,10 +776,8 @@ impl PodRun {
         loop {
             tokio::select! {
                 r = rx.changed() => {
-                    let p = if r.is_ok() { rx.borrow_and_update().clone() } else { None };
-                    match p {
-                        None => return Ok(Step::Deleted),
-                        Some(p) => { let del = p.metadata.deletion_timestamp.is_some(); self.pod = p; if del { return Ok(Step::Deleted); } }
+                    if self.take_pod(r, rx) != PodChange::Updated {
+                        return Ok(Step::Deleted);
                     }
                 }
                 Some(e) = exits.recv() => {
@@ -788,10 +814,8 @@ impl PodRun {
         loop {
             tokio::select! {
                 r = rx.changed() => {
-                    let p = if r.is_ok() { rx.borrow_and_update().clone() } else { None };
-                    match p {
-                        None => return Ok(Step::Deleted),
-                        Some(p) => { let del = p.metadata.deletion_timestamp.is_some(); self.pod = p; if del { return Ok(Step::Deleted); } }
+                    if self.take_pod(r, rx) != PodChange::Updated {
+                        return Ok(Step::Deleted);
                     }
                 }
                 Some(e) = exits.recv() => {
@@ -929,19 +953,11 @@ impl PodRun {
         exits: &mut mpsc::UnboundedReceiver<Exit>,
     ) -> Result<()> {
         loop {
-            if rx.changed().await.is_err() {
-                return Ok(());
-            }
-            let p = rx.borrow_and_update().clone();
-            match p {
-                None => return Ok(()),
-                Some(p) => {
-                    let del = p.metadata.deletion_timestamp.is_some();
-                    self.pod = p;
-                    if del {
-                        return self.terminate(rx, exits).await;
-                    }
-                }
+            let r = rx.changed().await;
+            match self.take_pod(r, rx) {
+                PodChange::Gone => return Ok(()),
+                PodChange::Deleting => return self.terminate(rx, exits).await,
+                PodChange::Updated => {}
             }
         }
     }

@@ -465,6 +465,14 @@ impl FakeNode {
         self.set_pod_status(ns, pod, running_status(&p)).await
     }
 
+    /// Binds the pod to this node and reports it running and ready (the
+    /// scheduler's and the kubelet's part of starting a pod, without running
+    /// anything). Returns the pod with that status.
+    pub async fn run_pod(&self, ns: &str, pod: &str) -> Result<Pod> {
+        self.bind(ns, pod).await?;
+        self.set_running(ns, pod).await
+    }
+
     /// Reports a container's current run as terminated with `exit_code`
     /// (what the kubelet reports when the process exits) and ends its log
     /// stream. `phase`, when given, is written too (e.g. `Failed` when the

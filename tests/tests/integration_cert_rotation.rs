@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use arc_watchdog::names;
-use arc_watchdog_tests::control_plane::{ControlPlane, LISTENER_NAMESPACE, Webhook, eventually};
-use k8s_openapi::api::core::v1::Pod;
+use arc_watchdog_tests::control_plane::{
+    ControlPlane, LISTENER_NAMESPACE, Webhook, eventually, watchdog_container,
+};
 
 /// The DER of the certificate the webhook serves right now.
 async fn served_cert(webhook: &Webhook) -> Option<Vec<u8>> {
@@ -48,15 +48,6 @@ fn der(pem: &str) -> Vec<u8> {
         .unwrap()
         .as_ref()
         .to_vec()
-}
-
-fn injected(pod: &Pod) -> bool {
-    let spec = pod.spec.as_ref().unwrap();
-    spec.init_containers
-        .iter()
-        .flatten()
-        .chain(spec.containers.iter())
-        .any(|c| c.name == names::CONTAINER_NAME)
 }
 
 #[tokio::test]
@@ -98,7 +89,7 @@ async fn rotating_the_serving_certificate_loses_no_admission() {
     let made = creator.await.unwrap();
     let missing: Vec<_> = made
         .iter()
-        .filter(|p| !injected(p))
+        .filter(|p| watchdog_container(p).is_none())
         .filter_map(|p| p.metadata.name.clone())
         .collect();
     assert!(

@@ -62,8 +62,7 @@ async fn container_logs_come_from_the_fake_node_through_the_api_server() {
         .unwrap();
 
     // Not bound yet: the API server has no kubelet to ask.
-    node.bind(ns, "talker").await.unwrap();
-    node.set_running(ns, "talker").await.unwrap();
+    node.run_pod(ns, "talker").await.unwrap();
     node.log(ns, "talker", "main", "hello from the fake kubelet");
     let lp = LogParams {
         container: Some("main".into()),

@@ -57,20 +57,8 @@ async fn eviction_is_retried_while_a_pdb_blocks_and_succeeds_when_it_allows() {
     let pod = cp.create_listener(ns, "evict-me").await.unwrap();
     let name = pod.metadata.name.clone().unwrap();
     let uid = pod.metadata.uid.clone().unwrap();
-    node.bind(ns, &name).await.unwrap();
-    node.set_running(ns, &name).await.unwrap();
-
-    let sa = pod
-        .spec
-        .as_ref()
-        .unwrap()
-        .service_account_name
-        .clone()
-        .unwrap();
-    let as_watchdog = cp
-        .watchdog_client(ns, &sa, Some((&name, &uid)))
-        .await
-        .unwrap();
+    node.run_pod(ns, &name).await.unwrap();
+    let as_watchdog = cp.pod_watchdog_client(&pod).await.unwrap();
     let cancel = CancellationToken::new();
     let quick = EvictRetry {
         initial: Duration::from_millis(100),

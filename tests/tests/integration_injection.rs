@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use arc_watchdog::names;
 use arc_watchdog_tests::control_plane::{
     ControlPlane, LISTENER_NAMESPACE, WEBHOOK_CONFIG_NAME, Webhook, listener_name, listener_pod,
+    watchdog_container,
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Container, Pod};
@@ -248,24 +249,26 @@ async fn assert_per_listener_rbac(cp: &ControlPlane, pod: &Pod) {
     );
 }
 
-#[tokio::test]
-async fn listener_pod_gets_a_native_sidecar_that_can_authenticate() {
-    let (cp, _guard) = setup(Some(&["--sidecar-mode=native"])).await;
-    let sent = listener_pod("inject-native", "uid-is-replaced");
-    let pod = cp
-        .create_listener(LISTENER_NAMESPACE, "inject-native")
-        .await
-        .unwrap();
-    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
-    assert_eq!(
-        annotations
-            .get(names::ANNOTATION_INJECTED)
-            .map(String::as_str),
-        Some("native")
-    );
+/// The injection mode the webhook recorded on `pod`.
+fn injected_mode(pod: &Pod) -> Option<String> {
+    pod.metadata
+        .annotations
+        .as_ref()?
+        .get(names::ANNOTATION_INJECTED)
+        .cloned()
+}
+
+/// `pod` has a native sidecar: the watchdog is the first init container,
+/// with `restartPolicy: Always` and the start gate, and nowhere else.
+fn assert_native(pod: &Pod) -> &Container {
+    assert_eq!(injected_mode(pod).as_deref(), Some("native"));
     let spec = pod.spec.as_ref().unwrap();
-    let inits = spec.init_containers.clone().unwrap_or_default();
-    let wd = inits.first().expect("an init container");
+    let wd = spec
+        .init_containers
+        .as_deref()
+        .unwrap_or_default()
+        .first()
+        .expect("an init container");
     assert_eq!(
         wd.name,
         names::CONTAINER_NAME,
@@ -282,42 +285,13 @@ async fn listener_pod_gets_a_native_sidecar_that_can_authenticate() {
         watchdog_of(&spec.containers).is_none(),
         "not also a regular container"
     );
-    assert_hardened(wd);
-    assert_can_authenticate(&pod, wd);
-    assert_listener_untouched(&pod, &sent);
-    assert_per_listener_rbac(cp, &pod).await;
-
-    // The token the kubelet would mount (bound to this pod) really works
-    // for what the watchdog does first: read its own pod.
-    let uid = pod.metadata.uid.clone().unwrap();
-    let name = pod.metadata.name.clone().unwrap();
-    let sa = spec.service_account_name.clone().unwrap();
-    let as_watchdog = cp
-        .service_account_client(LISTENER_NAMESPACE, &sa, Some((&name, &uid)))
-        .await
-        .unwrap();
-    let own: Pod = Api::namespaced(as_watchdog, LISTENER_NAMESPACE)
-        .get(&name)
-        .await
-        .unwrap();
-    assert_eq!(own.metadata.uid, Some(uid));
+    wd
 }
 
-#[tokio::test]
-async fn listener_pod_gets_a_classic_sidecar_when_asked() {
-    let (cp, _guard) = setup(Some(&["--sidecar-mode=classic"])).await;
-    let sent = listener_pod("inject-classic", "x");
-    let pod = cp
-        .create_listener(LISTENER_NAMESPACE, "inject-classic")
-        .await
-        .unwrap();
-    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
-    assert_eq!(
-        annotations
-            .get(names::ANNOTATION_INJECTED)
-            .map(String::as_str),
-        Some("classic")
-    );
+/// `pod` has a classic sidecar: the watchdog is a regular container after
+/// the listener, without a start gate, and not an init container.
+fn assert_classic(pod: &Pod) -> &Container {
+    assert_eq!(injected_mode(pod).as_deref(), Some("classic"));
     let spec = pod.spec.as_ref().unwrap();
     assert_eq!(
         spec.containers[0].name, "listener",
@@ -332,19 +306,46 @@ async fn listener_pod_gets_a_classic_sidecar_when_asked() {
             .flatten()
             .all(|c| c.name != names::CONTAINER_NAME)
     );
+    wd
+}
+
+#[tokio::test]
+async fn listener_pod_gets_a_native_sidecar_that_can_authenticate() {
+    let (cp, _guard) = setup(Some(&["--sidecar-mode=native"])).await;
+    let sent = listener_pod("inject-native", "uid-is-replaced");
+    let pod = cp
+        .create_listener(LISTENER_NAMESPACE, "inject-native")
+        .await
+        .unwrap();
+    let wd = assert_native(&pod);
     assert_hardened(wd);
     assert_can_authenticate(&pod, wd);
     assert_listener_untouched(&pod, &sent);
     assert_per_listener_rbac(cp, &pod).await;
+
+    // The token the kubelet would mount (bound to this pod) really works
+    // for what the watchdog does first: read its own pod.
+    let as_watchdog = cp.pod_client(&pod).await.unwrap();
+    let own: Pod = Api::namespaced(as_watchdog, LISTENER_NAMESPACE)
+        .get(pod.metadata.name.as_deref().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(own.metadata.uid, pod.metadata.uid);
 }
 
-/// The injection mode the webhook recorded on `pod`.
-fn injected_mode(pod: &Pod) -> Option<String> {
-    pod.metadata
-        .annotations
-        .as_ref()?
-        .get(names::ANNOTATION_INJECTED)
-        .cloned()
+#[tokio::test]
+async fn listener_pod_gets_a_classic_sidecar_when_asked() {
+    let (cp, _guard) = setup(Some(&["--sidecar-mode=classic"])).await;
+    let sent = listener_pod("inject-classic", "x");
+    let pod = cp
+        .create_listener(LISTENER_NAMESPACE, "inject-classic")
+        .await
+        .unwrap();
+    let wd = assert_classic(&pod);
+    assert_hardened(wd);
+    assert_can_authenticate(&pod, wd);
+    assert_listener_untouched(&pod, &sent);
+    assert_per_listener_rbac(cp, &pod).await;
 }
 
 #[tokio::test]
@@ -356,7 +357,7 @@ async fn auto_mode_picks_native_on_a_1_34_api_server_and_the_stored_pod_keeps_it
         .create_listener(LISTENER_NAMESPACE, "auto-native")
         .await
         .unwrap();
-    assert_eq!(injected_mode(&created).as_deref(), Some("native"));
+    assert_native(&created);
     // Read back what etcd holds: an API server without native sidecars
     // would have dropped `restartPolicy` from the init container.
     let client = cp.admin_client().await.unwrap();
@@ -364,17 +365,7 @@ async fn auto_mode_picks_native_on_a_1_34_api_server_and_the_stored_pod_keeps_it
         .get(created.metadata.name.as_deref().unwrap())
         .await
         .unwrap();
-    let spec = stored.spec.as_ref().unwrap();
-    let first = spec
-        .init_containers
-        .as_deref()
-        .unwrap_or_default()
-        .first()
-        .expect("an init container");
-    assert_eq!(first.name, names::CONTAINER_NAME);
-    assert_eq!(first.restart_policy.as_deref(), Some("Always"));
-    assert!(first.startup_probe.is_some(), "the start gate");
-    assert!(watchdog_of(&spec.containers).is_none());
+    assert_native(&stored);
 }
 
 #[tokio::test]
@@ -387,17 +378,7 @@ async fn auto_mode_falls_back_to_classic_when_version_cannot_be_read() {
         .create_listener(LISTENER_NAMESPACE, "auto-unknown")
         .await
         .unwrap();
-    assert_eq!(injected_mode(&pod).as_deref(), Some("classic"));
-    let spec = pod.spec.as_ref().unwrap();
-    assert_eq!(spec.containers[0].name, "listener");
-    let wd = watchdog_of(&spec.containers).expect("the watchdog as a regular container");
-    assert!(wd.restart_policy.is_none());
-    assert!(
-        spec.init_containers
-            .iter()
-            .flatten()
-            .all(|c| c.name != names::CONTAINER_NAME)
-    );
+    assert_classic(&pod);
     let client = cp.admin_client().await.unwrap();
     assert!(
         Api::<Role>::namespaced(client, LISTENER_NAMESPACE)
@@ -407,12 +388,6 @@ async fn auto_mode_falls_back_to_classic_when_version_cannot_be_read() {
             .is_none(),
         "the rejected identity wrote no Role: the 401s were real"
     );
-}
-
-fn has_watchdog(pod: &Pod) -> bool {
-    let spec = pod.spec.as_ref().unwrap();
-    watchdog_of(&spec.containers).is_some()
-        || watchdog_of(spec.init_containers.as_deref().unwrap_or_default()).is_some()
 }
 
 #[tokio::test]
@@ -427,34 +402,15 @@ async fn other_pods_and_opted_out_listeners_are_untouched() {
         .create_listener(LISTENER_NAMESPACE, "untouched-control")
         .await
         .unwrap();
-    assert!(has_watchdog(&control));
+    assert!(watchdog_container(&control).is_some());
 
     // Same pod, not a listener (no listener labels): the ARC controller's
     // own pod, say.
-    let mut other = listener_pod("untouched-other", "x");
-    other.metadata.name = Some("arc-gha-rs-controller-6d9f8c-abcde".into());
-    other.metadata.labels = Some(
-        [(
-            "app.kubernetes.io/name".to_owned(),
-            "gha-rs-controller".to_owned(),
-        )]
-        .into(),
-    );
-    other.metadata.owner_references = None;
-    cp.create_service_account(
-        LISTENER_NAMESPACE,
-        other
-            .spec
-            .as_ref()
-            .unwrap()
-            .service_account_name
-            .as_deref()
-            .unwrap(),
-    )
-    .await
-    .unwrap();
-    let other = pods.create(&PostParams::default(), &other).await.unwrap();
-    assert!(!has_watchdog(&other));
+    let other = cp
+        .create_controller_pod(LISTENER_NAMESPACE, "arc-gha-rs-controller-6d9f8c-abcde")
+        .await
+        .unwrap();
+    assert!(watchdog_container(&other).is_none());
     assert!(
         !other
             .metadata
@@ -472,7 +428,7 @@ async fn other_pods_and_opted_out_listeners_are_untouched() {
         .await
         .unwrap();
     let opted = pods.create(&PostParams::default(), &opted).await.unwrap();
-    assert!(!has_watchdog(&opted));
+    assert!(watchdog_container(&opted).is_none());
     let roles: Api<Role> = Api::namespaced(client.clone(), LISTENER_NAMESPACE);
     assert!(
         roles
@@ -493,7 +449,7 @@ async fn other_pods_and_opted_out_listeners_are_untouched() {
         .create(&PostParams::default(), &system)
         .await
         .unwrap();
-    assert!(!has_watchdog(&system));
+    assert!(watchdog_container(&system).is_none());
 }
 
 #[tokio::test]
@@ -522,7 +478,7 @@ async fn server_side_dry_run_shows_the_sidecar_and_stores_nothing() {
         .unwrap();
     let shown: Pod = serde_json::from_str(&out).unwrap();
     assert!(
-        has_watchdog(&shown),
+        watchdog_container(&shown).is_some(),
         "the dry-run answer shows the injected sidecar"
     );
 
@@ -561,7 +517,10 @@ async fn listeners_are_created_promptly_while_the_webhook_is_down() {
         .await
         .unwrap();
     let took = started.elapsed();
-    assert!(!has_watchdog(&pod), "created without the watchdog");
+    assert!(
+        watchdog_container(&pod).is_none(),
+        "created without the watchdog"
+    );
     // failurePolicy Ignore with a refused connection: no waiting for the
     // webhook's timeout (5s).
     assert!(

@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is the failure report
 
 use arc_watchdog::names;
-use arc_watchdog_tests::control_plane::{ControlPlane, LISTENER_NAMESPACE, listener_pod};
+use arc_watchdog_tests::control_plane::{ControlPlane, LISTENER_NAMESPACE};
 use arc_watchdog_tests::node::FakeNode;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
@@ -45,49 +45,15 @@ async fn the_watchdog_identity_reaches_only_its_own_pod_log_eviction_and_lease()
         b.metadata.name.clone().unwrap(),
     );
     for p in [&a_name, &b_name] {
-        node.bind(ns, p).await.unwrap();
-        node.set_running(ns, p).await.unwrap();
+        node.run_pod(ns, p).await.unwrap();
         node.log(ns, p, "listener", &format!("hello from {p}"));
     }
     // The ARC controller's pod (not a listener: no sidecar, no Role).
-    let mut controller = listener_pod("rbac-controller", "x");
-    controller.metadata.name = Some("arc-gha-rs-controller-7c9d-xyz".into());
-    controller.metadata.labels = Some(
-        [(
-            "app.kubernetes.io/name".to_owned(),
-            "gha-rs-controller".to_owned(),
-        )]
-        .into(),
-    );
-    controller.metadata.owner_references = None;
-    let sa = controller
-        .spec
-        .as_ref()
-        .unwrap()
-        .service_account_name
-        .clone()
-        .unwrap();
-    cp.create_service_account(ns, &sa).await.unwrap();
-    Api::<Pod>::namespaced(admin.clone(), ns)
-        .create(&PostParams::default(), &controller)
+    cp.create_controller_pod(ns, "arc-gha-rs-controller-7c9d-xyz")
         .await
         .unwrap();
 
-    let sa_a = a
-        .spec
-        .as_ref()
-        .unwrap()
-        .service_account_name
-        .clone()
-        .unwrap();
-    let as_a = cp
-        .service_account_client(
-            ns,
-            &sa_a,
-            Some((&a_name, a.metadata.uid.as_deref().unwrap())),
-        )
-        .await
-        .unwrap();
+    let as_a = cp.pod_client(&a).await.unwrap();
     let pods: Api<Pod> = Api::namespaced(as_a.clone(), ns);
     let leases: Api<Lease> = Api::namespaced(as_a.clone(), ns);
     let log = LogParams {

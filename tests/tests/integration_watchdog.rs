@@ -116,8 +116,7 @@ async fn conflicting_generation(
     let ns = LISTENER_NAMESPACE;
     let pod = cp.create_listener(ns, scale_set).await.unwrap();
     let name = pod.metadata.name.clone().unwrap();
-    node.bind(ns, &name).await.unwrap();
-    node.set_running(ns, &name).await.unwrap();
+    node.run_pod(ns, &name).await.unwrap();
     let wd = WatchdogProcess::start(cp, &pod, &[]).await.unwrap();
     for l in conflict_run_lines() {
         node.log(ns, &name, "listener", &l);

@@ -103,8 +103,7 @@ async fn run() -> Result<()> {
             pod = cp.create_listener(LISTENER_NAMESPACE, SCALE_SET).await?;
         }
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        node.bind(LISTENER_NAMESPACE, &name).await?;
-        node.set_running(LISTENER_NAMESPACE, &name).await?;
+        node.run_pod(LISTENER_NAMESPACE, &name).await?;
         let wd = WatchdogProcess::start(&cp, &pod, &[]).await?;
         println!(
             "    generation {generation}: pod uid {}…, listener writes:",

@@ -548,6 +548,20 @@ fn session_creates(st: &Stats) -> (u64, u64) {
 
 // ---------------------------------------------------------------- scenarios
 
+impl StackOpts {
+    /// ARC 0.14.2 with the native sidecar injected, no extra flags, no
+    /// listener template: what most scenarios run.
+    fn native(args: &Args) -> Self {
+        Self {
+            version: "0.14.2",
+            watchdog: Some(SidecarMode::Native),
+            webhook_args: vec![],
+            listener_template: None,
+            fake: fake_config(args),
+        }
+    }
+}
+
 fn fake_config(args: &Args) -> FakeGithubConfig {
     FakeGithubConfig {
         poll_hold: args.poll_hold,
@@ -581,13 +595,7 @@ async fn finish(stack: Stack, o: &mut Outcome, failed: bool) {
 /// S1: healthy listener; the watchdog never acts.
 async fn s1(bins: &Binaries, args: &Args) -> Result<Outcome> {
     let mut o = Outcome::new("S1-healthy");
-    let opts = StackOpts {
-        version: "0.14.2",
-        watchdog: Some(SidecarMode::Native),
-        webhook_args: vec![],
-        listener_template: None,
-        fake: fake_config(args),
-    };
+    let opts = StackOpts::native(args);
     let stack = Stack::start(bins, &opts).await?;
     let result = async {
         stack.create_runner_set(&opts).await?;
@@ -649,11 +657,8 @@ async fn s2_leg(
     o: &mut Outcome,
 ) -> Result<(u64, f64, usize)> {
     let opts = StackOpts {
-        version: "0.14.2",
         watchdog: watchdog.then_some(SidecarMode::Native),
-        webhook_args: vec![],
-        listener_template: None,
-        fake: fake_config(args),
+        ..StackOpts::native(args)
     };
     let stack = Stack::start(bins, &opts).await?;
     let result = async {
@@ -889,11 +894,8 @@ async fn s4(bins: &Binaries, args: &Args) -> Result<Outcome> {
         "--eviction-budget=3",
     ];
     let opts = StackOpts {
-        version: "0.14.2",
-        watchdog: Some(SidecarMode::Native),
         webhook_args: thresholds.iter().map(|s| (*s).to_owned()).collect(),
-        listener_template: None,
-        fake: fake_config(args),
+        ..StackOpts::native(args)
     };
     let stack = Stack::start(bins, &opts).await?;
     let result = async {
@@ -948,13 +950,7 @@ async fn s4(bins: &Binaries, args: &Args) -> Result<Outcome> {
 /// without the watchdog (failurePolicy Ignore) and the listener works.
 async fn s6(bins: &Binaries, args: &Args) -> Result<Outcome> {
     let mut o = Outcome::new("S6-webhook-down");
-    let opts = StackOpts {
-        version: "0.14.2",
-        watchdog: Some(SidecarMode::Native),
-        webhook_args: vec![],
-        listener_template: None,
-        fake: fake_config(args),
-    };
+    let opts = StackOpts::native(args);
     let stack = Stack::start(bins, &opts).await?;
     let result = async {
         if let Some(wh) = &stack.webhook {
@@ -964,13 +960,7 @@ async fn s6(bins: &Binaries, args: &Args) -> Result<Outcome> {
         let t = stack.await_session(Duration::from_secs(120)).await?;
         o.num("session_after_s", format!("{t:.1}"));
         let pod = stack.listener_pod().await.ok_or_else(|| anyhow!("no listener pod"))?;
-        let spec = pod.spec.clone().unwrap_or_default();
-        let injected = spec
-            .init_containers
-            .iter()
-            .flatten()
-            .chain(spec.containers.iter())
-            .any(|c| c.name == "arc-watchdog");
+        let injected = control_plane::watchdog_container(&pod).is_some();
         o.check(!injected, "listener pod created without the watchdog while the webhook is down");
         o.check(true, "listener got its session (the webhook being down never blocks ARC)");
         o.notes.push(
