@@ -20,8 +20,9 @@
 //! Teardown: every process is ended by its own pid, from [`Drop`], and also
 //! by a small reaper process that notices when this process goes away (for
 //! the shared control plane, which as a `static` is never dropped, and when
-//! a test binary is killed). A failing test (a panic) keeps the temporary
-//! directory and prints the tail of each log and where the logs are.
+//! a test binary is killed). The temporary directory goes with them; a
+//! failing test (a panic) keeps only its logs, prints the tail of each and
+//! where they are, and a later run removes them after a day.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -311,7 +312,10 @@ impl ProcSlot {
 
 /// Reaper: a shell that waits for EOF on its stdin (this process exiting, for
 /// any reason) and then ends every process whose pid file is in the
-/// directory, and removes the directory unless a `keep` marker exists.
+/// directory, and removes the directory; when a `keep` marker exists (a
+/// test failed) it removes all but the logs (`*.log`, in any
+/// subdirectory): etcd's data alone is some 70 MB, and keys and
+/// kubeconfigs have no business outliving the run.
 /// Ignores SIGINT/SIGTERM/SIGHUP so that a Ctrl-C on `cargo test` (sent to
 /// the whole process group) still gets everything cleaned up.
 fn spawn_reaper(dir: &Path) -> Result<(Child, ChildStdin)> {
@@ -320,7 +324,12 @@ cat >/dev/null
 for f in "$1"/*.pid; do [ -f "$f" ] && kill -TERM "$(cat "$f")" 2>/dev/null; done
 sleep 2
 for f in "$1"/*.pid; do [ -f "$f" ] && kill -KILL "$(cat "$f")" 2>/dev/null; done
-[ -e "$1/keep" ] || rm -rf "$1"
+if [ -e "$1/keep" ]; then
+  find "$1" -mindepth 1 ! -type d ! -name '*.log' ! -name keep -delete
+  find "$1" -mindepth 1 -type d -empty -delete
+else
+  rm -rf "$1"
+fi
 "#;
     let mut child = Command::new("sh")
         .args(["-c", SCRIPT, "arc-watchdog-reaper"])
@@ -337,10 +346,16 @@ for f in "$1"/*.pid; do [ -f "$f" ] && kill -KILL "$(cat "$f")" 2>/dev/null; don
     Ok((child, stdin))
 }
 
-/// Ends processes left behind by earlier runs whose test process died before
-/// its reaper could act (e.g. SIGKILL of the whole process group): every
-/// `*.pid` in an `arc-watchdog-cp-*` directory whose owner (the `owner`
-/// file) is gone, and whose command line still names one of our binaries.
+/// How long the logs of a failed run are kept: later runs remove them.
+const KEPT_LOGS_FOR: Duration = Duration::from_secs(24 * 3600);
+
+/// Cleans up after earlier runs whose test process died before its reaper
+/// could act (e.g. SIGKILL of the whole process group), in every
+/// `arc-watchdog-cp-*` directory whose owner (the `owner` file) is gone:
+/// ends every process of a `*.pid` whose command line still names that
+/// directory, then removes the directory, or, when a failed test kept it,
+/// everything but the logs (see [`spawn_reaper`]), and the logs too once
+/// they are older than [`KEPT_LOGS_FOR`].
 fn kill_leftovers() {
     let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
         return;
@@ -358,7 +373,14 @@ fn kill_leftovers() {
             .ok()
             .and_then(|p| p.trim().parse::<u32>().ok())
             .is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
-        if owner_alive || dir.join("keep").exists() {
+        // A directory another test binary has just created has no owner
+        // file yet.
+        let just_made = fs::metadata(&dir)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < Duration::from_secs(60));
+        if owner_alive || (just_made && !dir.join("keep").exists()) {
             continue;
         }
         let Ok(files) = fs::read_dir(&dir) else {
@@ -380,7 +402,37 @@ fn kill_leftovers() {
                 }
             }
         }
-        let _ = fs::remove_dir_all(&dir);
+        let keep = dir.join("keep");
+        let expired = fs::metadata(&keep)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_none_or(|age| age > KEPT_LOGS_FOR);
+        if keep.exists() && !expired {
+            keep_only_logs(&dir);
+        } else {
+            let _ = fs::remove_dir_all(&dir);
+        }
+    }
+}
+
+/// Removes everything in `dir` but `*.log` files and the `keep` marker
+/// (what the reaper does for a failed run; see [`spawn_reaper`]).
+fn keep_only_logs(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let p = entry.path();
+        if p.is_dir() && !p.is_symlink() {
+            keep_only_logs(&p);
+            // Fails, as it should, while logs are left inside.
+            let _ = fs::remove_dir(&p);
+        } else if !(p.extension().is_some_and(|e| e == "log")
+            || p.file_name() == Some("keep".as_ref()))
+        {
+            let _ = fs::remove_file(&p);
+        }
     }
 }
 
@@ -551,8 +603,8 @@ impl Default for Options {
 static PANIC_HOOK: OnceLock<()> = OnceLock::new();
 static LOG_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
-/// On a panic (a failing test), keep every control plane's directory and
-/// print the tail of its logs, once.
+/// On a panic (a failing test), keep the logs of every control plane (the
+/// `keep` marker: see [`spawn_reaper`]) and print their tails, once.
 fn install_panic_hook() {
     PANIC_HOOK.get_or_init(|| {
         let previous = std::panic::take_hook();
@@ -633,17 +685,19 @@ impl ControlPlane {
             None
         };
 
-        let dir = tempfile::Builder::new()
+        let tmp = tempfile::Builder::new()
             .prefix("arc-watchdog-cp-")
             .tempdir()
-            .context("creating the control plane's temporary directory")?
-            .keep();
+            .context("creating the control plane's temporary directory")?;
+        // From here on the reaper removes the directory, whatever happens
+        // (until then, `tmp` does).
+        let reaper = spawn_reaper(tmp.path())?;
+        let dir = tmp.keep();
         fs::write(dir.join("owner"), std::process::id().to_string())?;
         LOG_DIRS
             .lock()
             .map_err(|_| anyhow!("log dir list poisoned"))?
             .push(dir.clone());
-        let reaper = spawn_reaper(&dir)?;
 
         let pki = Pki::new()?;
         let write = |name: &str, content: &str| -> Result<PathBuf> {
@@ -1234,9 +1288,9 @@ impl ControlPlane {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Ends every process (by pid) and removes the directory unless a test
-    /// failed. Called by [`Drop`]; the shared control plane relies on the
-    /// reaper instead.
+    /// Ends every process (by pid) and removes the directory (all but the
+    /// logs when a test failed), waiting for the reaper to finish. Called by
+    /// [`Drop`]; the shared control plane relies on the reaper alone.
     pub fn shutdown(&self) {
         if let Ok(mut procs) = self.procs.lock() {
             // Reverse order: controller-manager, API server, then etcd.
@@ -1834,6 +1888,89 @@ pub type Shared<T> = Arc<Mutex<T>>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A control plane's directory after a run: data, keys, pid files and logs.
+    fn fake_run_dir() -> tempfile::TempDir {
+        let tmp = tempfile::Builder::new()
+            .prefix("arc-watchdog-reaper-test-")
+            .tempdir()
+            .unwrap();
+        let d = tmp.path();
+        fs::create_dir_all(d.join("etcd-data/member/wal")).unwrap();
+        fs::write(d.join("etcd-data/member/wal/0.wal"), b"x").unwrap();
+        fs::create_dir_all(d.join("etcd-data/member/snap")).unwrap();
+        fs::create_dir_all(d.join("kubelet/logs")).unwrap();
+        fs::write(d.join("kubelet/logs/pod-listener.log"), b"line\n").unwrap();
+        for f in ["etcd.log", "sa.key", "admin.kubeconfig", "owner"] {
+            fs::write(d.join(f), b"x").unwrap();
+        }
+        tmp
+    }
+
+    fn files_in(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                // An empty directory shows as `name/`.
+                let inner = files_in(&p);
+                let name = e.file_name().to_string_lossy().into_owned();
+                if inner.is_empty() {
+                    out.push(format!("{name}/"));
+                }
+                out.extend(inner.into_iter().map(|f| format!("{name}/{f}")));
+            } else {
+                out.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn keeping_a_failed_run_keeps_only_its_logs() {
+        let tmp = fake_run_dir();
+        fs::write(tmp.path().join("keep"), b"").unwrap();
+        keep_only_logs(tmp.path());
+        assert_eq!(
+            files_in(tmp.path()),
+            ["etcd.log", "keep", "kubelet/logs/pod-listener.log"]
+        );
+    }
+
+    /// Runs the reaper on `dir` with a process listed in a pid file, lets it
+    /// see this "process" exit (EOF), and returns whether the listed process
+    /// is still alive afterwards.
+    fn reap(dir: &Path) -> bool {
+        let mut victim = Command::new("sleep").arg("600").spawn().unwrap();
+        fs::write(dir.join("victim.pid"), victim.id().to_string()).unwrap();
+        let (mut reaper, stdin) = spawn_reaper(dir).unwrap();
+        drop(stdin);
+        reaper.wait().unwrap();
+        let alive = victim.try_wait().unwrap().is_none();
+        let _ = victim.kill();
+        let _ = victim.wait();
+        alive
+    }
+
+    #[test]
+    fn reaper_ends_the_processes_and_removes_the_directory() {
+        let tmp = fake_run_dir();
+        let dir = tmp.path().to_path_buf();
+        assert!(!reap(&dir), "the listed process was ended");
+        assert!(!dir.exists(), "{} removed", dir.display());
+    }
+
+    #[test]
+    fn reaper_keeps_only_the_logs_of_a_failed_run() {
+        let tmp = fake_run_dir();
+        fs::write(tmp.path().join("keep"), b"").unwrap();
+        assert!(!reap(tmp.path()), "the listed process was ended");
+        assert_eq!(
+            files_in(tmp.path()),
+            ["etcd.log", "keep", "kubelet/logs/pod-listener.log"]
+        );
+    }
 
     #[test]
     fn base64_matches_known_vectors() {
