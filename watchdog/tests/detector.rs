@@ -701,3 +701,160 @@ fn an_ended_run_announced_again_is_not_a_new_run() {
         Some(Cause::SessionConflict)
     );
 }
+
+/// What an earlier pod generation stored, then what this one saw on its own
+/// (its Lease read came late): merged as `run` merges them.
+fn merged(stored: &Sim, ours: &Sim) -> Detector {
+    let h = arc_watchdog::run::merge::merge_histories(stored.d.history(), ours.d.history());
+    Detector::from_history(ours.d.thresholds().clone(), h)
+}
+
+/// Two generations met a conflict and stored it; the third generation's
+/// watchdog saw its own conflict before it could read that history.
+fn stored_two_then_one_more(t: Thresholds) -> (Sim, Sim) {
+    let mut stored = Sim::new(t.clone());
+    stored.failing_generation(CONFLICT);
+    stored.advance(5);
+    stored.failing_generation(CONFLICT);
+    stored.advance(5);
+    let mut ours = Sim::new(t);
+    ours.now = stored.now;
+    ours.run = stored.run;
+    ours.failing_generation(CONFLICT);
+    (stored, ours)
+}
+
+#[test]
+fn a_merged_history_starts_the_loop_it_holds_at_once() {
+    let (stored, ours) = stored_two_then_one_more(Thresholds::default());
+    assert!(stored.d.history().loop_state.is_none());
+    assert!(ours.d.history().loop_state.is_none());
+    // In order, the third conflict starts the loop.
+    let mut in_order = Sim::new(Thresholds::default());
+    for _ in 0..2 {
+        in_order.failing_generation(CONFLICT);
+        in_order.advance(5);
+    }
+    in_order.failing_generation(CONFLICT);
+    let want = in_order.d.history().loop_state.expect("in order: a loop");
+
+    let mut d = merged(&stored, &ours);
+    assert!(
+        d.history().loop_state.is_none(),
+        "merging alone starts nothing"
+    );
+    let now = ours.now.saturating_add(Duration::from_secs(2)).unwrap();
+    let out = d.evaluate(now);
+    assert_eq!(
+        reasons(&out),
+        vec![Reason::ConflictLoopDetected, Reason::ListenerStartDelayed],
+        "{out:?}"
+    );
+    assert_eq!(d.history().loop_state, Some(want));
+    assert_eq!(
+        d.start_gate(now),
+        StartGate::Closed {
+            until: ours.now.saturating_add(Duration::from_secs(30)).unwrap()
+        }
+    );
+    assert_eq!(d.history().conflicts.len(), 3, "nothing counted twice");
+    assert_eq!(d.history().failed_starts.len(), 3);
+    // Evaluated again (another merge, a later save): nothing new.
+    assert!(d.evaluate(now).is_empty());
+    let later = now.saturating_add(Duration::from_secs(1)).unwrap();
+    assert!(d.evaluate(later).is_empty());
+}
+
+#[test]
+fn a_merged_history_below_the_threshold_decides_nothing() {
+    let mut stored = Sim::new(Thresholds::default());
+    stored.failing_generation(CONFLICT);
+    let mut ours = Sim::new(Thresholds::default());
+    ours.now = stored.now.saturating_add(Duration::from_secs(5)).unwrap();
+    ours.run = stored.run;
+    ours.failing_generation(CONFLICT);
+    let mut d = merged(&stored, &ours);
+    assert!(d.evaluate(ours.now).is_empty());
+    assert!(d.history().loop_state.is_none());
+    // Out of the window, three conflicts are no loop either.
+    let (stored, ours) = stored_two_then_one_more(Thresholds::default());
+    let mut d = merged(&stored, &ours);
+    let late = ours.now.saturating_add(Duration::from_secs(3600)).unwrap();
+    assert!(d.evaluate(late).is_empty());
+    assert!(d.history().loop_state.is_none());
+}
+
+#[test]
+fn a_merged_loop_whose_delay_is_served_is_reported_without_a_delay() {
+    let (stored, mut ours) = stored_two_then_one_more(Thresholds::default());
+    let mut d = merged(&stored, &ours);
+    let now = ours.now.saturating_add(Duration::from_secs(40)).unwrap();
+    let out = d.evaluate(now);
+    assert_eq!(reasons(&out), vec![Reason::ConflictLoopDetected], "{out:?}");
+    assert_eq!(d.start_gate(now), StartGate::Open);
+    // The next failure escalates, as it would have in order.
+    ours.d = d;
+    ours.now = now;
+    let out = ours.failing_generation(CONFLICT);
+    let delay = out.iter().find_map(|d| match d {
+        Decision::DelayStart { delay_ms, .. } => Some(*delay_ms),
+        _ => None,
+    });
+    assert_eq!(delay, Some(60_000), "{out:?}");
+}
+
+#[test]
+fn a_merged_loop_evicts_a_listener_restarted_in_place_within_the_budget() {
+    // Ours: the third conflict's run ended and the listener restarted in
+    // place (restartPolicy Always) before the history was read.
+    let setup = |t: Thresholds| {
+        let (stored, mut ours) = stored_two_then_one_more(t);
+        ours.advance(10);
+        assert!(ours.start(true).is_empty(), "no loop known yet");
+        ours.advance(1);
+        (stored, ours)
+    };
+    let (stored, ours) = setup(Thresholds::default());
+    let mut d = merged(&stored, &ours);
+    let out = d.evaluate(ours.now);
+    assert_eq!(
+        reasons(&out),
+        vec![
+            Reason::ConflictLoopDetected,
+            Reason::ListenerStartDelayed,
+            Reason::ListenerEvicted
+        ],
+        "{out:?}"
+    );
+    assert!(matches!(
+        out.last(),
+        Some(Decision::Evict {
+            cause: EvictCause::RestartedDuringBackoff,
+            ..
+        })
+    ));
+    assert_eq!(d.history().evictions.len(), 1);
+    assert!(d.evaluate(ours.now).is_empty(), "evicted once");
+
+    // The budget counts the evictions of both histories.
+    let t = Thresholds {
+        eviction_budget: 1,
+        ..Thresholds::default()
+    };
+    let (mut stored, ours) = setup(t);
+    let mut h = stored.d.history().clone();
+    h.evictions.push(stored.now);
+    stored.d = Detector::from_history(stored.d.thresholds().clone(), h);
+    let mut d = merged(&stored, &ours);
+    let out = d.evaluate(ours.now);
+    assert_eq!(
+        reasons(&out),
+        vec![
+            Reason::ConflictLoopDetected,
+            Reason::ListenerStartDelayed,
+            Reason::EvictionBudgetExhausted
+        ],
+        "{out:?}"
+    );
+    assert_eq!(d.history().evictions.len(), 1);
+}

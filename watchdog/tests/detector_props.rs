@@ -263,3 +263,164 @@ proptest! {
         prop_assert_eq!(second.history(), whole.history());
     }
 }
+
+/// One pod generation (ARC >= 0.9.3: one run per pod), all of it at one
+/// time: start, at most one line, end. `None`: time passes only (a tick).
+#[derive(Debug, Clone, Copy)]
+enum Gen {
+    Conflict,
+    Fatal(u8),
+    Established,
+    Other,
+    Silent(i32),
+    Tick,
+}
+
+fn generation() -> impl Strategy<Value = Gen> {
+    prop_oneof![
+        5 => Just(Gen::Conflict),
+        2 => any::<u8>().prop_map(Gen::Fatal),
+        1 => Just(Gen::Established),
+        1 => Just(Gen::Other),
+        1 => prop_oneof![Just(0), Just(137)].prop_map(Gen::Silent),
+        1 => Just(Gen::Tick),
+    ]
+}
+
+/// Inputs of generations `gens` (gaps in seconds, at least 1), numbered
+/// from `first`, starting after `origin()`; returns them and the last time.
+fn generations(gens: &[(u64, Gen)]) -> Vec<Vec<Input>> {
+    let mut now = origin();
+    let mut out = Vec::new();
+    for (i, (dt, g)) in gens.iter().enumerate() {
+        now = plus(now, *dt);
+        if let Gen::Tick = g {
+            out.push(vec![Input::Tick { at: now }]);
+            continue;
+        }
+        let mut inputs = vec![Input::RunStarted {
+            at: now,
+            run_id: format!("g{i}"),
+            in_place: false,
+        }];
+        let (line, code) = match *g {
+            Gen::Conflict => (Some(Ev::Conflict { fatal: true }), 1),
+            Gen::Fatal(k) => (Some(Ev::Fatal(k)), 1),
+            Gen::Established => (Some(Ev::Established), 0),
+            Gen::Other => (Some(Ev::Other), 0),
+            Gen::Silent(code) => (None, code),
+            Gen::Tick => (None, 0),
+        };
+        if let Some(ev) = line {
+            inputs.push(Input::Entry {
+                at: now,
+                event: ev.event(),
+                key: Some(EntryKey {
+                    at: now,
+                    hash: i as u64,
+                }),
+            });
+        }
+        inputs.push(Input::RunEnded {
+            at: now,
+            exit_code: Some(code),
+            pod_lives_on: false,
+        });
+        out.push(inputs);
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    /// Pod generations before `cut` were seen by earlier watchdogs (the
+    /// stored history), those after by one that could not read it in time.
+    /// When neither side had a loop on its own, merging the two histories
+    /// and evaluating gives the history of having seen every generation in
+    /// order: the same loop (start, backoff, escalations) and the same
+    /// counts, nothing counted twice; evaluating again decides nothing, and
+    /// no conflict is reported again.
+    #[test]
+    fn merging_then_evaluating_equals_seeing_in_order(
+        t in thresholds(),
+        gens in prop::collection::vec(
+            (prop_oneof![3 => 1u64..60, 1 => 60u64..600], generation()),
+            1..40,
+        ),
+        cut in 0usize..40,
+    ) {
+        let t = Thresholds { hung_after: None, ..t };
+        let gens = generations(&gens);
+        let cut = cut.min(gens.len());
+        let feed = |d: &mut Detector, gens: &[Vec<Input>]| {
+            let mut out = Vec::new();
+            for input in gens.iter().flatten() {
+                out.extend(d.handle(input.clone()));
+            }
+            out
+        };
+        let mut whole = Detector::new(t.clone());
+        feed(&mut whole, &gens);
+        let mut stored = Detector::new(t.clone());
+        feed(&mut stored, &gens[..cut]);
+        let mut ours = Detector::new(t.clone());
+        feed(&mut ours, &gens[cut..]);
+        if stored.history().loop_state.is_some() || ours.history().loop_state.is_some() {
+            // A loop on either side is continued by the merge as it is.
+            return Ok(());
+        }
+        let now = gens.iter().flatten().last().map(Input::at).unwrap();
+        let ours_from = gens[cut..].iter().flatten().next().map_or(now, Input::at);
+        if now.duration_since(ours_from).unsigned_abs() > t.conflict_window {
+            // Ours would have pruned evidence of its own that made the
+            // loop (a Lease read late by more than the conflict window).
+            return Ok(());
+        }
+        let merged = arc_watchdog::run::merge::merge_histories(stored.history(), ours.history());
+        let mut d = Detector::from_history(t.clone(), merged);
+        let out = d.evaluate(now);
+        prop_assert_eq!(d.history(), whole.history());
+        prop_assert!(out.iter().all(|x| x.reason() != Reason::SessionConflict));
+        let loops = out
+            .iter()
+            .filter(|x| matches!(x.reason(), Reason::ConflictLoopDetected | Reason::CrashLoopDetected))
+            .count();
+        prop_assert_eq!(loops, usize::from(whole.history().loop_state.is_some()));
+        prop_assert!(d.evaluate(now).is_empty());
+    }
+
+    /// Evaluating any history (whatever was merged into it) never counts
+    /// anything and never evicts beyond the budget.
+    #[test]
+    fn evaluating_counts_nothing_and_keeps_the_budget(
+        t in thresholds(),
+        script in script(),
+        cut in 0usize..250,
+    ) {
+        let t = Thresholds { hung_after: None, ..t };
+        let mut first = Detector::new(t.clone());
+        let (_, inputs) = play(&mut first, &script);
+        let cut = cut.min(inputs.len());
+        let mut part = Detector::new(t.clone());
+        for input in &inputs[cut..] {
+            part.handle(input.clone());
+        }
+        let merged = arc_watchdog::run::merge::merge_histories(first.history(), part.history());
+        let mut d = Detector::from_history(t.clone(), merged.clone());
+        let now = inputs.last().map(Input::at).unwrap();
+        let out = d.evaluate(now);
+        let h = d.history();
+        prop_assert!(h.conflicts.iter().all(|c| merged.conflicts.contains(c)));
+        prop_assert!(h.failed_starts.iter().all(|f| merged.failed_starts.contains(f)));
+        prop_assert!(out.iter().all(|x| x.reason() != Reason::SessionConflict));
+        let evicts = out.iter().filter(|x| matches!(x, Decision::Evict { .. })).count();
+        prop_assert!(evicts <= 1);
+        prop_assert!(h.evictions.len() <= (t.eviction_budget as usize).max(merged.evictions.len()));
+        if evicts == 1 {
+            let from = now.saturating_sub(t.eviction_window).unwrap();
+            let before = merged.evictions.iter().filter(|e| **e > from).count();
+            prop_assert!(before < t.eviction_budget as usize);
+        }
+    }
+}

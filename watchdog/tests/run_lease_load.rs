@@ -2,7 +2,9 @@
 //! only reading the Lease fails for longer than the fail-open grace: the
 //! watchdog then decides from what it sees, and once the Lease is read it
 //! saves the merge of the stored history and what it saw at once (never
-//! what it saw alone, and never later than that).
+//! what it saw alone, and never later than that). When the stored history
+//! and what was seen make a loop together, the loop starts right after
+//! that load, not at the next conflict.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -121,4 +123,84 @@ async fn a_lease_read_after_the_grace_keeps_the_stored_history() {
     assert_eq!(h.evictions, seed.evictions, "{h:?}");
     assert_eq!(h.run.map(|r| r.id).as_deref(), Some("containerd://c1"));
     stop(started, cancel).await;
+}
+
+/// Two earlier pod generations met a conflict each and stored them; this
+/// one meets the third while its Lease cannot be read. Once it is read, the
+/// merged history holds the loop: it starts at once (Events, the Lease,
+/// the start gate), from the third conflict's time, as if the three had
+/// been seen in order, and no conflict is reported twice.
+#[tokio::test]
+async fn a_lease_read_after_the_grace_starts_the_loop_the_merge_holds() {
+    let api = FakeApi::start().await;
+    let now = Timestamp::now();
+    let earlier: Vec<Timestamp> = [120, 60]
+        .iter()
+        .map(|s| now - SignedDuration::from_secs(*s))
+        .collect();
+    let seed = History {
+        conflicts: earlier.clone(),
+        failed_starts: earlier
+            .iter()
+            .map(|at| FailedStart {
+                at: *at,
+                cause: Cause::SessionConflict,
+            })
+            .collect(),
+        ..History::default()
+    };
+    api.set_lease(Some(&seed.to_json()));
+    let (started, cancel) = conflict_seen_while_the_lease_is_unreadable(&api).await;
+    let conflict_at = api.with(|s| s.log[0].0);
+    // Events on the pod (each has a twin on the AutoscalingListener).
+    let reasons = |s: &FakeState, r: &str| {
+        s.events
+            .iter()
+            .filter(|e| e["reason"] == r && e["regarding"]["kind"] == "Pod")
+            .count()
+    };
+    // Seen alone, the third conflict is one conflict: no loop yet.
+    assert_eq!(api.with(|s| reasons(s, "ConflictLoopDetected")), 0);
+    let (code, body) = http_get(started.addr, "/startz").await;
+    assert_eq!(code, 200, "failing open before the load: {body}");
+
+    api.with(|s| s.lease_get_fail = None);
+    api.wait_for("the loop in the Lease", |s| {
+        stored(s).is_some_and(|h| h.loop_state.is_some())
+    })
+    .await;
+    let h = api.with(|s| stored(s)).unwrap();
+    let l = h.loop_state.unwrap();
+    assert_eq!(h.conflicts.len(), 3, "{h:?}");
+    assert!(l.conflict_loop, "{l:?}");
+    // Counted when seen (never before the run's start): the loop began
+    // then, and its first delay runs from then.
+    assert!(h.conflicts[2] >= conflict_at, "{h:?}");
+    assert_eq!(
+        l.since, h.conflicts[2],
+        "the loop began at the third conflict"
+    );
+    assert_eq!(
+        l.not_before,
+        l.since + SignedDuration::from_secs(30),
+        "{l:?}"
+    );
+    api.wait_for("the loop's Events", |s| {
+        reasons(s, "ConflictLoopDetected") >= 1 && reasons(s, "ListenerStartDelayed") >= 1
+    })
+    .await;
+    // The start gate holds the next start until the backoff ends.
+    let (code, body) = http_get(started.addr, "/startz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("backoff"), "{body}");
+    stop(started, cancel).await;
+    api.with(|s| {
+        assert_eq!(
+            reasons(s, "SessionConflict"),
+            1,
+            "a conflict reported twice"
+        );
+        assert_eq!(reasons(s, "ConflictLoopDetected"), 1);
+        assert_eq!(reasons(s, "ListenerStartDelayed"), 1);
+    });
 }

@@ -11,6 +11,9 @@
 //! - [`Detector::handle`]`(Input) -> Vec<Decision>` with inputs
 //!   [`Input::RunStarted`], [`Input::Entry`] (every parsed line, with its
 //!   dedupe key), [`Input::RunEnded`] and [`Input::Tick`].
+//! - [`Detector::evaluate`]`(now) -> Vec<Decision>` after the history was
+//!   merged with another one (`run`'s Lease): starts the loop that the merged
+//!   evidence makes, without counting anything again.
 //! - [`Detector::start_gate`]`(now)`: what `/startz` answers.
 //!   [`Detector::next_wakeup`]: when to send the next [`Input::Tick`] (no
 //!   polling needed). [`Detector::status`]: numbers for metrics.
@@ -414,6 +417,137 @@ fn fmt_ms(delay_ms: u64) -> String {
     format_duration(Duration::from_millis(delay_ms))
 }
 
+/// A loop detected at `at`: the first delay, from `at`.
+fn new_loop(
+    at: Timestamp,
+    cause: Cause,
+    conflict_loop: bool,
+    crash_loop: bool,
+    t: &Thresholds,
+) -> LoopState {
+    let delay = t.backoff_initial.min(t.backoff_max);
+    LoopState {
+        since: at,
+        cause,
+        conflict_loop,
+        crash_loop,
+        delay_ms: ms(delay),
+        not_before: add(at, delay),
+        last_failure: at,
+        times_at_cap: 0,
+        duplicate_suspected: false,
+    }
+}
+
+/// The Event of a newly detected loop.
+fn loop_report(
+    t: &Thresholds,
+    conflicts: usize,
+    fails: &[FailedStart],
+    cause: Cause,
+    conflict_loop: bool,
+) -> (Reason, String) {
+    let window = format_duration(t.conflict_window);
+    if conflict_loop {
+        return (
+            Reason::ConflictLoopDetected,
+            format!(
+                "session-conflict loop: {conflicts} session conflicts within {window} with no session in between; {}",
+                Cause::SessionConflict.advice()
+            ),
+        );
+    }
+    let mut causes = String::new();
+    for (i, f) in fails.iter().enumerate() {
+        let _ = write!(
+            causes,
+            "{}{}",
+            if i > 0 { ", " } else { "" },
+            f.cause.as_str()
+        );
+    }
+    (
+        Reason::CrashLoopDetected,
+        format!(
+            "start-up crash loop ({}): {} runs within {window} died before getting a session (causes: {causes}); {}",
+            cause.as_str(),
+            fails.len(),
+            cause.advice()
+        ),
+    )
+}
+
+/// A failed start at `at` escalated the loop's backoff.
+#[derive(Debug, Clone, Copy)]
+struct Escalated {
+    /// `DuplicateScaleSetSuspected` is in force after it.
+    duplicate: bool,
+    /// ... for the first time.
+    newly: bool,
+}
+
+/// A failed start at `at` during the active loop `l`: doubles the delay
+/// when the previous one was served; `None` when it was not.
+fn escalate_loop(
+    l: &mut LoopState,
+    at: Timestamp,
+    cause: Cause,
+    t: &Thresholds,
+) -> Option<Escalated> {
+    l.cause = cause;
+    // Container start times and log lines carry whole seconds (Go's log
+    // and Kubernetes' timestamps): a failure stamped up to a second
+    // before the end of the delay may well have come after a start that
+    // waited for it, so only an earlier one counts as not served.
+    if add(at, TIMESTAMP_SLACK) < l.not_before {
+        // The delay was not served (classic mode, dry-run, fail-open):
+        // this failure says nothing about whether waiting helps.
+        l.last_failure = at;
+        return None;
+    }
+    let max = ms(t.backoff_max);
+    if l.delay_ms >= max {
+        l.times_at_cap += 1;
+    }
+    l.delay_ms = l.delay_ms.saturating_mul(2).min(max).max(1);
+    l.not_before = add(at, Duration::from_millis(l.delay_ms));
+    l.last_failure = at;
+    let duplicate = cause == Cause::SessionConflict
+        && l.conflict_loop
+        && l.times_at_cap >= t.duplicate_after_caps;
+    let newly = duplicate && !l.duplicate_suspected;
+    if duplicate {
+        l.duplicate_suspected = true;
+    }
+    Some(Escalated { duplicate, newly })
+}
+
+/// The `DuplicateScaleSetSuspected` Event of loop `l`.
+fn duplicate_report(at: Timestamp, l: &LoopState, t: &Thresholds, newly: bool) -> Decision {
+    Decision::Report {
+        at,
+        reason: Reason::DuplicateScaleSetSuspected,
+        message: format!(
+            "the session conflict persisted through {} starts at the capped delay of {}{}: \
+             likely the same scale set name is registered by a second installation (another \
+             cluster or namespace in the same runner group), or GitHub has an incident; \
+             restarting cannot fix either, so the watchdog keeps the capped delay and stops evicting",
+            l.times_at_cap,
+            fmt_ms(ms(t.backoff_max)),
+            if newly { "" } else { " (still)" }
+        ),
+    }
+}
+
+/// After this time a loop is over unless a listener run is under way:
+/// quiet for the window after its delay was served.
+fn quiet_until(l: &LoopState, t: &Thresholds) -> Timestamp {
+    add(
+        add(l.last_failure, Duration::from_millis(l.delay_ms)),
+        t.conflict_window,
+    )
+}
+
 impl Detector {
     /// A detector with an empty history.
     pub fn new(thresholds: Thresholds) -> Self {
@@ -518,6 +652,161 @@ impl Detector {
         out
     }
 
+    /// Re-derives the loop from the evidence in the history at `now`, for a
+    /// history that was merged with another one (`run`: the Lease was read
+    /// after the fail-open grace, or a second writer met this one). The
+    /// merged conflicts and failed starts may reach the threshold without
+    /// any single input having completed it; the loop then starts here, as
+    /// if the evidence had been seen in order: detected at the failure that
+    /// reached the threshold, its backoff from then, escalated by the later
+    /// failures. (Run start times are not kept, so a loop that went quiet
+    /// during a run counts as ended at the next failure.)
+    ///
+    /// Nothing is counted again: no [`Reason::SessionConflict`] repeats,
+    /// and an active loop is kept as it is (calling this again decides
+    /// nothing new). Decides the loop's Event, the start delay if it is
+    /// still ahead at `now`, `DuplicateScaleSetSuspected` if in force, and
+    /// the eviction of a listener that restarted in place during the
+    /// derived backoff and still runs (within the eviction budget).
+    pub fn evaluate(&mut self, now: Timestamp) -> Vec<Decision> {
+        let at = match self.clock {
+            Some(c) if now < c => c,
+            _ => now,
+        };
+        self.clock = Some(at);
+        let mut out = Vec::new();
+        // Before pruning at `now`: a loop that began earlier was made by
+        // evidence that may be out of the window now.
+        if self.history.loop_state.is_none()
+            && let Some(l) = self.derive_loop(at)
+        {
+            self.prune(at);
+            self.start_derived_loop(at, l, &mut out);
+        }
+        self.prune(at);
+        self.history.bound();
+        out
+    }
+
+    /// The loop that the history's evidence makes, replayed in time order
+    /// as `entry` and `failed` would have; `None` if none, or if it would be
+    /// over (quiet) at `now`.
+    fn derive_loop(&self, now: Timestamp) -> Option<LoopState> {
+        let t = &self.thresholds;
+        let h = &self.history;
+        let n = t.conflict_threshold as usize;
+        if h.conflicts.len() < n && h.failed_starts.len() < n {
+            return None;
+        }
+        let mut times: Vec<Timestamp> = h
+            .conflicts
+            .iter()
+            .copied()
+            .chain(h.failed_starts.iter().map(|f| f.at))
+            .collect();
+        times.sort();
+        times.dedup();
+        let mut derived: Option<LoopState> = None;
+        for at in times {
+            if derived.is_some_and(|l| at > quiet_until(&l, t)) {
+                derived = None;
+            }
+            let from = sub(at, t.conflict_window);
+            let conflicts = h
+                .conflicts
+                .iter()
+                .filter(|c| **c > from && **c <= at)
+                .count();
+            let fails = h
+                .failed_starts
+                .iter()
+                .filter(|f| f.at > from && f.at <= at)
+                .count();
+            let here: Vec<Cause> = h
+                .failed_starts
+                .iter()
+                .filter(|f| f.at == at)
+                .map(|f| f.cause)
+                .collect();
+            match &mut derived {
+                None => {
+                    if conflicts < n && fails < n {
+                        continue;
+                    }
+                    let (first, rest) = match here.split_first() {
+                        Some((first, rest)) => (*first, rest),
+                        None => (Cause::SessionConflict, &[][..]),
+                    };
+                    let mut l = new_loop(at, first, conflicts >= n, fails >= n, t);
+                    for cause in rest {
+                        escalate_loop(&mut l, at, *cause, t);
+                    }
+                    derived = Some(l);
+                }
+                Some(l) => {
+                    for cause in &here {
+                        escalate_loop(l, at, *cause, t);
+                    }
+                    if conflicts >= n && !l.conflict_loop && h.conflicts.contains(&at) {
+                        l.conflict_loop = true;
+                        l.cause = Cause::SessionConflict;
+                    }
+                }
+            }
+        }
+        let l = derived?;
+        let running = h.run.as_ref().is_some_and(|r| r.ended.is_none());
+        if now > quiet_until(&l, t) && !running {
+            return None;
+        }
+        Some(l)
+    }
+
+    fn start_derived_loop(&mut self, now: Timestamp, l: LoopState, out: &mut Vec<Decision>) {
+        let t = self.thresholds.clone();
+        let h = &mut self.history;
+        let (reason, message) = loop_report(
+            &t,
+            h.conflicts.len(),
+            &h.failed_starts,
+            l.cause,
+            l.conflict_loop,
+        );
+        h.loop_state = Some(l);
+        out.push(Decision::Report {
+            at: now,
+            reason,
+            message: format!(
+                "{message} (found in the merged history: the loop began at {}, its delay runs until {})",
+                l.since, l.not_before
+            ),
+        });
+        if l.duplicate_suspected {
+            out.push(duplicate_report(now, &l, &t, true));
+        }
+        if now >= l.not_before {
+            // The delay is served already: the next failure escalates.
+            return;
+        }
+        self.delay_start(now, l.not_before, l.delay_ms, l.cause, out);
+        let restarted = self.history.run.as_ref().is_some_and(|r| {
+            r.in_place
+                && r.ended.is_none()
+                && r.failure.is_none()
+                && !r.established
+                && r.started >= l.since
+                && r.started < l.not_before
+        });
+        if restarted && !l.duplicate_suspected {
+            let msg = format!(
+                "the listener restarted in place during the backoff (next start was due at {}): \
+                 evicting so that a new pod waits at the start gate",
+                l.not_before
+            );
+            self.evict(now, EvictCause::RestartedDuringBackoff, msg, out);
+        }
+    }
+
     /// Drops what fell out of its window; ends a loop after a quiet period.
     fn prune(&mut self, now: Timestamp) {
         let t = &self.thresholds;
@@ -530,12 +819,8 @@ impl Detector {
         if let Some(l) = h.loop_state {
             // Quiet for the window after the delay was served: whatever
             // kept the listener from starting is gone.
-            let quiet_until = add(
-                add(l.last_failure, Duration::from_millis(l.delay_ms)),
-                t.conflict_window,
-            );
             let running = h.run.as_ref().is_some_and(|r| r.ended.is_none());
-            if now > quiet_until && !running {
+            if now > quiet_until(&l, t) && !running {
                 h.loop_state = None;
             }
         }
@@ -757,54 +1042,15 @@ impl Detector {
         if !conflict_loop && !crash_loop {
             return;
         }
-        let delay = t.backoff_initial.min(t.backoff_max);
-        let until = add(at, delay);
-        self.history.loop_state = Some(LoopState {
-            since: at,
-            cause,
-            conflict_loop,
-            crash_loop,
-            delay_ms: ms(delay),
-            not_before: until,
-            last_failure: at,
-            times_at_cap: 0,
-            duplicate_suspected: false,
-        });
-        let window = format_duration(t.conflict_window);
-        let (reason, message) = if conflict_loop {
-            (
-                Reason::ConflictLoopDetected,
-                format!(
-                    "session-conflict loop: {conflicts} session conflicts within {window} with no session in between; {}",
-                    Cause::SessionConflict.advice()
-                ),
-            )
-        } else {
-            let mut causes = String::new();
-            for (i, f) in fails.iter().enumerate() {
-                let _ = write!(
-                    causes,
-                    "{}{}",
-                    if i > 0 { ", " } else { "" },
-                    f.cause.as_str()
-                );
-            }
-            (
-                Reason::CrashLoopDetected,
-                format!(
-                    "start-up crash loop ({}): {} runs within {window} died before getting a session (causes: {causes}); {}",
-                    cause.as_str(),
-                    fails.len(),
-                    cause.advice()
-                ),
-            )
-        };
+        let l = new_loop(at, cause, conflict_loop, crash_loop, t);
+        let (reason, message) = loop_report(t, conflicts, fails, cause, conflict_loop);
+        self.history.loop_state = Some(l);
         out.push(Decision::Report {
             at,
             reason,
             message,
         });
-        self.delay_start(at, until, ms(delay), cause, out);
+        self.delay_start(at, l.not_before, l.delay_ms, cause, out);
     }
 
     /// A failed start during an active loop.
@@ -813,44 +1059,12 @@ impl Detector {
         let Some(l) = &mut self.history.loop_state else {
             return;
         };
-        l.cause = cause;
-        // Container start times and log lines carry whole seconds (Go's log
-        // and Kubernetes' timestamps): a failure stamped up to a second
-        // before the end of the delay may well have come after a start that
-        // waited for it, so only an earlier one counts as not served.
-        if add(at, TIMESTAMP_SLACK) < l.not_before {
-            // The delay was not served (classic mode, dry-run, fail-open):
-            // this failure says nothing about whether waiting helps.
-            l.last_failure = at;
+        let Some(step) = escalate_loop(l, at, cause, &t) else {
             return;
-        }
-        let max = ms(t.backoff_max);
-        if l.delay_ms >= max {
-            l.times_at_cap += 1;
-        }
-        l.delay_ms = l.delay_ms.saturating_mul(2).min(max).max(1);
-        l.not_before = add(at, Duration::from_millis(l.delay_ms));
-        l.last_failure = at;
+        };
         let (until, delay_ms) = (l.not_before, l.delay_ms);
-        let duplicate = cause == Cause::SessionConflict
-            && l.conflict_loop
-            && l.times_at_cap >= t.duplicate_after_caps;
-        let newly = duplicate && !l.duplicate_suspected;
-        if duplicate {
-            l.duplicate_suspected = true;
-            out.push(Decision::Report {
-                at,
-                reason: Reason::DuplicateScaleSetSuspected,
-                message: format!(
-                    "the session conflict persisted through {} starts at the capped delay of {}{}: \
-                     likely the same scale set name is registered by a second installation (another \
-                     cluster or namespace in the same runner group), or GitHub has an incident; \
-                     restarting cannot fix either, so the watchdog keeps the capped delay and stops evicting",
-                    l.times_at_cap,
-                    fmt_ms(max),
-                    if newly { "" } else { " (still)" }
-                ),
-            });
+        if step.duplicate {
+            out.push(duplicate_report(at, l, &t, step.newly));
         }
         self.delay_start(at, until, delay_ms, cause, out);
     }
@@ -915,7 +1129,7 @@ impl Detector {
                     reason: Reason::ListenerDead,
                     message: format!(
                         "the listener terminated (exit code {code}) while its pod lives on; \
-                         evicting the pod when the backoff ends at {}",
+                         the pod is to be evicted when the backoff ends at {}, if the listener is still dead then",
                         l.not_before
                     ),
                 });
@@ -962,16 +1176,24 @@ impl Detector {
             return;
         }
         run.hung = true;
-        let msg = format!(
-            "the listener wrote nothing for {} (since {since}): hung, evicting the pod",
+        let hung = format!(
+            "the listener wrote nothing for {} (since {since}): hung",
             format_duration(after)
         );
+        // The Report is published at once: it must not claim an eviction
+        // that may still be refused, found moot or over budget (only the
+        // accepted eviction's `ListenerEvicted` says it happened).
         out.push(Decision::Report {
             at,
             reason: Reason::ListenerHung,
-            message: msg.clone(),
+            message: format!("{hung}; the pod is to be evicted"),
         });
-        self.evict(at, EvictCause::Hung, msg, out);
+        self.evict(
+            at,
+            EvictCause::Hung,
+            format!("{hung}, evicting the pod"),
+            out,
+        );
     }
 
     fn evict(

@@ -63,6 +63,10 @@ const DROPPED_QUEUE_FULL: &str = "queue_full";
 const DROPPED_SHUTDOWN_BOUND: &str = "shutdown_bound";
 /// `why`: the Events task had already ended.
 const DROPPED_PUBLISHER_STOPPED: &str = "publisher_stopped";
+/// The log message of an eviction request being sent (logged once per
+/// eviction sent, never for one decided and then found moot or blocked
+/// before sending: tools count it).
+pub const EVICTING_LOG: &str = "evicting the own pod";
 /// How many of the log's last lines the shutdown drain reads at most.
 const DRAIN_TAIL_LINES: i64 = 1000;
 
@@ -470,6 +474,7 @@ impl Sidecar {
     }
 
     fn become_ready(&mut self, stored: Option<History>) {
+        let merged = stored.is_some();
         if let Some(stored) = stored {
             let ours = self.detector.history().clone();
             let merged = merge_histories(&stored, &ours);
@@ -481,6 +486,14 @@ impl Sidecar {
             for input in early {
                 self.feed(input);
             }
+        }
+        if merged {
+            // What was stored and what was seen meanwhile may together make
+            // a loop that no single input completed (the Lease read after
+            // the grace, or another writer): start it now, not at the next
+            // conflict.
+            let decisions = self.detector.evaluate(Timestamp::now());
+            self.execute(decisions);
         }
         self.after_change();
     }
@@ -861,7 +874,10 @@ impl Sidecar {
         }
         self.evicting = true;
         self.unconfirmed_evictions.push(at);
-        warn!(cause = cause.as_str(), message = %message, "evicting the own pod");
+        // Not yet an eviction: the fresh look below may find it moot (with
+        // restartPolicy Always, the kubelet has usually restarted the
+        // listener by then). The eviction is logged when it is sent.
+        info!(cause = cause.as_str(), message = %message, "eviction decided; re-reading the pod before sending it");
         let client = self.client.clone();
         let pods = self.pods.clone();
         let args = self.args.clone();
@@ -875,6 +891,8 @@ impl Sidecar {
                 Err(Fresh::Moot(why)) => EvictOutcome::Gone(why),
                 Err(Fresh::Unknown(why)) => EvictOutcome::Failed(why),
                 Ok(()) => {
+                    // Tools count this line as an eviction: only here.
+                    warn!(cause = cause.as_str(), message = %message, "{EVICTING_LOG}");
                     evict_pod(
                         &client,
                         &args.identity.pod_namespace,
@@ -940,7 +958,7 @@ impl Sidecar {
             }
             EvictOutcome::DryRunAccepted | EvictOutcome::Cancelled => {}
             EvictOutcome::Gone(why) => {
-                info!(cause, reason = %why, "eviction moot: the pod is gone or replaced")
+                info!(cause, reason = %why, "eviction moot, nothing evicted: the pod is gone or replaced, or the listener runs again")
             }
             EvictOutcome::Blocked { attempts, last } => {
                 warn!(cause, attempts, last = %last, "eviction blocked by a PodDisruptionBudget");
