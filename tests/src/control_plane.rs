@@ -136,10 +136,23 @@ pub fn go_tool(name: &str) -> Result<PathBuf> {
 /// `CARGO_BIN_EXE_*` is not available; this asks cargo itself, which also
 /// works when the tests run from a fresh checkout.
 pub fn workspace_bin(package: &str, bin: &str) -> Result<PathBuf> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    let _guard = LOCK
+    // Built once per process: a test binary restarts the webhook several
+    // times, and each `cargo build` may wait minutes for the build lock
+    // while other builds run.
+    static BUILT: Mutex<BTreeMap<(String, String), PathBuf>> = Mutex::new(BTreeMap::new());
+    let mut built = BUILT
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let key = (package.to_owned(), bin.to_owned());
+    if let Some(path) = built.get(&key) {
+        return Ok(path.clone());
+    }
+    let path = cargo_build_bin(package, bin)?;
+    built.insert(key, path.clone());
+    Ok(path)
+}
+
+fn cargo_build_bin(package: &str, bin: &str) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = Command::new(cargo)
         .current_dir(workspace_root())
