@@ -241,6 +241,19 @@ async fn conflict_loop_across_generations_is_delayed_and_evicted() {
     assert_eq!(history.conflicts.len(), 3, "{history:?}");
     assert_eq!(history.evictions.len(), 3, "{history:?}");
     assert!(history.loop_state.is_some(), "{history:?}");
+    // The watchdog's saves keep the webhook's owner: uninstalling still
+    // garbage-collects the Lease (integration_uninstall).
+    let lease = Api::<Lease>::namespaced(client.clone(), LISTENER_NAMESPACE)
+        .get(&names::lease_name(&name))
+        .await
+        .unwrap();
+    let owners = lease.metadata.owner_references.unwrap_or_default();
+    assert!(
+        owners
+            .iter()
+            .any(|o| o.kind == "MutatingWebhookConfiguration" && o.name == "arc-watchdog"),
+        "{owners:?}"
+    );
 
     // Generation 4 (ARC recreates the pod, same name): its watchdog starts
     // from the Lease, still in the loop, and never blocks the start for
