@@ -858,3 +858,51 @@ fn a_merged_loop_evicts_a_listener_restarted_in_place_within_the_budget() {
     );
     assert_eq!(d.history().evictions.len(), 1);
 }
+
+/// Reports are published as Events at once, before any eviction is tried
+/// (which may still be over budget, refused, or found moot): they never
+/// say the pod is being evicted; only the eviction decision's own message
+/// (published as ListenerEvicted once the API server accepted it) does.
+#[test]
+fn reports_do_not_claim_an_eviction_that_may_not_happen() {
+    let claims = |d: &Decision| {
+        matches!(d, Decision::Report { .. }) && d.message().contains("evicting the pod")
+    };
+    // Hung, with no budget left: reported, not evicted.
+    let t = Thresholds {
+        hung_after: Some(Duration::from_secs(300)),
+        eviction_budget: 0,
+        ..Thresholds::default()
+    };
+    let mut s = Sim::new(t);
+    s.start(false);
+    s.line(ListenerEvent::SessionEstablished);
+    let out = s.advance(300);
+    assert_eq!(
+        reasons(&out),
+        vec![Reason::ListenerHung, Reason::EvictionBudgetExhausted]
+    );
+    assert!(!out.iter().any(claims), "{out:?}");
+    // Hung, within the budget: the eviction's message says it.
+    let t = Thresholds {
+        hung_after: Some(Duration::from_secs(300)),
+        ..Thresholds::default()
+    };
+    let mut s = Sim::new(t);
+    s.start(false);
+    let out = s.advance(300);
+    assert!(!out.iter().any(claims), "{out:?}");
+    assert!(
+        matches!(out.last(), Some(Decision::Evict { message, .. }) if message.contains("evicting the pod")),
+        "{out:?}"
+    );
+    // A dead listener during a backoff: evicted later, if still dead.
+    let mut s = Sim::new(Thresholds::default());
+    s.failing_generation(CONFLICT);
+    s.failing_generation(CONFLICT);
+    s.start(false);
+    s.line(CONFLICT);
+    let out = s.end(1, true);
+    assert_eq!(reasons(&out), vec![Reason::ListenerDead]);
+    assert!(!out.iter().any(claims), "{out:?}");
+}

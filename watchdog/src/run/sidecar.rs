@@ -877,7 +877,7 @@ impl Sidecar {
         // Not yet an eviction: the fresh look below may find it moot (with
         // restartPolicy Always, the kubelet has usually restarted the
         // listener by then). The eviction is logged when it is sent.
-        info!(cause = cause.as_str(), message = %message, "eviction decided; re-reading the pod before sending it");
+        info!(cause = cause.as_str(), decision = %message, "eviction decided; re-reading the pod before sending it");
         let client = self.client.clone();
         let pods = self.pods.clone();
         let args = self.args.clone();
@@ -892,7 +892,7 @@ impl Sidecar {
                 Err(Fresh::Unknown(why)) => EvictOutcome::Failed(why),
                 Ok(()) => {
                     // Tools count this line as an eviction: only here.
-                    warn!(cause = cause.as_str(), message = %message, "{EVICTING_LOG}");
+                    warn!(cause = cause.as_str(), decision = %message, "{EVICTING_LOG}");
                     evict_pod(
                         &client,
                         &args.identity.pod_namespace,
