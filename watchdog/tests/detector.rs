@@ -776,7 +776,21 @@ fn a_merged_history_below_the_threshold_decides_nothing() {
     let mut d = merged(&stored, &ours);
     assert!(d.evaluate(ours.now).is_empty());
     assert!(d.history().loop_state.is_none());
-    // Out of the window, three conflicts are no loop either.
+    // Conflicts stored 20 minutes before ours are out of its window.
+    let mut stored = Sim::new(Thresholds::default());
+    stored.failing_generation(CONFLICT);
+    stored.failing_generation(CONFLICT);
+    let mut ours = Sim::new(Thresholds::default());
+    ours.now = stored
+        .now
+        .saturating_add(Duration::from_secs(1200))
+        .unwrap();
+    ours.run = stored.run;
+    ours.failing_generation(CONFLICT);
+    let mut d = merged(&stored, &ours);
+    assert!(d.evaluate(ours.now).is_empty());
+    assert!(d.history().loop_state.is_none());
+    // A loop the evidence made that would be over by now is not started.
     let (stored, ours) = stored_two_then_one_more(Thresholds::default());
     let mut d = merged(&stored, &ours);
     let late = ours.now.saturating_add(Duration::from_secs(3600)).unwrap();
