@@ -787,7 +787,7 @@ impl Sidecar {
             match &d {
                 Decision::Evict { cause, at, .. } => self.evict(*cause, *at, message),
                 Decision::DelayStart { .. } => {
-                    info!(reason = reason.as_str(), message = %message, "decision");
+                    info!(reason = reason.as_str(), detail = %message, "decision");
                     self.report(reason, message, "DelayStart");
                 }
                 Decision::Report { .. } => {
@@ -795,9 +795,9 @@ impl Sidecar {
                         self.shared.metrics.session_conflicts.inc();
                     }
                     if reason.is_warning() {
-                        warn!(reason = reason.as_str(), message = %message, "decision");
+                        warn!(reason = reason.as_str(), detail = %message, "decision");
                     } else {
-                        info!(reason = reason.as_str(), message = %message, "decision");
+                        info!(reason = reason.as_str(), detail = %message, "decision");
                     }
                     self.report(reason, message, "Observe");
                 }
@@ -867,7 +867,7 @@ impl Sidecar {
             self.report_str(
                 Reason::EvictionBlocked.as_str(),
                 true,
-                format!("not evicting ({}): {why}; {message}", cause.as_str()),
+                format!("not evicting ({}): {why}; the decision was: \"{message}\"", cause.as_str()),
                 "Evict",
             );
             return;
@@ -965,7 +965,7 @@ impl Sidecar {
                 self.report_str(
                     Reason::EvictionBlocked.as_str(),
                     true,
-                    format!("eviction ({cause}) refused {attempts} times (PodDisruptionBudget?): {last}; {}", done.message),
+                    format!("eviction ({cause}) refused {attempts} times (PodDisruptionBudget?): {last}; the decision was: \"{}\"", done.message),
                     "Evict",
                 );
             }
@@ -975,7 +975,7 @@ impl Sidecar {
                 self.report_str(
                     Reason::EvictionBlocked.as_str(),
                     true,
-                    format!("eviction ({cause}) failed: {why}; {}", done.message),
+                    format!("eviction ({cause}) failed: {why}; the decision was: \"{}\"", done.message),
                     "Evict",
                 );
             }
@@ -1007,7 +1007,7 @@ impl Sidecar {
                 })
                 .set(1);
         }
-        warn!(version = %w.version, message = %w.message, "the listener's ARC version has known gaps");
+        warn!(version = %w.version, detail = %w.message, "the listener's ARC version has known gaps");
         self.report(
             Reason::ListenerVersionWarning,
             format!("ARC {}: {}", w.version, w.message),
