@@ -867,7 +867,10 @@ impl Sidecar {
             self.report_str(
                 Reason::EvictionBlocked.as_str(),
                 true,
-                format!("not evicting ({}): {why}; the decision was: \"{message}\"", cause.as_str()),
+                format!(
+                    "not evicting ({}): {why}; the decision was: \"{message}\"",
+                    cause.as_str()
+                ),
                 "Evict",
             );
             return;
@@ -975,7 +978,10 @@ impl Sidecar {
                 self.report_str(
                     Reason::EvictionBlocked.as_str(),
                     true,
-                    format!("eviction ({cause}) failed: {why}; the decision was: \"{}\"", done.message),
+                    format!(
+                        "eviction ({cause}) failed: {why}; the decision was: \"{}\"",
+                        done.message
+                    ),
                     "Evict",
                 );
             }
