@@ -11,31 +11,8 @@ mod run_support;
 
 use std::time::Duration;
 
-use arc_watchdog::detector::History;
-use arc_watchdog::run::lease::HISTORY_ANNOTATION;
-use arc_watchdog::run::metrics::OutcomeLabel;
-use arc_watchdog::run::start;
 use jiff::Timestamp;
 use run_support::*;
-use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
-
-fn history(lease: &Value) -> Option<History> {
-    lease["metadata"]["annotations"][HISTORY_ANNOTATION]
-        .as_str()
-        .and_then(|h| History::from_json(h).ok())
-}
-
-/// The pod with run `id` in `state` after `restarts` restarts in place,
-/// the previous run `last` terminated.
-fn restarted(id: &str, state: Value, restarts: i32, last: &str) -> Value {
-    let mut pod = pod_json(Some(id), state, restarts);
-    pod["spec"]["restartPolicy"] = json!("Always");
-    pod["status"]["containerStatuses"][0]["lastState"] = json!({"terminated": {
-        "exitCode": 1, "reason": "Error", "finishedAt": Timestamp::now().to_string(),
-        "containerID": last}});
-    pod
-}
 
 #[tokio::test]
 async fn evictions_the_api_did_not_accept_do_not_use_up_the_budget() {
@@ -43,36 +20,15 @@ async fn evictions_the_api_did_not_accept_do_not_use_up_the_budget() {
     api.set_lease(None);
     // Streams close at once (the listener writes nothing here).
     api.with(|s| s.log_done = true);
-    api.set_pod(pod_json(
-        Some("containerd://c1"),
-        running(&Timestamp::now().to_string()),
-        0,
-    ));
-    let cancel = CancellationToken::new();
-    let started = start(
-        run_args("20s", &["--eviction-budget=2", "--conflict-threshold=5"]),
-        Ok(api.client()),
-        cancel.clone(),
+    api.set_pod(c1_running(Timestamp::now()));
+    let (started, cancel) = start_watchdog(
+        &api,
+        "20s",
+        &["--eviction-budget=2", "--conflict-threshold=5"],
     )
-    .await
-    .unwrap();
-    let shared = started.shared.clone();
-    let not_accepted = |outcome: &str| {
-        shared
-            .metrics
-            .evictions_not_accepted
-            .get_or_create(&OutcomeLabel {
-                outcome: outcome.to_owned(),
-            })
-            .get()
-    };
-    api.wait_for("run c1 in the Lease", |s| {
-        s.lease
-            .as_ref()
-            .and_then(history)
-            .is_some_and(|h| h.run.is_some_and(|r| r.id == "containerd://c1"))
-    })
     .await;
+    let metrics = started.shared.metrics.clone();
+    api.wait_for_run("containerd://c1").await;
 
     // 1. c1 exits and the kubelet restarts it in place at once: the
     // eviction its end decided is moot (the fresh look sees c2 running).
@@ -82,11 +38,7 @@ async fn evictions_the_api_did_not_accept_do_not_use_up_the_budget() {
         1,
         "containerd://c1",
     ));
-    let t0 = std::time::Instant::now();
-    while not_accepted("moot") < 1 {
-        assert!(t0.elapsed() < Duration::from_secs(20), "no moot eviction");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_until("a moot eviction", || not_accepted(&metrics, "moot") >= 1).await;
 
     // 2. c2 exits and stays down; the eviction meets an API server error.
     api.with(|s| s.evict_fail = Some(500));
@@ -96,11 +48,10 @@ async fn evictions_the_api_did_not_accept_do_not_use_up_the_budget() {
         1,
         "containerd://c1",
     ));
-    let t0 = std::time::Instant::now();
-    while not_accepted("failed") < 1 {
-        assert!(t0.elapsed() < Duration::from_secs(20), "no failed eviction");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_until("a failed eviction", || {
+        not_accepted(&metrics, "failed") >= 1
+    })
+    .await;
     assert_eq!(api.requests("POST", "/eviction").len(), 1);
 
     // 3. Restarted in place, c3 exits and stays down: two evictions were
@@ -121,10 +72,7 @@ async fn evictions_the_api_did_not_accept_do_not_use_up_the_budget() {
     api.wait_for("an accepted eviction", |s| !s.evictions.is_empty())
         .await;
     api.wait_for("the accepted eviction in the Lease", |s| {
-        s.lease
-            .as_ref()
-            .and_then(history)
-            .is_some_and(|h| h.evictions.len() == 1)
+        stored(s).is_some_and(|h| h.evictions.len() == 1)
     })
     .await;
     assert!(
@@ -165,11 +113,7 @@ async fn evictions_the_api_did_not_accept_do_not_use_up_the_budget() {
         "the Lease held an eviction before the API server accepted one"
     );
 
-    cancel.cancel();
-    tokio::time::timeout(Duration::from_secs(2), started.task)
-        .await
-        .unwrap()
-        .unwrap();
+    stop(started, cancel).await;
 }
 
 /// The API server accepts an eviction, and its effect (the kubelet's
@@ -183,28 +127,11 @@ async fn an_eviction_answered_after_sigterm_is_counted_in_the_last_save() {
         s.log_done = true;
         s.evict_hold = true;
     });
-    api.set_pod(pod_json(
-        Some("containerd://c1"),
-        running(&Timestamp::now().to_string()),
-        0,
-    ));
-    let cancel = CancellationToken::new();
-    let started = start(run_args("20s", &[]), Ok(api.client()), cancel.clone())
-        .await
-        .unwrap();
-    api.wait_for("run c1 in the Lease", |s| {
-        s.lease
-            .as_ref()
-            .and_then(history)
-            .is_some_and(|h| h.run.is_some_and(|r| r.id == "containerd://c1"))
-    })
-    .await;
+    api.set_pod(c1_running(Timestamp::now()));
+    let (started, cancel) = start_watchdog(&api, "20s", &[]).await;
+    api.wait_for_run("containerd://c1").await;
     // The listener dies while its pod lives on: evict at once.
-    api.set_pod(pod_json(
-        Some("containerd://c1"),
-        terminated(1, &Timestamp::now().to_string()),
-        0,
-    ));
+    api.set_pod(c1_exited(Timestamp::now()));
     api.wait_for("the eviction on its way", |s| {
         s.requests
             .iter()
@@ -221,6 +148,6 @@ async fn an_eviction_answered_after_sigterm_is_counted_in_the_last_save() {
     let took = t0.elapsed();
     assert!(took < Duration::from_secs(1), "shutdown took {took:?}");
     assert_eq!(api.with(|s| s.evictions.len()), 1);
-    let h = api.with(|s| s.lease.as_ref().and_then(history)).unwrap();
+    let h = api.with(|s| stored(s)).unwrap();
     assert_eq!(h.evictions.len(), 1, "{h:?}");
 }

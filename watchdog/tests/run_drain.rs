@@ -13,66 +13,26 @@ mod run_support;
 
 use std::time::{Duration, Instant};
 
-use arc_watchdog::detector::{Cause, FailedStart, History};
-use arc_watchdog::run::lease::HISTORY_ANNOTATION;
+use arc_watchdog::run::Started;
+use arc_watchdog::run::http::Shared;
 use arc_watchdog::run::metrics::DropLabel;
-use arc_watchdog::run::{Started, start};
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use run_support::*;
 use tokio_util::sync::CancellationToken;
-
-const CONFLICT: &str = "2026/03/02 04:10:02 Application returned an error: createSession failed: failed to create session: actions error: StatusCode 409, AcivityId \"3f5c9a2e\": GitHub.Actions.Runtime.WebApi.RunnerScaleSetSessionConflictException, GitHub.Actions.Runtime.WebApi: The actions runner scaleset arc-runner-set already has an active session.";
-
-fn stored(s: &FakeState) -> Option<History> {
-    s.lease
-        .as_ref()
-        .and_then(|l| l["metadata"]["annotations"][HISTORY_ANNOTATION].as_str())
-        .and_then(|h| History::from_json(h).ok())
-}
 
 /// A sidecar following run c1 whose follow stream lags (delivers
 /// nothing), with two earlier conflicts in the Lease.
 async fn following_a_lagging_stream(api: &FakeApi) -> (Started, CancellationToken) {
     // Two earlier pod generations met a conflict each.
-    let now = Timestamp::now();
-    let earlier: Vec<Timestamp> = [120, 60]
-        .iter()
-        .map(|s| now - SignedDuration::from_secs(*s))
-        .collect();
-    let seed = History {
-        conflicts: earlier.clone(),
-        failed_starts: earlier
-            .iter()
-            .map(|at| FailedStart {
-                at: *at,
-                cause: Cause::SessionConflict,
-            })
-            .collect(),
-        ..History::default()
-    };
+    let seed = two_earlier_conflicts(Timestamp::now());
     api.set_lease(Some(&seed.to_json()));
     // The follow stream lags: it delivers nothing.
     api.with(|s| s.stall_follow = true);
     let started_at = Timestamp::now();
-    api.set_pod(pod_json(
-        Some("containerd://c1"),
-        running(&started_at.to_string()),
-        0,
-    ));
-    let cancel = CancellationToken::new();
-    let started = start(run_args("20s", &[]), Ok(api.client()), cancel.clone())
-        .await
-        .unwrap();
-    api.wait_for("the new run in the Lease", |s| {
-        stored(s).is_some_and(|h| h.run.is_some_and(|r| r.id == "containerd://c1"))
-    })
-    .await;
-    api.wait_for("the follow stream to be opened", |s| {
-        s.requests
-            .iter()
-            .any(|r| r.path.ends_with("/log") && r.query.contains("follow=true"))
-    })
-    .await;
+    api.set_pod(c1_running(started_at));
+    let (started, cancel) = start_watchdog(api, "20s", &[]).await;
+    api.wait_for_run("containerd://c1").await;
+    api.wait_for_follow().await;
     (started, cancel)
 }
 
@@ -87,11 +47,7 @@ async fn conflict_then_sigterm(
         s.log.push((Timestamp::now(), CONFLICT.to_owned()));
         s.log_done = true;
     });
-    api.set_pod(pod_json(
-        Some("containerd://c1"),
-        terminated(1, &Timestamp::now().to_string()),
-        0,
-    ));
+    api.set_pod(c1_exited(Timestamp::now()));
     let t0 = Instant::now();
     cancel.cancel();
     tokio::time::timeout(Duration::from_secs(2), started.task)
@@ -101,6 +57,17 @@ async fn conflict_then_sigterm(
     let took = t0.elapsed();
     eprintln!("shutdown took {took:?}");
     took
+}
+
+/// Events the drain decided but dropped at the shutdown bound.
+fn dropped_at_shutdown(shared: &Shared) -> u64 {
+    shared
+        .metrics
+        .events_dropped
+        .get_or_create(&DropLabel {
+            why: "shutdown_bound".to_owned(),
+        })
+        .get()
 }
 
 /// Event reasons posted about the pod.
@@ -164,14 +131,7 @@ async fn events_decided_during_the_drain_are_published_before_the_exit() {
     assert!(api.with(|s| s.events.iter().any(|e| {
         e["reason"] == "ConflictLoopDetected" && e["regarding"]["kind"] == "AutoscalingListener"
     })));
-    let dropped = shared
-        .metrics
-        .events_dropped
-        .get_or_create(&DropLabel {
-            why: "shutdown_bound".to_owned(),
-        })
-        .get();
-    assert_eq!(dropped, 0);
+    assert_eq!(dropped_at_shutdown(&shared), 0);
 }
 
 #[tokio::test]
@@ -185,13 +145,7 @@ async fn a_stalled_event_publisher_never_holds_the_exit() {
     assert!(took < Duration::from_secs(1), "shutdown took {took:?}");
 
     // The three decisions of the drain were dropped, and counted so.
-    let dropped = shared
-        .metrics
-        .events_dropped
-        .get_or_create(&DropLabel {
-            why: "shutdown_bound".to_owned(),
-        })
-        .get();
+    let dropped = dropped_at_shutdown(&shared);
     assert!(dropped >= 3, "dropped {dropped}");
     let reasons = api.with(|s| pod_event_reasons(s));
     assert!(

@@ -13,17 +13,12 @@ mod run_support;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use arc_watchdog::detector::History;
-use arc_watchdog::run::lease::HISTORY_ANNOTATION;
-use arc_watchdog::run::metrics::{OutcomeLabel, ReasonLabel};
+use arc_watchdog::run::metrics::ReasonLabel;
 use arc_watchdog::run::sidecar::EVICTING_LOG;
-use arc_watchdog::run::start;
 use jiff::Timestamp;
 use run_support::*;
-use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
+use serde_json::Value;
 
 /// The JSON log lines written while the guard lives (this thread: the
 /// test's runtime and every task on it).
@@ -81,22 +76,6 @@ impl Logs {
     }
 }
 
-fn history(lease: &Value) -> Option<History> {
-    lease["metadata"]["annotations"][HISTORY_ANNOTATION]
-        .as_str()
-        .and_then(|h| History::from_json(h).ok())
-}
-
-/// The pod with run `id` in `state` after `restarts` restarts in place.
-fn restarted(id: &str, state: Value, restarts: i32, last: &str) -> Value {
-    let mut pod = pod_json(Some(id), state, restarts);
-    pod["spec"]["restartPolicy"] = json!("Always");
-    pod["status"]["containerStatuses"][0]["lastState"] = json!({"terminated": {
-        "exitCode": 1, "reason": "Error", "finishedAt": Timestamp::now().to_string(),
-        "containerID": last}});
-    pod
-}
-
 #[tokio::test]
 async fn a_moot_eviction_is_never_logged_or_reported_as_an_eviction() {
     let logs = Logs::default();
@@ -104,28 +83,10 @@ async fn a_moot_eviction_is_never_logged_or_reported_as_an_eviction() {
     let api = FakeApi::start().await;
     api.set_lease(None);
     api.with(|s| s.log_done = true);
-    api.set_pod(pod_json(
-        Some("containerd://c1"),
-        running(&Timestamp::now().to_string()),
-        0,
-    ));
-    let cancel = CancellationToken::new();
-    let started = start(
-        run_args("20s", &["--conflict-threshold=5"]),
-        Ok(api.client()),
-        cancel.clone(),
-    )
-    .await
-    .unwrap();
+    api.set_pod(c1_running(Timestamp::now()));
+    let (started, cancel) = start_watchdog(&api, "20s", &["--conflict-threshold=5"]).await;
     let metrics = started.shared.metrics.clone();
-    let moot = || {
-        metrics
-            .evictions_not_accepted
-            .get_or_create(&OutcomeLabel {
-                outcome: "moot".to_owned(),
-            })
-            .get()
-    };
+    let moot = || not_accepted(&metrics, "moot");
     let evicted = || {
         metrics
             .evictions
@@ -134,13 +95,7 @@ async fn a_moot_eviction_is_never_logged_or_reported_as_an_eviction() {
             })
             .get()
     };
-    api.wait_for("run c1 in the Lease", |s| {
-        s.lease
-            .as_ref()
-            .and_then(history)
-            .is_some_and(|h| h.run.is_some_and(|r| r.id == "containerd://c1"))
-    })
-    .await;
+    api.wait_for_run("containerd://c1").await;
 
     // c1 exits and is restarted in place at once: the decided eviction is
     // moot.
@@ -150,11 +105,7 @@ async fn a_moot_eviction_is_never_logged_or_reported_as_an_eviction() {
         1,
         "containerd://c1",
     ));
-    let t0 = std::time::Instant::now();
-    while moot() < 1 {
-        assert!(t0.elapsed() < Duration::from_secs(20), "no moot eviction");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_until("a moot eviction", || moot() >= 1).await;
     assert!(api.requests("POST", "/eviction").is_empty());
     assert_eq!(evicted(), 0);
     assert_eq!(
@@ -208,9 +159,5 @@ async fn a_moot_eviction_is_never_logged_or_reported_as_an_eviction() {
     assert_eq!(sent[0]["fields"]["cause"], "listener_dead");
     assert_eq!(logs.raw_count(EVICTING_LOG), 1, "{}", logs.text());
 
-    cancel.cancel();
-    tokio::time::timeout(Duration::from_secs(2), started.task)
-        .await
-        .unwrap()
-        .unwrap();
+    stop(started, cancel).await;
 }

@@ -25,6 +25,30 @@ fn view(pod: serde_json::Value) -> PodView {
     PodView::from_pod(&pod, "listener")
 }
 
+/// Spawns a follower of run c1 of the stand-in's pod whose retries back
+/// off from `backoff.0` to `backoff.1` ms.
+fn follow_c1(
+    api: &FakeApi,
+    backoff: (u64, u64),
+    pod_rx: watch::Receiver<PodView>,
+    tx: mpsc::Sender<FollowerMsg>,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(follow_run(
+        Api::<Pod>::namespaced(api.client(), NS),
+        FollowConfig {
+            pod: POD.to_owned(),
+            container: "listener".to_owned(),
+            container_id: "containerd://c1".to_owned(),
+            initial_backoff: Duration::from_millis(backoff.0),
+            max_backoff: Duration::from_millis(backoff.1),
+        },
+        pod_rx,
+        tx,
+        cancel,
+    ))
+}
+
 #[tokio::test]
 async fn dropped_stream_resumes_without_counting_twice() {
     let api = FakeApi::start().await;
@@ -55,19 +79,7 @@ async fn dropped_stream_resumes_without_counting_twice() {
     let (pod_tx, pod_rx) = watch::channel(view(api.with(|s| s.pod.clone().unwrap())));
     let (tx, mut rx) = mpsc::channel(64);
     let cancel = CancellationToken::new();
-    let follower = tokio::spawn(follow_run(
-        Api::<Pod>::namespaced(api.client(), NS),
-        FollowConfig {
-            pod: POD.to_owned(),
-            container: "listener".to_owned(),
-            container_id: "containerd://c1".to_owned(),
-            initial_backoff: Duration::from_millis(20),
-            max_backoff: Duration::from_millis(100),
-        },
-        pod_rx,
-        tx,
-        cancel.clone(),
-    ));
+    let follower = follow_c1(&api, (20, 100), pod_rx, tx, cancel.clone());
 
     let mut lines = Vec::new();
     while lines.len() < log.len() {
@@ -172,19 +184,7 @@ async fn follower_backs_off_on_errors_and_stops_on_cancel() {
     let (_pod_tx, pod_rx) = watch::channel(PodView::default());
     let (tx, mut rx) = mpsc::channel(64);
     let cancel = CancellationToken::new();
-    let follower = tokio::spawn(follow_run(
-        Api::<Pod>::namespaced(api.client(), NS),
-        FollowConfig {
-            pod: POD.to_owned(),
-            container: "listener".to_owned(),
-            container_id: "containerd://c1".to_owned(),
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_millis(400),
-        },
-        pod_rx,
-        tx,
-        cancel.clone(),
-    ));
+    let follower = follow_c1(&api, (100, 400), pod_rx, tx, cancel.clone());
     let first = tokio::time::timeout(Duration::from_secs(5), rx.recv())
         .await
         .unwrap();
@@ -219,19 +219,7 @@ async fn a_follower_of_a_replaced_run_reads_no_more() {
     ));
     let (_pod_tx, pod_rx) = watch::channel(view(api.with(|s| s.pod.clone().unwrap())));
     let (tx, mut rx) = mpsc::channel(64);
-    let follower = tokio::spawn(follow_run(
-        Api::<Pod>::namespaced(api.client(), NS),
-        FollowConfig {
-            pod: POD.to_owned(),
-            container: "listener".to_owned(),
-            container_id: "containerd://c1".to_owned(),
-            initial_backoff: Duration::from_millis(20),
-            max_backoff: Duration::from_millis(100),
-        },
-        pod_rx,
-        tx,
-        CancellationToken::new(),
-    ));
+    let follower = follow_c1(&api, (20, 100), pod_rx, tx, CancellationToken::new());
     let first = tokio::time::timeout(Duration::from_secs(10), rx.recv())
         .await
         .unwrap();

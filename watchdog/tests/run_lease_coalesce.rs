@@ -9,25 +9,13 @@ mod run_support;
 
 use std::time::{Duration, Instant};
 
-use arc_watchdog::detector::History;
-use arc_watchdog::run::lease::{BOOKKEEPING_SAVE_INTERVAL, HISTORY_ANNOTATION};
-use arc_watchdog::run::start;
+use arc_watchdog::run::lease::BOOKKEEPING_SAVE_INTERVAL;
 use jiff::Timestamp;
 use run_support::*;
-use tokio_util::sync::CancellationToken;
-
-const CONFLICT: &str = "2026/03/02 04:10:02 Application returned an error: createSession failed: failed to create session: actions error: StatusCode 409, AcivityId \"3f5c9a2e\": GitHub.Actions.Runtime.WebApi.RunnerScaleSetSessionConflictException, GitHub.Actions.Runtime.WebApi: The actions runner scaleset arc-runner-set already has an active session.";
 
 /// How long the listener floods its log, and how fast.
 const FLOOD: Duration = Duration::from_secs(3);
 const LINE_EVERY: Duration = Duration::from_millis(5);
-
-fn stored(s: &FakeState) -> Option<History> {
-    s.lease
-        .as_ref()
-        .and_then(|l| l["metadata"]["annotations"][HISTORY_ANNOTATION].as_str())
-        .and_then(|h| History::from_json(h).ok())
-}
 
 fn lease_updates(api: &FakeApi) -> usize {
     api.requests("PUT", &format!("/leases/arc-watchdog-{POD}"))
@@ -46,16 +34,8 @@ async fn established_lines_coalesce_lease_saves_but_a_conflict_is_saved_at_once(
         running("2026-11-28T10:00:00Z"),
         0,
     ));
-    api.with(|s| {
-        s.log = vec![(
-            Timestamp::now(),
-            "2026-03-02T05:00:02Z\tINFO\tlistener-app.listener\tGetting next message\t{\"lastMessageID\": 0}".to_owned(),
-        )]
-    });
-    let cancel = CancellationToken::new();
-    let started = start(run_args("20s", &[]), Ok(api.client()), cancel.clone())
-        .await
-        .unwrap();
+    api.with(|s| s.log = vec![(Timestamp::now(), ESTABLISHED.to_owned())]);
+    let (started, cancel) = start_watchdog(&api, "20s", &[]).await;
     // The run got its session: that much is saved at once.
     api.wait_for("the established run in the Lease", |s| {
         stored(s).is_some_and(|h| {
@@ -114,10 +94,7 @@ async fn established_lines_coalesce_lease_saves_but_a_conflict_is_saved_at_once(
         running(&restart.to_string()),
         1,
     ));
-    api.wait_for("the new run in the Lease", |s| {
-        stored(s).is_some_and(|h| h.run.is_some_and(|r| r.id == "containerd://c2"))
-    })
-    .await;
+    api.wait_for_run("containerd://c2").await;
     let t1 = Instant::now();
     api.with(|s| s.log.push((Timestamp::now(), CONFLICT.to_owned())));
     api.wait_for("the conflict in the Lease", |s| {

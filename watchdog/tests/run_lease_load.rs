@@ -10,23 +10,11 @@
 
 mod run_support;
 
-use std::time::Duration;
-
-use arc_watchdog::detector::{Cause, FailedStart, History};
-use arc_watchdog::run::lease::HISTORY_ANNOTATION;
-use arc_watchdog::run::{Started, start};
+use arc_watchdog::detector::History;
+use arc_watchdog::run::Started;
 use jiff::{SignedDuration, Timestamp};
 use run_support::*;
 use tokio_util::sync::CancellationToken;
-
-const CONFLICT: &str = "2026/03/02 04:10:02 Application returned an error: createSession failed: failed to create session: actions error: StatusCode 409, AcivityId \"3f5c9a2e\": GitHub.Actions.Runtime.WebApi.RunnerScaleSetSessionConflictException, GitHub.Actions.Runtime.WebApi: The actions runner scaleset arc-runner-set already has an active session.";
-
-fn stored(s: &FakeState) -> Option<History> {
-    s.lease
-        .as_ref()
-        .and_then(|l| l["metadata"]["annotations"][HISTORY_ANNOTATION].as_str())
-        .and_then(|h| History::from_json(h).ok())
-}
 
 fn lease_path() -> String {
     format!("/leases/arc-watchdog-{POD}")
@@ -42,15 +30,8 @@ async fn conflict_seen_while_the_lease_is_unreadable(
         s.lease_get_fail = Some(503);
         s.log = vec![(Timestamp::now(), CONFLICT.to_owned())];
     });
-    api.set_pod(pod_json(
-        Some("containerd://c1"),
-        running(&Timestamp::now().to_string()),
-        0,
-    ));
-    let cancel = CancellationToken::new();
-    let started = start(run_args("1s", &[]), Ok(api.client()), cancel.clone())
-        .await
-        .unwrap();
+    api.set_pod(c1_running(Timestamp::now()));
+    let (started, cancel) = start_watchdog(api, "1s", &[]).await;
     // Decided after the grace, from what was seen: the Event says so.
     api.wait_for("the SessionConflict Event", |s| {
         s.events.iter().any(|e| e["reason"] == "SessionConflict")
@@ -62,14 +43,6 @@ async fn conflict_seen_while_the_lease_is_unreadable(
         "the Lease was written before it was read"
     );
     (started, cancel)
-}
-
-async fn stop(started: Started, cancel: CancellationToken) {
-    cancel.cancel();
-    tokio::time::timeout(Duration::from_secs(2), started.task)
-        .await
-        .unwrap()
-        .unwrap();
 }
 
 #[tokio::test]
@@ -95,21 +68,9 @@ async fn a_lease_read_after_the_grace_keeps_the_stored_history() {
     let api = FakeApi::start().await;
     // Two earlier pod generations met a conflict each.
     let now = Timestamp::now();
-    let earlier: Vec<Timestamp> = [120, 60]
-        .iter()
-        .map(|s| now - SignedDuration::from_secs(*s))
-        .collect();
     let seed = History {
-        conflicts: earlier.clone(),
-        failed_starts: earlier
-            .iter()
-            .map(|at| FailedStart {
-                at: *at,
-                cause: Cause::SessionConflict,
-            })
-            .collect(),
         evictions: vec![now - SignedDuration::from_secs(90)],
-        ..History::default()
+        ..two_earlier_conflicts(now)
     };
     api.set_lease(Some(&seed.to_json()));
     let (started, cancel) = conflict_seen_while_the_lease_is_unreadable(&api).await;
@@ -133,34 +94,12 @@ async fn a_lease_read_after_the_grace_keeps_the_stored_history() {
 #[tokio::test]
 async fn a_lease_read_after_the_grace_starts_the_loop_the_merge_holds() {
     let api = FakeApi::start().await;
-    let now = Timestamp::now();
-    let earlier: Vec<Timestamp> = [120, 60]
-        .iter()
-        .map(|s| now - SignedDuration::from_secs(*s))
-        .collect();
-    let seed = History {
-        conflicts: earlier.clone(),
-        failed_starts: earlier
-            .iter()
-            .map(|at| FailedStart {
-                at: *at,
-                cause: Cause::SessionConflict,
-            })
-            .collect(),
-        ..History::default()
-    };
+    let seed = two_earlier_conflicts(Timestamp::now());
     api.set_lease(Some(&seed.to_json()));
     let (started, cancel) = conflict_seen_while_the_lease_is_unreadable(&api).await;
     let conflict_at = api.with(|s| s.log[0].0);
-    // Events on the pod (each has a twin on the AutoscalingListener).
-    let reasons = |s: &FakeState, r: &str| {
-        s.events
-            .iter()
-            .filter(|e| e["reason"] == r && e["regarding"]["kind"] == "Pod")
-            .count()
-    };
     // Seen alone, the third conflict is one conflict: no loop yet.
-    assert_eq!(api.with(|s| reasons(s, "ConflictLoopDetected")), 0);
+    assert_eq!(api.with(|s| pod_events(s, "ConflictLoopDetected")), 0);
     let (code, body) = http_get(started.addr, "/startz").await;
     assert_eq!(code, 200, "failing open before the load: {body}");
 
@@ -186,7 +125,7 @@ async fn a_lease_read_after_the_grace_starts_the_loop_the_merge_holds() {
         "{l:?}"
     );
     api.wait_for("the loop's Events", |s| {
-        reasons(s, "ConflictLoopDetected") >= 1 && reasons(s, "ListenerStartDelayed") >= 1
+        pod_events(s, "ConflictLoopDetected") >= 1 && pod_events(s, "ListenerStartDelayed") >= 1
     })
     .await;
     // The start gate holds the next start until the backoff ends.
@@ -196,11 +135,11 @@ async fn a_lease_read_after_the_grace_starts_the_loop_the_merge_holds() {
     stop(started, cancel).await;
     api.with(|s| {
         assert_eq!(
-            reasons(s, "SessionConflict"),
+            pod_events(s, "SessionConflict"),
             1,
             "a conflict reported twice"
         );
-        assert_eq!(reasons(s, "ConflictLoopDetected"), 1);
-        assert_eq!(reasons(s, "ListenerStartDelayed"), 1);
+        assert_eq!(pod_events(s, "ConflictLoopDetected"), 1);
+        assert_eq!(pod_events(s, "ListenerStartDelayed"), 1);
     });
 }

@@ -8,8 +8,6 @@ mod run_support;
 
 use std::time::{Duration, Instant};
 
-use arc_watchdog::detector::History;
-use arc_watchdog::run::lease::HISTORY_ANNOTATION;
 use arc_watchdog::run::start;
 use jiff::Timestamp;
 use run_support::*;
@@ -134,8 +132,6 @@ async fn rbac_missing_fails_open_and_never_evicts() {
         .unwrap();
 }
 
-const CONFLICT: &str = "2026/03/02 04:10:02 Application returned an error: createSession failed: failed to create session: actions error: StatusCode 409, AcivityId \"3f5c9a2e\": GitHub.Actions.Runtime.WebApi.RunnerScaleSetSessionConflictException, GitHub.Actions.Runtime.WebApi: The actions runner scaleset arc-runner-set already has an active session.";
-
 fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
@@ -212,22 +208,14 @@ async fn conflict_loop_delays_saves_reports_and_evicts_a_dead_listener() {
     });
     // The history reached the Lease.
     api.wait_for("history with the conflict in the Lease", |s| {
-        s.lease
-            .as_ref()
-            .and_then(|l| l["metadata"]["annotations"][HISTORY_ANNOTATION].as_str())
-            .and_then(|h| History::from_json(h).ok())
-            .is_some_and(|h| h.conflicts.len() == 1 && h.loop_state.is_some())
+        stored(s).is_some_and(|h| h.conflicts.len() == 1 && h.loop_state.is_some())
     })
     .await;
 
     // The listener exits; the pod lives on (classic sidecar): the detector
     // evicts when the backoff ends; the PDB's 429 is retried.
     api.with(|s| s.log_done = true);
-    api.set_pod(pod_json(
-        Some("containerd://c1"),
-        terminated(1, &Timestamp::now().to_string()),
-        0,
-    ));
+    api.set_pod(c1_exited(Timestamp::now()));
     api.wait_for("an accepted eviction", |s| !s.evictions.is_empty())
         .await;
     let posts = api.requests("POST", "/eviction");
@@ -291,31 +279,17 @@ async fn a_run_ends_after_its_last_line_is_counted() {
     .await;
     // The pod status first, the line later (the log path through the
     // kubelet is slower than the watch): the worst order.
-    api.set_pod(pod_json(
-        Some("containerd://c1"),
-        terminated(1, &Timestamp::now().to_string()),
-        0,
-    ));
+    api.set_pod(c1_exited(Timestamp::now()));
     tokio::time::sleep(Duration::from_millis(300)).await;
     api.with(|s| {
         s.log.push((Timestamp::now(), CONFLICT.to_owned()));
         s.log_done = true;
     });
     api.wait_for("the run's end in the Lease", |s| {
-        s.lease
-            .as_ref()
-            .and_then(|l| l["metadata"]["annotations"][HISTORY_ANNOTATION].as_str())
-            .and_then(|h| History::from_json(h).ok())
-            .is_some_and(|h| h.run.as_ref().is_some_and(|r| r.ended.is_some()))
+        stored(s).is_some_and(|h| h.run.as_ref().is_some_and(|r| r.ended.is_some()))
     })
     .await;
-    let lease = api.with(|s| s.lease.clone().unwrap());
-    let h = History::from_json(
-        lease["metadata"]["annotations"][HISTORY_ANNOTATION]
-            .as_str()
-            .unwrap(),
-    )
-    .unwrap();
+    let h = api.with(|s| stored(s)).expect("a history in the Lease");
     assert_eq!(h.conflicts.len(), 1, "{h:?}");
     assert_eq!(h.failed_starts.len(), 1, "{h:?}");
     assert_eq!(

@@ -15,18 +15,31 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use arc_watchdog::detector::{Cause, FailedStart, History};
+use arc_watchdog::run::lease::HISTORY_ANNOTATION;
+use arc_watchdog::run::metrics::{Metrics, OutcomeLabel};
+use arc_watchdog::run::{Started, start};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 pub const NS: &str = "arc-systems";
 pub const POD: &str = "demo-6b4f8c7d-listener";
 pub const POD_UID: &str = "0b5e1d6c-1111-4c1c-9a34-5d6f1f0c0001";
+
+/// A listener log line meeting a stale session: ARC's 409
+/// RunnerScaleSetSessionConflictException, as the listener writes it.
+pub const CONFLICT: &str = "2026/03/02 04:10:02 Application returned an error: createSession failed: failed to create session: actions error: StatusCode 409, AcivityId \"3f5c9a2e\": GitHub.Actions.Runtime.WebApi.RunnerScaleSetSessionConflictException, GitHub.Actions.Runtime.WebApi: The actions runner scaleset arc-runner-set already has an active session.";
+
+/// A listener log line of a run that holds its session (the listener
+/// polls for the next message).
+pub const ESTABLISHED: &str = "2026-03-02T05:00:02Z\tINFO\tlistener-app.listener\tGetting next message\t{\"lastMessageID\": 0}";
 
 /// One request as the stand-in saw it.
 #[derive(Debug, Clone)]
@@ -209,6 +222,117 @@ impl FakeApi {
     }
 }
 
+impl FakeApi {
+    /// Waits until the history in the Lease holds run `id` (a container ID).
+    pub async fn wait_for_run(&self, id: &str) {
+        self.wait_for(&format!("run {id} in the Lease"), |s| {
+            stored(s).is_some_and(|h| h.run.is_some_and(|r| r.id == id))
+        })
+        .await;
+    }
+
+    /// Waits until a follow stream of the listener's log was opened.
+    pub async fn wait_for_follow(&self) {
+        self.wait_for("the follow stream to be opened", |s| {
+            s.requests
+                .iter()
+                .any(|r| r.path.ends_with("/log") && r.query.contains("follow=true"))
+        })
+        .await;
+    }
+}
+
+/// The history a Lease (or a Lease body sent to the stand-in) holds, if
+/// its annotation holds a readable one.
+pub fn history(lease: &Value) -> Option<History> {
+    lease["metadata"]["annotations"][HISTORY_ANNOTATION]
+        .as_str()
+        .and_then(|h| History::from_json(h).ok())
+}
+
+/// The history the stand-in's Lease holds now.
+pub fn stored(s: &FakeState) -> Option<History> {
+    s.lease.as_ref().and_then(history)
+}
+
+/// How many Events with `reason` the stand-in got about the pod (each one
+/// has a twin on the AutoscalingListener, not counted here).
+pub fn pod_events(s: &FakeState, reason: &str) -> usize {
+    s.events
+        .iter()
+        .filter(|e| e["reason"] == reason && e["regarding"]["kind"] == "Pod")
+        .count()
+}
+
+/// A history in which two earlier pod generations met a session conflict
+/// each, 120 s and 60 s before `now`, each a failed start: one conflict
+/// more makes a loop at the default threshold (3).
+pub fn two_earlier_conflicts(now: Timestamp) -> History {
+    let earlier: Vec<Timestamp> = [120, 60]
+        .iter()
+        .map(|s| now - SignedDuration::from_secs(*s))
+        .collect();
+    History {
+        conflicts: earlier.clone(),
+        failed_starts: earlier
+            .iter()
+            .map(|at| FailedStart {
+                at: *at,
+                cause: Cause::SessionConflict,
+            })
+            .collect(),
+        ..History::default()
+    }
+}
+
+/// Starts `arc-watchdog run` in process against the stand-in, with
+/// [`run_args`]`(grace, extra)`; the token stops it.
+pub async fn start_watchdog(
+    api: &FakeApi,
+    grace: &str,
+    extra: &[&str],
+) -> (Started, CancellationToken) {
+    let cancel = CancellationToken::new();
+    let started = start(run_args(grace, extra), Ok(api.client()), cancel.clone())
+        .await
+        .unwrap();
+    (started, cancel)
+}
+
+/// Stops a watchdog: cancels it and waits (2 s at most) for its main loop
+/// to end without a panic.
+pub async fn stop(started: Started, cancel: CancellationToken) {
+    cancel.cancel();
+    tokio::time::timeout(std::time::Duration::from_secs(2), started.task)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// Evictions decided but not accepted with `outcome` ("moot", "failed",
+/// ...) so far: `arc_watchdog_evictions_not_accepted_total{outcome}`.
+pub fn not_accepted(metrics: &Metrics, outcome: &str) -> u64 {
+    metrics
+        .evictions_not_accepted
+        .get_or_create(&OutcomeLabel {
+            outcome: outcome.to_owned(),
+        })
+        .get()
+}
+
+/// Polls `cond` every 20 ms until it holds, for what the stand-in does
+/// not see (the watchdog's metrics); panics with `what` after 20 s.
+pub async fn poll_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let t0 = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// A listener pod owned by an AutoscalingListener, with the listener
 /// container in `state` (a ContainerState JSON) and `container_id`.
 pub fn pod_json(container_id: Option<&str>, state: Value, restart_count: i32) -> Value {
@@ -252,6 +376,29 @@ pub fn pod_json(container_id: Option<&str>, state: Value, restart_count: i32) ->
             "containerStatuses": [status],
         },
     })
+}
+
+/// The pod with run `id` in `state` after `restarts` restarts in place
+/// (`restartPolicy: Always`), the previous run `last` terminated now.
+pub fn restarted(id: &str, state: Value, restarts: i32, last: &str) -> Value {
+    let mut pod = pod_json(Some(id), state, restarts);
+    pod["spec"]["restartPolicy"] = json!("Always");
+    pod["status"]["containerStatuses"][0]["lastState"] = json!({"terminated": {
+        "exitCode": 1, "reason": "Error", "finishedAt": Timestamp::now().to_string(),
+        "containerID": last}});
+    pod
+}
+
+/// The pod (`restartPolicy: Never`) with its first run c1 running since
+/// `at`.
+pub fn c1_running(at: Timestamp) -> Value {
+    pod_json(Some("containerd://c1"), running(&at.to_string()), 0)
+}
+
+/// The pod (`restartPolicy: Never`) with its first run c1 exited with 1
+/// at `at`.
+pub fn c1_exited(at: Timestamp) -> Value {
+    pod_json(Some("containerd://c1"), terminated(1, &at.to_string()), 0)
 }
 
 pub fn running(started: &str) -> Value {
