@@ -25,7 +25,9 @@ async fn a_late_line_of_the_earlier_run_is_not_counted_for_the_new_run() {
         ..History::default()
     };
     api.set_lease(Some(&seed.to_json()));
-    api.set_pod(c1_running(now));
+    let mut c1 = c1_running(now);
+    c1["spec"]["restartPolicy"] = json!("Always");
+    api.set_pod(c1);
     let (started, cancel) = start_watchdog(&api, "20s", &[]).await;
     api.wait_for_run("containerd://c1").await;
     api.wait_for_follow().await;
@@ -35,6 +37,7 @@ async fn a_late_line_of_the_earlier_run_is_not_counted_for_the_new_run() {
     let restart = Timestamp::now();
     api.with(|s| s.log_floor = Some(restart));
     let mut pod = pod_json(Some("containerd://c2"), running(&restart.to_string()), 1);
+    pod["spec"]["restartPolicy"] = json!("Always");
     pod["status"]["containerStatuses"][0]["lastState"] = json!({"terminated": {
         "exitCode": 1, "reason": "Error", "finishedAt": restart.to_string(),
         "containerID": "containerd://c1"}});
