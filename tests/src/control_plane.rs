@@ -13,6 +13,10 @@
 //! - helpers to create namespaces and service accounts, apply YAML by
 //!   server-side apply, run the matching `kubectl`, and install ARC's and
 //!   cert-manager's CRDs from their Go modules.
+//! - [`ControlPlane::stop_apiserver`] / [`ControlPlane::start_apiserver`]
+//!   (or [`ControlPlane::restart_apiserver`]): the API server goes away and
+//!   comes back on the same address with the same etcd, certificates and
+//!   flags (for a control plane of your own, not the shared one).
 //! - [`Webhook`]: runs `arc-watchdog-webhook` as a process and registers it
 //!   at `https://127.0.0.1:PORT/mutate` with a `caBundle` from
 //!   `arc-watchdog-certs`.
@@ -75,6 +79,9 @@ pub const WEBHOOK_CONFIG_NAME: &str = "arc-watchdog";
 /// Namespace of ARC's controller, where listener pods run
 /// (manifests/listener-namespace/).
 pub const LISTENER_NAMESPACE: &str = "arc-systems";
+
+/// Process name (log `<dir>/kube-apiserver.log`) of the API server.
+const APISERVER: &str = "kube-apiserver";
 
 /// Field manager used for server-side apply from tests.
 pub const FIELD_MANAGER: &str = "arc-watchdog-tests";
@@ -586,6 +593,8 @@ pub struct ControlPlane {
     procs: Mutex<Vec<Proc>>,
     reaper: Mutex<Option<(Child, ChildStdin)>>,
     has_controller_manager: bool,
+    /// kube-apiserver's program and flags, for [`Self::start_apiserver`].
+    apiserver_cmd: (PathBuf, Vec<String>),
 }
 
 impl std::fmt::Debug for Pki {
@@ -749,6 +758,7 @@ impl ControlPlane {
             procs: Mutex::new(Vec::new()),
             reaper: Mutex::new(Some(reaper)),
             has_controller_manager: kcm_bin.is_some(),
+            apiserver_cmd: (apiserver_bin.clone(), Vec::new()),
         };
 
         let t0 = Instant::now();
@@ -794,10 +804,11 @@ impl ControlPlane {
         ];
         cp.push(Proc::spawn(
             &dir,
-            "kube-apiserver",
+            APISERVER,
             &apiserver_bin,
             &apiserver_args,
         )?)?;
+        cp.apiserver_cmd.1 = apiserver_args;
         cp.wait_ready(Duration::from_secs(90)).await?;
         eprintln!(
             "[control-plane] kube-apiserver {KUBE_VERSION} ready at {server} after {:.1}s (logs: {})",
@@ -870,6 +881,79 @@ impl ControlPlane {
                 ),
             }
         }
+    }
+
+    /// Stops kube-apiserver (SIGTERM, SIGKILL after 5 s; by pid), leaving
+    /// etcd, kube-controller-manager and every other process running: the
+    /// API server goes away mid-stream, as in a control-plane upgrade.
+    /// Returns how long the stop took. Fails when it is not running.
+    ///
+    /// Disturbs every client of this control plane: use it on a control
+    /// plane of your own ([`Self::start`]), never on [`Self::shared`].
+    pub async fn stop_apiserver(&self) -> Result<Duration> {
+        let t0 = Instant::now();
+        let mut p = {
+            let mut procs = self
+                .procs
+                .lock()
+                .map_err(|_| anyhow!("process list poisoned"))?;
+            let i = procs
+                .iter()
+                .position(|p| p.name == APISERVER)
+                .ok_or_else(|| anyhow!("kube-apiserver is not running"))?;
+            procs.remove(i)
+        };
+        // Stopping waits (up to 5 s) in blocking calls: not on the runtime
+        // that may serve the fake kubelet the API server is talking to.
+        tokio::task::spawn_blocking(move || p.stop())
+            .await
+            .context("stopping kube-apiserver")?;
+        Ok(t0.elapsed())
+    }
+
+    /// Starts kube-apiserver again after [`Self::stop_apiserver`]: the same
+    /// binary and flags, so the same address, etcd, certificates and
+    /// service-account keys (tokens issued before stay valid); its log is
+    /// appended to. Waits until `/readyz` answers `ok` (at most `timeout`)
+    /// and returns how long that took.
+    pub async fn start_apiserver(&self, timeout: Duration) -> Result<Duration> {
+        let t0 = Instant::now();
+        {
+            let procs = self
+                .procs
+                .lock()
+                .map_err(|_| anyhow!("process list poisoned"))?;
+            ensure!(
+                !procs.iter().any(|p| p.name == APISERVER),
+                "kube-apiserver is already running"
+            );
+        }
+        let (bin, args) = &self.apiserver_cmd;
+        let mut cmd = Command::new(bin);
+        cmd.args(args);
+        self.push(Proc::start(&self.dir, APISERVER, cmd, true)?)?;
+        self.wait_ready(timeout).await?;
+        Ok(t0.elapsed())
+    }
+
+    /// [`Self::stop_apiserver`] then [`Self::start_apiserver`] (90 s to
+    /// become ready): a restart with the shortest outage this machine
+    /// allows. Returns the outage (stop to ready).
+    pub async fn restart_apiserver(&self) -> Result<Duration> {
+        let t0 = Instant::now();
+        self.stop_apiserver().await?;
+        self.start_apiserver(Duration::from_secs(90)).await?;
+        Ok(t0.elapsed())
+    }
+
+    /// Whether kube-apiserver runs (it may be stopped by
+    /// [`Self::stop_apiserver`]).
+    pub fn apiserver_running(&self) -> bool {
+        self.procs.lock().is_ok_and(|mut procs| {
+            procs
+                .iter_mut()
+                .any(|p| p.name == APISERVER && p.exited().is_none())
+        })
     }
 
     /// `https://127.0.0.1:PORT` of the API server.

@@ -133,6 +133,12 @@ impl Logs {
         self.requests.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
+    /// The current run's lines with the timestamps they are served with
+    /// (what a resumed stream's `sinceTime` is compared with).
+    pub fn stamped_lines(&self, ns: &str, pod: &str, container: &str) -> Vec<(Timestamp, String)> {
+        self.with(key(ns, pod, container), |b| b.lines.clone())
+    }
+
     /// The current run's lines (without timestamps).
     pub fn lines(&self, ns: &str, pod: &str, container: &str) -> Vec<String> {
         self.with(key(ns, pod, container), |b| {
