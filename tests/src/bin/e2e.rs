@@ -29,6 +29,7 @@ use arc_watchdog_tests::kubelet::{ImageBinary, KubeletConfig, ProcessKubelet};
 use arc_watchdog_tests::node::FakeNode;
 use clap::Parser;
 use k8s_openapi::api::core::v1::{Event, Pod};
+use k8s_openapi::api::events::v1::Event as EventV1;
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt as _};
 use serde_json::json;
@@ -36,6 +37,8 @@ use tokio::time::Instant;
 
 const CONTROLLER_NS: &str = "arc-systems";
 const RUNNER_NS: &str = "arc-runners";
+/// Reason of the webhook's Event about a listener pod without the watchdog.
+const UNINJECTED_REASON: &str = "ListenerNotInjected";
 const SCALE_SET: &str = "arc-e2e";
 const ORG: &str = "acme";
 /// A user's own sidecar image in S3 (mapped to `sleep`).
@@ -963,10 +966,42 @@ async fn s6(bins: &Binaries, args: &Args) -> Result<Outcome> {
         let injected = control_plane::watchdog_container(&pod).is_some();
         o.check(!injected, "listener pod created without the watchdog while the webhook is down");
         o.check(true, "listener got its session (the webhook being down never blocks ARC)");
-        o.notes.push(
-            "not checked: a report of the uninjected listener once the webhook is back (no arc-watchdog component reports uninjected listeners yet)"
-                .into(),
-        );
+
+        // The webhook comes back (same registration, its own identity): it
+        // reports the listener that runs without the watchdog.
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let kubeconfig = stack.cp.webhook_kubeconfig().await?;
+        let back = Webhook::start(&stack.cp, "webhook-back", &kubeconfig, &[]).await?;
+        let t0 = Instant::now();
+        let events: Api<EventV1> = Api::namespaced(stack.client.clone(), CONTROLLER_NS);
+        let reported = control_plane::eventually(
+            Duration::from_secs(60),
+            "the ListenerNotInjected Event on the uninjected listener",
+            || {
+                let events = events.clone();
+                let uid = uid.clone();
+                async move {
+                    let list = events.list(&ListParams::default()).await.ok()?;
+                    list.items.into_iter().find(|e| {
+                        e.reason.as_deref() == Some(UNINJECTED_REASON)
+                            && e.regarding.as_ref().and_then(|r| r.uid.as_deref())
+                                == Some(uid.as_str())
+                    })
+                }
+            },
+        )
+        .await;
+        back.stop();
+        match reported {
+            Ok(event) => {
+                o.num("reported_after_s", format!("{:.1}", t0.elapsed().as_secs_f64()));
+                o.check(
+                    event.type_.as_deref() == Some("Warning"),
+                    "the webhook, back, reports the uninjected listener (Warning ListenerNotInjected)",
+                );
+            }
+            Err(e) => o.check(false, format!("the webhook, back, reports the uninjected listener: {e:#}")),
+        }
         anyhow::Ok(())
     }
     .await;
