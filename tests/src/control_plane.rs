@@ -905,9 +905,17 @@ impl ControlPlane {
         };
         // Stopping waits (up to 5 s) in blocking calls: not on the runtime
         // that may serve the fake kubelet the API server is talking to.
-        tokio::task::spawn_blocking(move || p.stop())
-            .await
-            .context("stopping kube-apiserver")?;
+        let status = tokio::task::spawn_blocking(move || {
+            p.stop();
+            p.exited()
+        })
+        .await
+        .context("stopping kube-apiserver")?;
+        eprintln!(
+            "[control-plane] kube-apiserver stopped after {:.1?} ({})",
+            t0.elapsed(),
+            status.map_or_else(|| "status unknown".to_owned(), |s| s.to_string())
+        );
         Ok(t0.elapsed())
     }
 

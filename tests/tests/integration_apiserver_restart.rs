@@ -40,6 +40,11 @@ const WAIT: Duration = Duration::from_secs(30);
 /// Deadline for kube-apiserver to become ready again.
 const APISERVER_READY: Duration = Duration::from_secs(90);
 
+/// The webhook's thresholds for every injected watchdog here: a backoff
+/// that outlasts any test, so that a start gate closed by a loop stays
+/// closed unless the watchdog fails open.
+const WEBHOOK_ARGS: &[&str] = &["--backoff-initial=5m", "--backoff-max=10m"];
+
 static CP: OnceCell<ControlPlane> = OnceCell::const_new();
 static WEBHOOK: OnceCell<Webhook> = OnceCell::const_new();
 /// The tests stop the one API server of this binary: one at a time.
@@ -62,7 +67,7 @@ async fn setup() -> &'static ControlPlane {
         cp.start_apiserver(APISERVER_READY).await.unwrap();
     }
     WEBHOOK
-        .get_or_init(|| async { cp.install_arc_watchdog(&[]).await.unwrap() })
+        .get_or_init(|| async { cp.install_arc_watchdog(WEBHOOK_ARGS).await.unwrap() })
         .await;
     cp
 }
@@ -90,6 +95,8 @@ struct Sample {
     fail_open: Option<f64>,
     startz: Option<u16>,
     readyz: Option<u16>,
+    /// `/readyz`'s body when not 200: which API operation fails.
+    unready_why: Option<String>,
     evictions: Option<f64>,
 }
 
@@ -118,12 +125,14 @@ impl Sampler {
                             .map(|(_, m)| metric_value(m, name, &[]).unwrap_or(0.0))
                     };
                     let code = |r: anyhow::Result<(u16, String)>| r.ok().map(|(s, _)| s);
+                    let ready = http_get(addr, names::PATH_READYZ).await.ok();
                     let s = Sample {
                         at: t0.elapsed(),
                         fail_open: metric(FAIL_OPEN),
                         evictions: metric("arc_watchdog_evictions_total"),
                         startz: code(http_get(addr, names::PATH_STARTZ).await),
-                        readyz: code(http_get(addr, names::PATH_READYZ).await),
+                        readyz: ready.as_ref().map(|(s, _)| *s),
+                        unready_why: ready.filter(|(s, _)| *s != 200).map(|(_, b)| b),
                     };
                     samples.lock().unwrap().push(s);
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -202,6 +211,11 @@ impl Listener {
 
     async fn status(&self, path: &str) -> u16 {
         self.wd.get(path).await.map(|(s, _)| s).unwrap_or(0)
+    }
+
+    /// `/startz`: status and why.
+    async fn startz(&self) -> (u16, String) {
+        self.wd.get(names::PATH_STARTZ).await.unwrap_or_default()
     }
 
     /// Awaits `cond`, failing with `what` and the watchdog's log.
@@ -348,11 +362,13 @@ async fn a_short_api_server_outage_neither_evicts_nor_fails_open_nor_counts_a_li
         !unready.is_empty(),
         "the outage was seen (/readyz 503) while sampled: {samples:?}"
     );
+    let first_why = samples.iter().find_map(|s| s.unready_why.clone());
     eprintln!(
-        "short outage: the watchdog was unready from {:.1?} to {:.1?} of {} samples",
+        "short outage: the watchdog was unready from {:.1?} to {:.1?} of {} samples (first: {})",
         unready[0],
         unready[unready.len() - 1],
-        samples.len()
+        samples.len(),
+        first_why.unwrap_or_default().trim()
     );
     assert!(samples.iter().all(|s| s.evictions == Some(0.0)));
     assert!(
@@ -401,6 +417,8 @@ async fn a_long_api_server_outage_fails_open_without_evicting_and_recovers() {
         503,
         "not ready while blind"
     );
+    let (_, why) = l.startz().await;
+    assert!(why.contains("failing open"), "/startz: {why}");
     cp.start_apiserver(APISERVER_READY).await.unwrap();
     eprintln!(
         "long outage: {:.1?} (failed open after {failed_open_after:.1?})",
@@ -427,5 +445,82 @@ async fn a_long_api_server_outage_fails_open_without_evicting_and_recovers() {
     );
     assert!(samples.iter().all(|s| s.evictions == Some(0.0)));
     assert_eq!(l.metric(FAIL_OPEN, &[]).await, Some(0.0));
+    l.assert_not_evicted().await;
+}
+
+/// A conflict loop has closed the start gate (a backoff of 5 m pending)
+/// when the API server goes away for longer than the grace (3 s): failing
+/// open opens the gate although the backoff is still pending, nothing is
+/// evicted; once the API server is back the gate is closed again for the
+/// rest of the backoff.
+#[tokio::test]
+async fn failing_open_opens_a_start_gate_a_loop_had_closed_and_recovery_closes_it_again() {
+    const GRACE: Duration = Duration::from_secs(3);
+    let _serial = SERIAL.lock().await;
+    let cp = setup().await;
+    let l = Listener::start(cp, "restart-loop", "3s").await;
+    l.log(&info_line("listener starting"));
+    for _ in 0..3 {
+        l.log(&retry_conflict_line());
+    }
+    l.until_conflicts(3.0).await;
+    l.until(WAIT, "the loop to close the start gate", || async {
+        let (status, why) = l.startz().await;
+        (status == 503 && why.contains("backoff pending")).then_some(())
+    })
+    .await;
+    assert_eq!(l.metric("arc_watchdog_loop_active", &[]).await, Some(1.0));
+    l.until(WAIT, "the watchdog ready", || async {
+        (l.status(names::PATH_READYZ).await == 200).then_some(())
+    })
+    .await;
+
+    let sampler = Sampler::start(l.wd.addr);
+    let t_stop = Instant::now();
+    cp.stop_apiserver().await.unwrap();
+    // The outage lasts until the watchdog has failed open.
+    l.until(
+        WAIT + GRACE,
+        "failing open to open the closed start gate",
+        || async {
+            let (status, why) = l.startz().await;
+            (status == 200
+                && why.contains("failing open")
+                && l.metric(FAIL_OPEN, &[]).await? == 1.0)
+                .then_some(())
+        },
+    )
+    .await;
+    let failed_open_after = t_stop.elapsed();
+    cp.start_apiserver(APISERVER_READY).await.unwrap();
+    eprintln!(
+        "loop outage: {:.1?} (the closed gate opened after {failed_open_after:.1?})",
+        t_stop.elapsed()
+    );
+
+    // Back: the backoff (5 m) still runs, so the gate closes again.
+    l.until(
+        Duration::from_secs(60),
+        "the gate closed again by the pending backoff, not failing open, ready",
+        || async {
+            let (status, why) = l.startz().await;
+            (status == 503
+                && why.contains("backoff pending")
+                && l.metric(FAIL_OPEN, &[]).await? == 0.0
+                && l.status(names::PATH_READYZ).await == 200)
+                .then_some(())
+        },
+    )
+    .await;
+
+    let samples = sampler.finish().await;
+    assert!(
+        samples
+            .iter()
+            .any(|s| s.fail_open == Some(1.0) && s.startz == Some(200)),
+        "the open gate was sampled: {samples:?}"
+    );
+    assert!(samples.iter().all(|s| s.evictions == Some(0.0)));
+    assert_eq!(l.metric(CONFLICTS, &[]).await, Some(3.0));
     l.assert_not_evicted().await;
 }
