@@ -37,6 +37,10 @@ const CONFLICTS: &str = "arc_watchdog_session_conflicts_total";
 const FAIL_OPEN: &str = "arc_watchdog_fail_open";
 /// Deadline of the awaited conditions while the API server is up.
 const WAIT: Duration = Duration::from_secs(30);
+/// Deadline for the watchdog to see again once the API server is back: its
+/// reconnect backoffs (log follower, pod watch) grow to 30 s in a long
+/// outage.
+const RECOVER: Duration = Duration::from_secs(60);
 /// Deadline for kube-apiserver to become ready again.
 const APISERVER_READY: Duration = Duration::from_secs(90);
 
@@ -328,7 +332,7 @@ async fn a_short_api_server_outage_neither_evicts_nor_fails_open_nor_counts_a_li
 
     // The watchdog resumes through the restarted API server, from the last
     // line it saw: the kubelet serves the pre-outage conflict again.
-    let resumed = eventually(WAIT, "the watchdog's resumed log stream", || async {
+    let resumed = eventually(RECOVER, "the watchdog's resumed log stream", || async {
         l.resumed_query(requests_before)
     })
     .await
@@ -426,7 +430,7 @@ async fn a_long_api_server_outage_fails_open_without_evicting_and_recovers() {
     );
 
     // Back: it sees again, stops failing open, and works.
-    l.until_healthy(Duration::from_secs(60)).await;
+    l.until_healthy(RECOVER).await;
     l.log(&retry_conflict_line());
     l.until_conflicts(2.0).await;
 
@@ -500,7 +504,7 @@ async fn failing_open_opens_a_start_gate_a_loop_had_closed_and_recovery_closes_i
 
     // Back: the backoff (5 m) still runs, so the gate closes again.
     l.until(
-        Duration::from_secs(60),
+        RECOVER,
         "the gate closed again by the pending backoff, not failing open, ready",
         || async {
             let (status, why) = l.startz().await;
