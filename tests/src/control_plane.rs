@@ -1279,6 +1279,19 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// UID of the MutatingWebhookConfiguration `arc-watchdog`: the owner of
+    /// every object arc-watchdog creates at run time.
+    pub async fn webhook_config_uid(&self) -> Result<String> {
+        let configs: Api<MutatingWebhookConfiguration> = Api::all(self.admin_client().await?);
+        configs
+            .get(WEBHOOK_CONFIG_NAME)
+            .await
+            .with_context(|| format!("reading MutatingWebhookConfiguration {WEBHOOK_CONFIG_NAME}"))?
+            .metadata
+            .uid
+            .ok_or_else(|| anyhow!("MutatingWebhookConfiguration {WEBHOOK_CONFIG_NAME} has no uid"))
+    }
+
     /// A kubeconfig for the webhook's ServiceAccount (from the manifests).
     pub async fn webhook_kubeconfig(&self) -> Result<PathBuf> {
         let token = self

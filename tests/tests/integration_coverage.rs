@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use arc_watchdog::names;
 use arc_watchdog_tests::control_plane::{
-    ControlPlane, LISTENER_NAMESPACE, WEBHOOK_CONFIG_NAME, Webhook, eventually, metric_value,
+    self, ControlPlane, LISTENER_NAMESPACE, WEBHOOK_CONFIG_NAME, Webhook, eventually, metric_value,
 };
 use arc_watchdog_webhook::coverage;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -38,11 +38,7 @@ async fn setup() -> &'static ControlPlane {
 }
 
 fn has_watchdog(pod: &Pod) -> bool {
-    let spec = pod.spec.as_ref().unwrap();
-    spec.containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-        .any(|c| c.name == names::CONTAINER_NAME)
+    control_plane::watchdog_container(pod).is_some()
 }
 
 /// The `ListenerNotInjected` Events in the listener namespace.
@@ -143,13 +139,7 @@ async fn a_listener_created_before_the_webhook_is_reported_once_it_runs() {
     assert_eq!(regarding.uid.as_deref(), Some(missed_uid.as_str()));
     // Owned by the webhook configuration like every run-time object, so
     // uninstalling removes it.
-    let config_uid = configs
-        .get(WEBHOOK_CONFIG_NAME)
-        .await
-        .unwrap()
-        .metadata
-        .uid
-        .unwrap();
+    let config_uid = cp.webhook_config_uid().await.unwrap();
     assert!(
         event
             .metadata

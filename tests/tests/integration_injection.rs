@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 
 use arc_watchdog::names;
 use arc_watchdog_tests::control_plane::{
-    ControlPlane, LISTENER_NAMESPACE, WEBHOOK_CONFIG_NAME, Webhook, listener_name, listener_pod,
-    watchdog_container,
+    ControlPlane, LISTENER_NAMESPACE, Webhook, listener_name, listener_pod, watchdog_container,
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Container, Pod};
@@ -197,15 +196,7 @@ async fn assert_per_listener_rbac(cp: &ControlPlane, pod: &Pod) {
     let client = cp.admin_client().await.unwrap();
     let ns = pod.metadata.namespace.as_deref().unwrap();
     let name = names::rbac_name(pod.metadata.name.as_deref().unwrap());
-    let mwc: Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> =
-        Api::all(client.clone());
-    let owner_uid = mwc
-        .get(WEBHOOK_CONFIG_NAME)
-        .await
-        .unwrap()
-        .metadata
-        .uid
-        .unwrap();
+    let owner_uid = cp.webhook_config_uid().await.unwrap();
     let role = Api::<Role>::namespaced(client.clone(), ns)
         .get(&name)
         .await
