@@ -1199,44 +1199,57 @@ impl ControlPlane {
         Ok(names)
     }
 
-    /// Installs ARC's CRDs (`config/crd/bases/actions.github.com_*.yaml`)
-    /// from the ARC Go module in the module cache (downloaded with `go mod
-    /// download` when missing). Returns the CRD names.
-    pub async fn install_arc_crds(&self) -> Result<Vec<String>> {
-        let dir = go_module_dir_in(ARC_MODULE, &crd_pins())?.join("config/crd/bases");
+    /// Installs the CRDs a Go module ships: the files of `subdir` whose name
+    /// `keep` accepts, in name order, from `module` at the version the
+    /// wrapper module `pins` requires (in the module cache; downloaded when
+    /// missing, see [`go_module_dir_in`]). Waits until each is Established
+    /// and returns their names.
+    pub async fn install_module_crds(
+        &self,
+        module: &str,
+        pins: &Path,
+        subdir: &str,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<Vec<String>> {
+        let dir = go_module_dir_in(module, pins)?.join(subdir);
         let mut yaml = String::new();
         for f in sorted_files(&dir)? {
             let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            if name.starts_with("actions.github.com_") && name.ends_with(".yaml") {
+            if keep(name) {
                 yaml.push_str("\n---\n");
                 yaml.push_str(
                     &fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?,
                 );
             }
         }
-        ensure!(
-            !yaml.is_empty(),
-            "no actions.github.com CRDs in {}",
-            dir.display()
-        );
+        ensure!(!yaml.is_empty(), "no CRDs of {module} in {}", dir.display());
         self.apply_crds(&yaml).await
+    }
+
+    /// Installs ARC's CRDs (`config/crd/bases/actions.github.com_*.yaml`)
+    /// from the ARC module the wrapper `pins` requires (`tests/go/crds` for
+    /// the integration tests, `tests/go/arc-<version>` for the end to end).
+    /// Returns the CRD names.
+    pub async fn install_arc_crds_from(&self, pins: &Path) -> Result<Vec<String>> {
+        self.install_module_crds(ARC_MODULE, pins, "config/crd/bases", |name| {
+            name.starts_with("actions.github.com_") && name.ends_with(".yaml")
+        })
+        .await
+    }
+
+    /// Installs ARC's CRDs pinned in `tests/go/crds` (see
+    /// [`Self::install_arc_crds_from`]).
+    pub async fn install_arc_crds(&self) -> Result<Vec<String>> {
+        self.install_arc_crds_from(&crd_pins()).await
     }
 
     /// Installs cert-manager's CRDs (`deploy/crds/*.yaml` of the cert-manager
     /// Go module: plain CRDs, no Helm templating). Returns the CRD names.
     pub async fn install_cert_manager_crds(&self) -> Result<Vec<String>> {
-        let dir = go_module_dir_in(CERT_MANAGER_MODULE, &crd_pins())?.join("deploy/crds");
-        let mut yaml = String::new();
-        for f in sorted_files(&dir)? {
-            if f.extension().is_some_and(|e| e == "yaml") {
-                yaml.push_str("\n---\n");
-                yaml.push_str(
-                    &fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?,
-                );
-            }
-        }
-        ensure!(!yaml.is_empty(), "no CRDs in {}", dir.display());
-        self.apply_crds(&yaml).await
+        self.install_module_crds(CERT_MANAGER_MODULE, &crd_pins(), "deploy/crds", |name| {
+            name.ends_with(".yaml")
+        })
+        .await
     }
 
     /// `kubectl apply --server-side -k manifests/` (needs cert-manager's

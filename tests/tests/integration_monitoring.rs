@@ -14,8 +14,7 @@ use std::process::Command;
 
 use arc_watchdog::run::metrics::{Metrics as WatchdogMetrics, ReasonLabel, VersionWarningLabel};
 use arc_watchdog_tests::control_plane::{
-    ControlPlane, LISTENER_NAMESPACE, WEBHOOK_NAMESPACE, crd_pins, go_module_dir_in, go_tool,
-    workspace_root,
+    ControlPlane, LISTENER_NAMESPACE, WEBHOOK_NAMESPACE, crd_pins, go_tool, workspace_root,
 };
 use kube::api::{Api, DynamicObject};
 use kube::core::{ApiResource, GroupVersionKind};
@@ -233,20 +232,6 @@ fn series_names(text: &str) -> BTreeSet<String> {
     out
 }
 
-fn operator_crds() -> String {
-    let dir = go_module_dir_in(OPERATOR_MODULE, &crd_pins())
-        .unwrap()
-        .join("example/prometheus-operator-crd");
-    ["podmonitors", "prometheusrules"]
-        .iter()
-        .map(|kind| {
-            let f = dir.join(format!("monitoring.coreos.com_{kind}.yaml"));
-            std::fs::read_to_string(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()))
-        })
-        .collect::<Vec<_>>()
-        .join("\n---\n")
-}
-
 fn monitoring_api(client: kube::Client, kind: &str, plural: &str) -> Api<DynamicObject> {
     let resource = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("monitoring.coreos.com", "v1", kind),
@@ -260,7 +245,21 @@ async fn the_operator_stores_the_monitoring_objects() {
     let cp = ControlPlane::shared().await.unwrap();
     cp.create_namespace(LISTENER_NAMESPACE).await.unwrap();
     cp.install_cert_manager_crds().await.unwrap();
-    let crds = cp.apply_crds(&operator_crds()).await.unwrap();
+    // PodMonitor and PrometheusRule only: the operator's other CRDs are
+    // large and unused here.
+    let crds = cp
+        .install_module_crds(
+            OPERATOR_MODULE,
+            &crd_pins(),
+            "example/prometheus-operator-crd",
+            |name| {
+                ["podmonitors", "prometheusrules"]
+                    .iter()
+                    .any(|kind| name == format!("monitoring.coreos.com_{kind}.yaml"))
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(crds.len(), 2, "{crds:?}");
 
     let overlay = workspace_root().join("tests/kustomize/with-monitoring");

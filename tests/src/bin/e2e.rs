@@ -21,9 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
-use arc_watchdog_tests::control_plane::{
-    self, ARC_MODULE, ControlPlane, SidecarMode, WATCHDOG_IMAGE, Webhook,
-};
+use arc_watchdog_tests::control_plane::{self, ControlPlane, SidecarMode, WATCHDOG_IMAGE, Webhook};
 use arc_watchdog_tests::fake_github::{Control, FakeGithub, FakeGithubConfig, Stats};
 use arc_watchdog_tests::kubelet::{ImageBinary, KubeletConfig, ProcessKubelet};
 use arc_watchdog_tests::node::FakeNode;
@@ -368,6 +366,16 @@ impl Stack {
         Ok(t0.elapsed().as_secs_f64())
     }
 
+    /// The report note listing the watchdog's Events, `tag` first (a leg's
+    /// name, or empty).
+    async fn watchdog_events_note(&self, tag: &str) -> String {
+        let sep = if tag.is_empty() { "" } else { " " };
+        format!(
+            "{tag}{sep}watchdog events: {:?}",
+            self.watchdog_events().await
+        )
+    }
+
     async fn watchdog_events(&self) -> Vec<String> {
         let api: Api<Event> = Api::namespaced(self.client.clone(), CONTROLLER_NS);
         api.list(&ListParams::default())
@@ -492,24 +500,7 @@ impl Stack {
 
 async fn install_arc_crds(cp: &ControlPlane, version: &str) -> Result<()> {
     let pins = control_plane::workspace_root().join(format!("tests/go/arc-{version}"));
-    let dir = control_plane::go_module_dir_in(ARC_MODULE, &pins)?.join("config/crd/bases");
-    let mut yaml = String::new();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("actions.github.com_") && n.ends_with(".yaml"))
-        })
-        .collect();
-    files.sort();
-    for f in files {
-        yaml.push_str("\n---\n");
-        yaml.push_str(&std::fs::read_to_string(&f)?);
-    }
-    cp.apply_crds(&yaml).await?;
+    cp.install_arc_crds_from(&pins).await?;
     Ok(())
 }
 
@@ -639,10 +630,7 @@ async fn s1(bins: &Binaries, args: &Args) -> Result<Outcome> {
             stack.evictions().await + stack.watchdog_log_count("evicting the own pod", None);
         o.num("evictions", evictions);
         o.check(evictions == 0, "no eviction (Events and watchdog log)");
-        o.notes.push(format!(
-            "watchdog events: {:?}",
-            stack.watchdog_events().await
-        ));
+        o.notes.push(stack.watchdog_events_note("").await);
         anyhow::Ok(())
     }
     .await;
@@ -693,10 +681,7 @@ async fn s2_leg(
         let heal = (first_ok as f64 - expiry as f64) / 1000.0;
         let starts = stack.listener_starts();
         if watchdog {
-            o.notes.push(format!(
-                "watchdog events: {:?}",
-                stack.watchdog_events().await
-            ));
+            o.notes.push(stack.watchdog_events_note("").await);
         }
         anyhow::Ok((calls, heal, starts))
     }
@@ -823,7 +808,7 @@ async fn s3_leg(
                 if replaced.is_ok() { "ARC replaced the pod by itself" } else { "ARC did not replace the pod" }
             )),
         }
-        o.notes.push(format!("{tag} watchdog events: {:?}", stack.watchdog_events().await));
+        o.notes.push(stack.watchdog_events_note(tag).await);
         anyhow::Ok(())
     }
     .await;
@@ -938,10 +923,7 @@ async fn s4(bins: &Binaries, args: &Args) -> Result<Outcome> {
             }
             Err(e) => o.check(false, format!("DuplicateScaleSetSuspected raised: {e:#}")),
         }
-        o.notes.push(format!(
-            "watchdog events: {:?}",
-            stack.watchdog_events().await
-        ));
+        o.notes.push(stack.watchdog_events_note("").await);
         anyhow::Ok(())
     }
     .await;
