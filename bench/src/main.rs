@@ -106,6 +106,13 @@ struct ParseArgs {
 struct RssArgs {
     #[command(flatten)]
     bins: BinArgs,
+    #[command(flatten)]
+    load: RssLoadArgs,
+}
+
+/// The watchdog's load in the RSS bench (`watchdog-rss`, and `all`).
+#[derive(Debug, Clone, Args)]
+struct RssLoadArgs {
     /// Idle time before the idle figure is read.
     #[arg(long, env = "ARC_WATCHDOG_BENCH_IDLE", default_value = "5s", value_parser = arc_watchdog::settings::parse_duration)]
     idle: std::time::Duration,
@@ -129,19 +136,8 @@ struct AllArgs {
     tls: TlsArgs,
     #[command(flatten)]
     parse: ParseArgs,
-    /// Idle time before the idle figure is read.
-    #[arg(long, env = "ARC_WATCHDOG_BENCH_IDLE", default_value = "5s", value_parser = arc_watchdog::settings::parse_duration)]
-    idle: std::time::Duration,
-    /// Listener lines per second streamed to the watchdog.
-    #[arg(
-        long,
-        env = "ARC_WATCHDOG_BENCH_LINES_PER_SECOND",
-        default_value_t = 10_000
-    )]
-    lines_per_second: u64,
-    /// How long the busy log is streamed.
-    #[arg(long, env = "ARC_WATCHDOG_BENCH_FOLLOW", default_value = "10s", value_parser = arc_watchdog::settings::parse_duration)]
-    follow: std::time::Duration,
+    #[command(flatten)]
+    rss: RssLoadArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -225,9 +221,7 @@ fn main() -> anyhow::Result<()> {
                 print_all(&parse::throughput(&args.parse)?);
                 let rss = RssArgs {
                     bins: args.tls.bins.clone(),
-                    idle: args.idle,
-                    lines_per_second: args.lines_per_second,
-                    follow: args.follow,
+                    load: args.rss.clone(),
                 };
                 print_all(&watchdog_rss::measure(&rss).await?);
                 print_all(&sizes::binary_sizes(&args.tls.bins.bin_dir)?);

@@ -89,20 +89,20 @@ pub async fn measure(args: &RssArgs) -> anyhow::Result<Vec<Figure>> {
         api.wait_log_open(Duration::from_secs(30)).await?;
         // Idle: what the watchdog holds while nothing happens (a fixed
         // observation window, not a synchronisation).
-        tokio::time::sleep(args.idle).await;
+        tokio::time::sleep(args.load.idle).await;
         let idle_kib = proc::vm_hwm_kib(pid)?;
         eprintln!("watchdog-rss: idle: {}", proc::rss_breakdown(pid));
 
-        let per_tick = (args.lines_per_second / TICKS_PER_SECOND).max(1);
-        let ticks = (args.follow.as_secs_f64() * TICKS_PER_SECOND as f64).ceil() as u64;
+        let per_tick = (args.load.lines_per_second / TICKS_PER_SECOND).max(1);
+        let ticks = (args.load.follow.as_secs_f64() * TICKS_PER_SECOND as f64).ceil() as u64;
         let mut interval = tokio::time::interval(Duration::from_micros(1_000_000 / TICKS_PER_SECOND));
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         let mut at = Timestamp::now();
-        let step = jiff::SignedDuration::from_micros(1_000_000 / args.lines_per_second.max(1) as i64);
+        let step = jiff::SignedDuration::from_micros(1_000_000 / args.load.lines_per_second.max(1) as i64);
         let mut sent = 0u64;
         let mut bytes = 0u64;
         let t0 = Instant::now();
-        let hard_stop = t0 + args.follow * 3 + Duration::from_secs(10);
+        let hard_stop = t0 + args.load.follow * 3 + Duration::from_secs(10);
         for _ in 0..ticks {
             interval.tick().await;
             if Instant::now() > hard_stop {
