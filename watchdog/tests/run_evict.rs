@@ -20,21 +20,26 @@ fn retry(attempts: u32) -> EvictRetry {
     }
 }
 
+/// Evicts the stand-in's pod (UID precondition), with `attempts` tries.
+async fn evict(api: &FakeApi, dry_run: bool, attempts: u32) -> EvictOutcome {
+    evict_pod(
+        &api.client(),
+        NS,
+        POD,
+        Some(POD_UID),
+        dry_run,
+        &retry(attempts),
+        &CancellationToken::new(),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn a_429_is_retried_then_succeeds() {
     let api = FakeApi::start().await;
     api.with(|s| s.evict_429 = 2);
     let started = Instant::now();
-    let out = evict_pod(
-        &api.client(),
-        NS,
-        POD,
-        Some(POD_UID),
-        false,
-        &retry(5),
-        &CancellationToken::new(),
-    )
-    .await;
+    let out = evict(&api, false, 5).await;
     assert_eq!(out, EvictOutcome::Evicted { attempts: 3 });
     // Two backoffs: 50 ms + 100 ms.
     assert!(started.elapsed() >= Duration::from_millis(150));
@@ -53,16 +58,7 @@ async fn a_429_is_retried_then_succeeds() {
 async fn a_lasting_429_gives_up_after_the_bound() {
     let api = FakeApi::start().await;
     api.with(|s| s.evict_429 = 100);
-    let out = evict_pod(
-        &api.client(),
-        NS,
-        POD,
-        Some(POD_UID),
-        false,
-        &retry(4),
-        &CancellationToken::new(),
-    )
-    .await;
+    let out = evict(&api, false, 4).await;
     match out {
         EvictOutcome::Blocked { attempts, last } => {
             assert_eq!(attempts, 4);
@@ -77,16 +73,7 @@ async fn a_lasting_429_gives_up_after_the_bound() {
 #[tokio::test]
 async fn dry_run_never_evicts_and_forbidden_is_reported() {
     let api = FakeApi::start().await;
-    let out = evict_pod(
-        &api.client(),
-        NS,
-        POD,
-        Some(POD_UID),
-        true,
-        &retry(3),
-        &CancellationToken::new(),
-    )
-    .await;
+    let out = evict(&api, true, 3).await;
     assert_eq!(out, EvictOutcome::DryRunAccepted);
     assert!(
         api.requests("POST", "/eviction")[0]
@@ -96,16 +83,7 @@ async fn dry_run_never_evicts_and_forbidden_is_reported() {
     assert_eq!(api.with(|s| s.evictions.len()), 0);
 
     api.with(|s| s.fail_all = Some(403));
-    let out = evict_pod(
-        &api.client(),
-        NS,
-        POD,
-        Some(POD_UID),
-        false,
-        &retry(3),
-        &CancellationToken::new(),
-    )
-    .await;
+    let out = evict(&api, false, 3).await;
     assert!(
         matches!(out, EvictOutcome::Forbidden(ref m) if m.starts_with("403")),
         "{out:?}"

@@ -5,11 +5,36 @@
 
 mod run_support;
 
+use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use run_support::*;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::ChildStdout;
+
+/// Reads the watchdog's JSON log (`lines`, its stdout) until it says
+/// "listening", passing every line to `seen`; returns the address. Panics
+/// with `exited` when the output ends first, or after 20 s.
+async fn listening_addr(
+    lines: &mut Lines<BufReader<ChildStdout>>,
+    mut seen: impl FnMut(&serde_json::Value),
+    exited: &str,
+) -> SocketAddr {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let v: serde_json::Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+            seen(&v);
+            if v["message"] == "listening" {
+                return v["addr"].as_str().unwrap().parse::<SocketAddr>().unwrap();
+            }
+        }
+        panic!("{exited}");
+    })
+    .await
+    .unwrap()
+}
 
 #[tokio::test]
 async fn sigterm_exits_within_a_second() {
@@ -35,22 +60,7 @@ async fn sigterm_exits_within_a_second() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            let v: serde_json::Value = serde_json::from_str(&line)
-                .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
-            if v["message"] == "listening" {
-                return v["addr"]
-                    .as_str()
-                    .unwrap()
-                    .parse::<std::net::SocketAddr>()
-                    .unwrap();
-            }
-        }
-        panic!("the watchdog exited before listening");
-    })
-    .await
-    .unwrap();
+    let addr = listening_addr(&mut lines, |_| {}, "the watchdog exited before listening").await;
     // Busy following the log and watching the pod.
     api.wait_for("the log follow", |s| {
         s.requests.iter().any(|r| r.path.ends_with("/log"))
@@ -115,24 +125,16 @@ async fn a_misconfigured_sidecar_fails_open_instead_of_crashing() {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut reason = String::new();
-    let addr = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let addr = listening_addr(
+        &mut lines,
+        |v| {
             if v["level"] == "ERROR" {
                 reason = v["reason"].as_str().unwrap_or("").to_owned();
             }
-            if v["message"] == "listening" {
-                return v["addr"]
-                    .as_str()
-                    .unwrap()
-                    .parse::<std::net::SocketAddr>()
-                    .unwrap();
-            }
-        }
-        panic!("the watchdog exited instead of failing open");
-    })
-    .await
-    .unwrap();
+        },
+        "the watchdog exited instead of failing open",
+    )
+    .await;
     assert!(reason.contains("POD_NAME"), "{reason}");
     let (code, body) = http_get(addr, "/readyz").await;
     assert_eq!(code, 503);
