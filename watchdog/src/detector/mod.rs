@@ -675,15 +675,19 @@ impl Detector {
         };
         self.clock = Some(at);
         let mut out = Vec::new();
-        // Before pruning at `now`: a loop that began earlier was made by
-        // evidence that may be out of the window now.
-        if self.history.loop_state.is_none()
-            && let Some(l) = self.derive_loop(at)
-        {
-            self.prune(at);
+        // Derived before pruning at `now`: a loop that began earlier was
+        // made by evidence that may be out of the window now. (A derived
+        // loop is never one the pruning would end: `derive_loop` drops
+        // those.)
+        let derived = if self.history.loop_state.is_none() {
+            self.derive_loop(at)
+        } else {
+            None
+        };
+        self.prune(at);
+        if let Some(l) = derived {
             self.start_derived_loop(at, l, &mut out);
         }
-        self.prune(at);
         self.history.bound();
         out
     }
