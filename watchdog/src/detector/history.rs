@@ -146,6 +146,11 @@ impl History {
         serde_json::to_string(self).unwrap_or_else(|_| "{}".to_owned())
     }
 
+    /// Removes one eviction recorded at `at`; whether there was one.
+    pub fn remove_eviction(&mut self, at: Timestamp) -> bool {
+        remove_one(&mut self.evictions, at)
+    }
+
     /// Caps every list (a history from an older or foreign writer may be
     /// larger than this version keeps).
     pub(crate) fn bound(&mut self) {
@@ -160,5 +165,16 @@ impl History {
         if let Some(run) = &mut self.run {
             keep_last(&mut run.seen, MAX_SEEN);
         }
+    }
+}
+
+/// Removes the first `at` from `list`; whether there was one.
+pub(crate) fn remove_one(list: &mut Vec<Timestamp>, at: Timestamp) -> bool {
+    match list.iter().position(|t| *t == at) {
+        Some(i) => {
+            list.remove(i);
+            true
+        }
+        None => false,
     }
 }

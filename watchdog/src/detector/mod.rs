@@ -59,6 +59,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+pub(crate) use history::remove_one;
 pub use history::{
     FailedStart, HISTORY_ANNOTATION, HISTORY_VERSION, History, LoopState, PendingEviction, RunState,
 };
@@ -563,6 +564,13 @@ impl Detector {
             history,
             clock: None,
         }
+    }
+
+    /// Takes back the eviction decided at `at` (`run`: the API server did
+    /// not accept it), so that it no longer counts against the eviction
+    /// budget. Whether one was recorded at `at`.
+    pub fn withdraw_eviction(&mut self, at: Timestamp) -> bool {
+        self.history.remove_eviction(at)
     }
 
     /// The history to store (bounded, pruned at the latest input).

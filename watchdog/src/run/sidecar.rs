@@ -29,7 +29,9 @@ use super::logs::{FollowConfig, FollowerMsg, follow_run, read_log_once};
 use super::merge::{merge_histories, merge_json};
 use super::metrics::{Metrics, ReasonLabel, VersionWarningLabel};
 use super::pod::{ListenerState, PodTracker, PodView, Transition};
-use crate::detector::{Decision, Detector, EvictCause, History, Input, Reason, StartGate};
+use crate::detector::{
+    Decision, Detector, EvictCause, History, Input, Reason, StartGate, remove_one,
+};
 
 /// Longest time the loop sleeps without a reason: the heartbeat behind
 /// `/healthz`.
@@ -755,7 +757,7 @@ impl Sidecar {
     fn history_to_save(&self) -> History {
         let mut history = self.detector.history().clone();
         for at in &self.unconfirmed_evictions {
-            remove_one(&mut history.evictions, *at);
+            history.remove_eviction(*at);
         }
         history
     }
@@ -764,10 +766,7 @@ impl Sidecar {
     /// longer counts against the budget.
     fn retract_eviction(&mut self, at: Timestamp) {
         remove_one(&mut self.unconfirmed_evictions, at);
-        let mut history = self.detector.history().clone();
-        if remove_one(&mut history.evictions, at) {
-            self.detector = Detector::from_history(self.args.thresholds.clone(), history);
-        }
+        self.detector.withdraw_eviction(at);
     }
 
     fn publish_history(&mut self) {
@@ -1070,17 +1069,6 @@ async fn fresh_check(
         }
     }
     Ok(())
-}
-
-/// Removes one occurrence of `at` from `list`; whether there was one.
-fn remove_one(list: &mut Vec<Timestamp>, at: Timestamp) -> bool {
-    match list.iter().position(|t| *t == at) {
-        Some(i) => {
-            list.remove(i);
-            true
-        }
-        None => false,
-    }
 }
 
 type EventItem = (Report, Option<ObjectReference>);
