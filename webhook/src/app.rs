@@ -13,7 +13,7 @@ use crate::config::Cli;
 use crate::coverage;
 use crate::metrics::Metrics;
 use crate::mutation::SidecarMode;
-use crate::rbac::RbacKeeper;
+use crate::rbac::{ConfigOwner, RbacKeeper};
 use crate::server::{self, AppState};
 use crate::tls::{self, CertReloader};
 use crate::version::{self, ModeCell, SidecarModeFlag};
@@ -90,18 +90,21 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send) -> anyhow:
         "sidecar mode"
     );
 
-    let rbac = match (&client, cli.manage_rbac) {
-        (Some(client), true) => Some(Arc::new(RbacKeeper::new(
-            client.clone(),
-            cli.webhook_config_name.clone(),
-        ))),
-        (None, true) => {
+    // One lookup of the owner of what the webhook creates, for both users.
+    let owner = client
+        .as_ref()
+        .map(|c| Arc::new(ConfigOwner::new(c.clone(), cli.webhook_config_name.clone())));
+    let rbac = match (&client, &owner, cli.manage_rbac) {
+        (Some(client), Some(owner), true) => {
+            Some(Arc::new(RbacKeeper::new(client.clone(), Arc::clone(owner))))
+        }
+        (_, _, true) => {
             tracing::warn!(
                 "--manage-rbac is on but there is no Kubernetes client: RBAC is not managed"
             );
             None
         }
-        (_, false) => None,
+        (_, _, false) => None,
     };
 
     let state = Arc::new(AppState {
@@ -116,22 +119,22 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send) -> anyhow:
 
     // Runs beside the servers; readiness never waits for it, and it never
     // ends the process (failures are logged, counted and retried).
-    match (&client, cli.report_uninjected) {
-        (Some(client), true) => {
+    match (&client, &owner, cli.report_uninjected) {
+        (Some(client), Some(owner), true) => {
             let instance = std::env::var("HOSTNAME").unwrap_or_default();
             tokio::spawn(coverage::run(
                 client.clone(),
                 cli.listener_namespaces.clone(),
                 instance,
-                cli.webhook_config_name.clone(),
+                Arc::clone(owner),
                 Arc::clone(&metrics),
                 cancel.clone(),
             ));
         }
-        (None, true) => tracing::warn!(
+        (_, _, true) => tracing::warn!(
             "--report-uninjected is on but there is no Kubernetes client: uninjected listeners are not reported"
         ),
-        (_, false) => {}
+        (_, _, false) => {}
     }
 
     let tls_listener = TcpListener::bind(cli.listen)

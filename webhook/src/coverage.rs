@@ -28,7 +28,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt as _, TryStreamExt as _};
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
@@ -42,7 +41,7 @@ use arc_watchdog::names;
 
 use crate::metrics::Metrics;
 use crate::mutation::{self, SkipReason};
-use crate::rbac;
+use crate::rbac::ConfigOwner;
 
 /// Reason of the Warning Event about an uninjected listener pod.
 pub const REASON: &str = "ListenerNotInjected";
@@ -303,38 +302,28 @@ impl ReportResult {
 struct Reporter {
     client: kube::Client,
     instance: String,
-    webhook_config_name: String,
-    owner: Option<OwnerReference>,
+    owner: Arc<ConfigOwner>,
 }
 
 impl Reporter {
-    /// The owner, looked up until found (the configuration may be
-    /// registered after the webhook starts). Without it the Event is still
+    /// The owner, looked up until found. Without it the Event is still
     /// created, unowned: it expires with the API server's event TTL.
-    async fn owner(&mut self) -> Option<OwnerReference> {
-        if self.owner.is_none() {
-            let api: Api<MutatingWebhookConfiguration> = Api::all(self.client.clone());
-            match tokio::time::timeout(CREATE_TIMEOUT, api.get_opt(&self.webhook_config_name)).await
-            {
-                Ok(Ok(Some(cfg))) => {
-                    self.owner = cfg
-                        .metadata
-                        .uid
-                        .map(|uid| rbac::owner_reference(&self.webhook_config_name, &uid));
-                }
-                Ok(Ok(None)) => {}
-                Ok(Err(err)) => tracing::debug!(
+    async fn owner(&self) -> Option<OwnerReference> {
+        match tokio::time::timeout(CREATE_TIMEOUT, self.owner.reference()).await {
+            Ok(Ok(owner)) => owner,
+            Ok(Err(err)) => {
+                tracing::debug!(
                     error = %err,
-                    webhook_config = %self.webhook_config_name,
+                    webhook_config = %self.owner.name(),
                     "cannot read the webhook configuration; the Event gets no owner"
-                ),
-                Err(_) => {}
+                );
+                None
             }
+            Err(_) => None,
         }
-        self.owner.clone()
     }
 
-    async fn report(&mut self, pod: &Uninjected) -> ReportResult {
+    async fn report(&self, pod: &Uninjected) -> ReportResult {
         let owner = self.owner().await;
         report(&self.client, pod, &self.instance, owner.as_ref()).await
     }
@@ -403,7 +392,7 @@ pub async fn run(
     client: kube::Client,
     namespaces: Vec<String>,
     instance: String,
-    webhook_config_name: String,
+    owner: Arc<ConfigOwner>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
@@ -421,11 +410,10 @@ pub async fn run(
             .boxed()
     });
     let mut merged = futures::stream::select_all(streams);
-    let mut reporter = Reporter {
+    let reporter = Reporter {
         client: client.clone(),
         instance,
-        webhook_config_name,
-        owner: None,
+        owner,
     };
     let mut tracker = Tracker::default();
     let mut retry = tokio::time::interval(RETRY_INTERVAL);
@@ -659,7 +647,7 @@ mod tests {
             name: "set-abc-listener".into(),
             uid: "0b6e-uid".into(),
         };
-        let owner = rbac::owner_reference("arc-watchdog", "cfg-uid");
+        let owner = crate::rbac::owner_reference("arc-watchdog", "cfg-uid");
         let e = event_for(
             &pod,
             "arc-watchdog-webhook-7d9-x",

@@ -188,47 +188,83 @@ fn is_conflict(err: &kube::Error) -> bool {
     matches!(err, kube::Error::Api(status) if status.code == 409)
 }
 
+/// The MutatingWebhookConfiguration that owns every object arc-watchdog
+/// creates at run time (per-listener RBAC and Lease, the coverage Events).
+/// Looked up until found, since it may be registered after the webhook
+/// starts, then remembered; one for the whole webhook.
+pub struct ConfigOwner {
+    client: kube::Client,
+    name: String,
+    uid: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for ConfigOwner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigOwner")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConfigOwner {
+    /// The configuration `name`, read with `client`.
+    pub fn new(client: kube::Client, name: impl Into<String>) -> Self {
+        Self {
+            client,
+            name: name.into(),
+            uid: Mutex::new(None),
+        }
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The owner reference, from memory or read now; `Ok(None)` only for a
+    /// configuration without a uid. The caller decides how loudly a failed
+    /// read is logged (the object is then created without an owner).
+    pub async fn reference(&self) -> Result<Option<OwnerReference>, kube::Error> {
+        let mut cached = self.uid.lock().await;
+        if cached.is_none() {
+            let api: Api<MutatingWebhookConfiguration> = Api::all(self.client.clone());
+            *cached = api.get(&self.name).await?.metadata.uid;
+        }
+        Ok(cached
+            .as_deref()
+            .map(|uid| owner_reference(&self.name, uid)))
+    }
+}
+
 /// Creates and repairs the per-listener objects through the API.
 pub struct RbacKeeper {
     client: kube::Client,
-    webhook_config_name: String,
-    owner_uid: Mutex<Option<String>>,
+    owner: Arc<ConfigOwner>,
 }
 
 impl std::fmt::Debug for RbacKeeper {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RbacKeeper")
-            .field("webhook_config_name", &self.webhook_config_name)
+            .field("owner", &self.owner)
             .finish_non_exhaustive()
     }
 }
 
 impl RbacKeeper {
-    /// A keeper using `client`, owning objects by `webhook_config_name`.
-    pub fn new(client: kube::Client, webhook_config_name: impl Into<String>) -> Self {
-        Self {
-            client,
-            webhook_config_name: webhook_config_name.into(),
-            owner_uid: Mutex::new(None),
-        }
+    /// A keeper using `client`, owning objects by `owner`.
+    pub fn new(client: kube::Client, owner: Arc<ConfigOwner>) -> Self {
+        Self { client, owner }
     }
 
     async fn owner(&self) -> Option<OwnerReference> {
-        let mut cached = self.owner_uid.lock().await;
-        if cached.is_none() {
-            let api: Api<MutatingWebhookConfiguration> = Api::all(self.client.clone());
-            match api.get(&self.webhook_config_name).await {
-                Ok(cfg) => *cached = cfg.metadata.uid,
-                Err(err) => tracing::warn!(
-                    error = %err,
-                    webhook_config = %self.webhook_config_name,
-                    "cannot read the webhook configuration; per-listener RBAC is created without an owner"
-                ),
-            }
-        }
-        cached
-            .as_deref()
-            .map(|uid| owner_reference(&self.webhook_config_name, uid))
+        self.owner.reference().await.unwrap_or_else(|err| {
+            tracing::warn!(
+                error = %err,
+                webhook_config = %self.owner.name(),
+                "cannot read the webhook configuration; per-listener RBAC is created without an owner"
+            );
+            None
+        })
     }
 
     /// Ensures Role, RoleBinding and Lease for `target`, idempotently.
