@@ -2,6 +2,7 @@
 //! ticks, random thresholds.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use arc_watchdog::detector::{Decision, Detector, History, Input, Reason};
@@ -9,6 +10,7 @@ use arc_watchdog::parser::{EntryKey, FatalKind, ListenerEvent};
 use arc_watchdog::settings::Thresholds;
 use jiff::Timestamp;
 use proptest::prelude::*;
+use proptest::test_runner::TestRunner;
 
 #[derive(Debug, Clone, Copy)]
 enum Ev {
@@ -331,65 +333,116 @@ fn generations(gens: &[(u64, Gen)]) -> Vec<Vec<Input>> {
     out
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(1024))]
+/// One case of [`merging_then_evaluating_equals_seeing_in_order`]: the
+/// thresholds, the generations the stored history saw and those seen while
+/// the Lease could not be read.
+type MergeCase = (Thresholds, Vec<(u64, Gen)>, Vec<(u64, Gen)>);
 
-    /// Pod generations before `cut` were seen by earlier watchdogs (the
-    /// stored history), those after by one that could not read it in time.
-    /// When neither side had a loop on its own, merging the two histories
-    /// and evaluating gives the history of having seen every generation in
-    /// order: the same loop (start, backoff, escalations) and the same
-    /// counts, nothing counted twice; evaluating again decides nothing, and
-    /// no conflict is reported again.
-    #[test]
-    fn merging_then_evaluating_equals_seeing_in_order(
-        t in thresholds(),
-        before in prop::collection::vec(
+fn merge_case() -> impl Strategy<Value = MergeCase> {
+    (
+        thresholds(),
+        prop::collection::vec(
             (prop_oneof![3 => 1u64..60, 1 => 60u64..600], generation()),
             0..30,
         ),
         // Seen while the Lease could not be read: a few generations.
-        after in prop::collection::vec((1u64..30, generation()), 1..5),
-    ) {
-        let t = Thresholds { hung_after: None, ..t };
-        let cut = before.len();
-        let gens = generations(&[before, after].concat());
-        let feed = |d: &mut Detector, gens: &[Vec<Input>]| {
-            let mut out = Vec::new();
-            for input in gens.iter().flatten() {
-                out.extend(d.handle(input.clone()));
-            }
-            out
-        };
-        let mut whole = Detector::new(t.clone());
-        feed(&mut whole, &gens);
-        let mut stored = Detector::new(t.clone());
-        feed(&mut stored, &gens[..cut]);
-        let mut ours = Detector::new(t.clone());
-        feed(&mut ours, &gens[cut..]);
-        if stored.history().loop_state.is_some() || ours.history().loop_state.is_some() {
-            // A loop on either side is continued by the merge as it is.
-            return Ok(());
+        prop::collection::vec((1u64..30, generation()), 1..5),
+    )
+}
+
+/// Checks one merge case; `Ok(true)` when the merge made a loop that
+/// neither side had on its own (the case the merge exists for).
+fn check_merge((t, before, after): MergeCase) -> Result<bool, TestCaseError> {
+    let t = Thresholds {
+        hung_after: None,
+        ..t
+    };
+    let cut = before.len();
+    let gens = generations(&[before, after].concat());
+    let feed = |d: &mut Detector, gens: &[Vec<Input>]| {
+        let mut out = Vec::new();
+        for input in gens.iter().flatten() {
+            out.extend(d.handle(input.clone()));
         }
-        let now = gens.iter().flatten().last().map(Input::at).unwrap();
-        let ours_from = gens[cut..].iter().flatten().next().map_or(now, Input::at);
-        if now.duration_since(ours_from).unsigned_abs() > t.conflict_window {
-            // Ours would have pruned evidence of its own that made the
-            // loop (a Lease read late by more than the conflict window).
-            return Ok(());
+        out
+    };
+    let mut whole = Detector::new(t.clone());
+    feed(&mut whole, &gens);
+    let mut stored = Detector::new(t.clone());
+    feed(&mut stored, &gens[..cut]);
+    let mut ours = Detector::new(t.clone());
+    feed(&mut ours, &gens[cut..]);
+    // A loop on either side is continued by the merge as it is.
+    prop_assume!(stored.history().loop_state.is_none() && ours.history().loop_state.is_none());
+    let now = gens.iter().flatten().last().map(Input::at).unwrap();
+    let ours_from = gens[cut..].iter().flatten().next().map_or(now, Input::at);
+    // Beyond the conflict window ours would have pruned evidence of its own
+    // that made the loop (a Lease read that late).
+    prop_assume!(now.duration_since(ours_from).unsigned_abs() <= t.conflict_window);
+    let merged = arc_watchdog::run::merge::merge_histories(stored.history(), ours.history());
+    let mut d = Detector::from_history(t.clone(), merged);
+    let out = d.evaluate(now);
+    prop_assert_eq!(d.history(), whole.history());
+    prop_assert!(out.iter().all(|x| x.reason() != Reason::SessionConflict));
+    let loops = out
+        .iter()
+        .filter(|x| {
+            matches!(
+                x.reason(),
+                Reason::ConflictLoopDetected | Reason::CrashLoopDetected
+            )
+        })
+        .count();
+    let merged_loop = whole.history().loop_state.is_some();
+    prop_assert_eq!(loops, usize::from(merged_loop));
+    prop_assert!(d.evaluate(now).is_empty());
+    Ok(merged_loop)
+}
+
+/// Cases of [`merging_then_evaluating_equals_seeing_in_order`] run.
+const MERGE_CASES: u32 = 1024;
+/// Of those, how many at least must make a loop neither side had alone:
+/// without them the test checks only that nothing comes from nothing.
+/// The generator makes about a quarter of them (some 250, give or take
+/// 15); fewer than 100 means it no longer produces the case.
+const MIN_MERGED_LOOPS: u32 = 100;
+
+/// Pod generations before `cut` were seen by earlier watchdogs (the
+/// stored history), those after by one that could not read it in time.
+/// When neither side had a loop on its own, merging the two histories
+/// and evaluating gives the history of having seen every generation in
+/// order: the same loop (start, backoff, escalations) and the same
+/// counts, nothing counted twice; evaluating again decides nothing, and
+/// no conflict is reported again. Run by hand (not `proptest!`) to count,
+/// over the whole run, the cases where the merge made the loop.
+#[test]
+fn merging_then_evaluating_equals_seeing_in_order() {
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases: MERGE_CASES,
+        max_global_rejects: 100 * MERGE_CASES,
+        source_file: Some(file!()),
+        ..ProptestConfig::default()
+    });
+    let merged_loops = AtomicU32::new(0);
+    let result = runner.run(&merge_case(), |case| {
+        if check_merge(case)? {
+            merged_loops.fetch_add(1, Ordering::Relaxed);
         }
-        let merged = arc_watchdog::run::merge::merge_histories(stored.history(), ours.history());
-        let mut d = Detector::from_history(t.clone(), merged);
-        let out = d.evaluate(now);
-        prop_assert_eq!(d.history(), whole.history());
-        prop_assert!(out.iter().all(|x| x.reason() != Reason::SessionConflict));
-        let loops = out
-            .iter()
-            .filter(|x| matches!(x.reason(), Reason::ConflictLoopDetected | Reason::CrashLoopDetected))
-            .count();
-        prop_assert_eq!(loops, usize::from(whole.history().loop_state.is_some()));
-        prop_assert!(d.evaluate(now).is_empty());
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}\n{runner}");
     }
+    let merged_loops = merged_loops.into_inner();
+    eprintln!("{merged_loops} of {MERGE_CASES} cases made a loop only the merge had\n{runner}");
+    assert!(
+        merged_loops >= MIN_MERGED_LOOPS,
+        "only {merged_loops} of {MERGE_CASES} cases made a loop only the merge had"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
 
     /// Evaluating a merged history never counts anything again and never
     /// evicts beyond the budget, counting the evictions both sides stored
