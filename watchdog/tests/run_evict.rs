@@ -103,15 +103,25 @@ async fn cancel_stops_the_retries() {
         attempts: 5,
     };
     let c = cancel.clone();
-    let task = tokio::spawn(async move {
-        let client = api.client();
-        evict_pod(&client, NS, POD, Some(POD_UID), false, &slow, &c).await
-    });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let client = api.client();
+    let uid = Some(POD_UID);
+    let task =
+        tokio::spawn(async move { evict_pod(&client, NS, POD, uid, false, &slow, &c).await });
+    // The first attempt meets the budget's 429; the retry would come 30 s
+    // later.
+    api.wait_for("the first eviction attempt", |s| {
+        s.requests.iter().any(|r| r.path.ends_with("/eviction"))
+    })
+    .await;
     cancel.cancel();
     let out = tokio::time::timeout(Duration::from_secs(1), task)
         .await
-        .unwrap()
+        .expect("the 30 s wait for the retry was not cut short by cancel")
         .unwrap();
     assert_eq!(out, EvictOutcome::Cancelled);
+    assert_eq!(
+        api.requests("POST", "/eviction").len(),
+        1,
+        "retried after cancel"
+    );
 }

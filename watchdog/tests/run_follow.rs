@@ -5,7 +5,7 @@
 
 mod run_support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_watchdog::run::logs::{FollowConfig, FollowerMsg, follow_run};
 use arc_watchdog::run::pod::PodView;
@@ -184,19 +184,34 @@ async fn follower_backs_off_on_errors_and_stops_on_cancel() {
     let (_pod_tx, pod_rx) = watch::channel(PodView::default());
     let (tx, mut rx) = mpsc::channel(64);
     let cancel = CancellationToken::new();
-    let follower = follow_c1(&api, (100, 400), pod_rx, tx, cancel.clone());
-    let first = tokio::time::timeout(Duration::from_secs(5), rx.recv())
-        .await
-        .unwrap();
-    assert!(matches!(first, Some(FollowerMsg::Error(e)) if e.contains("403")));
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    // 100 + 200 + 400 + ... : a handful of calls in a second, not a spin.
-    let calls = api.requests("GET", "/log").len();
-    assert!((2..=6).contains(&calls), "{calls} log calls in 1 s");
+    // Every failed call reports an error, then the follower waits 100,
+    // 200, 400, 800 ms before the next one.
+    let follower = follow_c1(&api, (100, 1600), pod_rx, tx, cancel.clone());
+    let mut failed_at = Vec::new();
+    while failed_at.len() < 5 {
+        let msg = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap();
+        assert!(
+            matches!(msg, Some(FollowerMsg::Error(ref e)) if e.contains("403")),
+            "{msg:?}"
+        );
+        failed_at.push(Instant::now());
+    }
+    let gaps: Vec<Duration> = failed_at.windows(2).map(|w| w[1] - w[0]).collect();
+    // A wait is never shorter than asked; the request in between only adds.
+    for (i, gap) in gaps.iter().enumerate() {
+        let asked = Duration::from_millis(100 << i);
+        assert!(*gap >= asked, "gap {i} of {gaps:?} shorter than {asked:?}");
+    }
+    // Growing, not constant at any interval: the fourth wait (800 ms) is
+    // far longer than the first (100 ms plus one failed call).
+    assert!(gaps[3] >= gaps[0] * 3, "no backoff: {gaps:?}");
+    assert_eq!(api.requests("GET", "/log").len(), 5, "{gaps:?}");
     cancel.cancel();
     tokio::time::timeout(Duration::from_secs(1), follower)
         .await
-        .unwrap()
+        .expect("cancel did not cut the 1.6 s wait short")
         .unwrap();
 }
 

@@ -49,11 +49,13 @@ async fn established_lines_coalesce_lease_saves_but_a_conflict_is_saved_at_once(
     let before = lease_updates(&api);
     let t0 = Instant::now();
     let mut lines = 0u32;
+    let mut last = Timestamp::now();
     while t0.elapsed() < FLOOD {
         lines += 1;
+        last = Timestamp::now();
         api.with(|s| {
             s.log.push((
-                Timestamp::now(),
+                last,
                 format!("2026-03-02T05:00:02Z\tINFO\tlistener-app.listener\tGetting next message\t{{\"lastMessageID\": {lines}}}"),
             ))
         });
@@ -65,6 +67,19 @@ async fn established_lines_coalesce_lease_saves_but_a_conflict_is_saved_at_once(
     assert!(
         during <= 3,
         "{during} Lease updates for {lines} bookkeeping-only lines"
+    );
+    // Coalesced, not lost: the interval's save holds the flood's last line
+    // (the run's high water mark), so every line was read and counted.
+    api.wait_for("the flood's last line in the Lease", |s| {
+        stored(s)
+            .and_then(|h| h.run)
+            .is_some_and(|r| r.high_water == Some(last))
+    })
+    .await;
+    let through = lease_updates(&api) - before;
+    assert!(
+        through <= during + 1,
+        "{through} Lease updates until the flood was saved, {during} during it"
     );
 
     // The listener restarts in place; the new run meets a session

@@ -278,9 +278,13 @@ async fn a_run_ends_after_its_last_line_is_counted() {
     })
     .await;
     // The pod status first, the line later (the log path through the
-    // kubelet is slower than the watch): the worst order.
+    // kubelet is slower than the watch): the worst order. The line is
+    // written only once the watchdog has taken in the run's end.
     api.set_pod(c1_exited(Timestamp::now()));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    poll_until("the watchdog to see the run's end", || {
+        started.shared.metrics.listener_restarts.get() == 1
+    })
+    .await;
     api.with(|s| {
         s.log.push((Timestamp::now(), CONFLICT.to_owned()));
         s.log_done = true;
