@@ -8,10 +8,12 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use arc_watchdog_certs::{Options, generate, write_bundle};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
 
 struct Webhook {
@@ -19,6 +21,10 @@ struct Webhook {
     listen: SocketAddr,
     admin: SocketAddr,
     lines: mpsc::Receiver<String>,
+    /// The CA that signed the serving certificate (PEM).
+    ca_pem: String,
+    /// The serving certificate the webhook was given (PEM).
+    cert_pem: String,
     _dir: tempfile::TempDir,
 }
 
@@ -65,6 +71,8 @@ fn spawn(extra: &[&str]) -> Webhook {
         listen: unbound,
         admin: unbound,
         lines: rx,
+        ca_pem: bundle.ca_cert_pem.clone(),
+        cert_pem: bundle.serving.cert_pem.clone(),
         _dir: dir,
     };
     let stderr = stderr.unwrap();
@@ -102,6 +110,47 @@ fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let status = out[9..12].parse().unwrap();
     let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
     (status, body)
+}
+
+/// Connects to the TLS port as a client that trusts only the test's CA
+/// and checks the name 127.0.0.1, sends `GET path` and returns the
+/// server's leaf certificate and the start of its answer. Panics when the
+/// handshake or the verification fails.
+fn tls_get(w: &Webhook, path: &str) -> (CertificateDer<'static>, String) {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(w.ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = ServerName::from(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut sock = TcpStream::connect(w.listen).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock)
+            .unwrap_or_else(|e| panic!("TLS handshake with {}: {e}", w.listen));
+    }
+    let peer = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .expect("no peer certificate")
+        .clone()
+        .into_owned();
+    let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+    write!(
+        tls,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = [0u8; 64];
+    let n = tls.read(&mut buf).unwrap();
+    (peer, String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
 fn wait_ready(w: &Webhook) {
@@ -152,18 +201,21 @@ fn serves_without_a_cluster_and_exits_on_sigterm() {
     assert!(metrics.contains("arc_watchdog_webhook_certificate_expiry_timestamp_seconds "));
     assert_eq!(admin_get(w.admin, "/nope").0, 404);
 
-    // The TLS port answers a TLS handshake (a plain-text request gets no HTTP answer).
-    let mut s = TcpStream::connect(w.listen).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET / HTTP/1.0\r\n\r\n").unwrap();
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    assert!(!buf.starts_with(b"HTTP/"), "plain HTTP on the TLS port");
+    // The TLS port completes a handshake that a client trusting only the
+    // test's CA accepts for 127.0.0.1, presents the certificate it was
+    // given, and speaks HTTP inside TLS.
+    let (peer, answer) = tls_get(&w, "/");
+    let given = CertificateDer::from_pem_slice(w.cert_pem.as_bytes()).unwrap();
+    assert_eq!(peer, given, "the peer certificate is not the serving one");
+    assert!(answer.starts_with("HTTP/1.1 "), "{answer:?}");
 
     sigterm(&w.child);
     let status = wait_exit(&mut w.child, Duration::from_secs(5));
     assert!(status.success(), "{status:?}");
-    let logs: Vec<String> = w.lines.try_iter().collect();
+    // The reader thread ends at the pipe's end, after the last line: read
+    // until then, not only what has arrived by now.
+    let logs: Vec<String> =
+        std::iter::from_fn(|| w.lines.recv_timeout(Duration::from_secs(5)).ok()).collect();
     assert!(logs.iter().any(|l| l.contains("\"stopped\"")), "{logs:#?}");
 }
 
