@@ -12,9 +12,9 @@
 //! (and that they read metrics the binaries export) are in
 //! `integration_monitoring.rs`.
 //!
-//! Applying them to a real API server is the control-plane tests' job. These
-//! tests skip (with a message) only when kubectl is not installed, and never
-//! in CI (`CI` set): there a missing kubectl fails them.
+//! Applying them to a real API server is the control-plane tests' job. They
+//! render with the kubectl pinned with the control plane (`make go-tools`),
+//! or `$KUBECTL`: without one they fail, a check not made is not a pass.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -44,31 +44,32 @@ fn repo_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".."))
 }
 
-/// kubectl to use, found once: `$KUBECTL`; else the one pinned with the
+/// kubectl to use, found once: `$KUBECTL`, else the one pinned with the
 /// control plane (`make go-tools` builds it; built here if missing and Go is
-/// available); else `kubectl` on PATH. None when none of them runs.
-fn kubectl() -> Option<PathBuf> {
-    static KUBECTL: OnceLock<Option<PathBuf>> = OnceLock::new();
-    KUBECTL
-        .get_or_init(|| {
-            let runs = |k: &Path| {
-                Command::new(k)
-                    .args(["version", "--client"])
-                    .output()
-                    .is_ok_and(|o| o.status.success())
-            };
-            if let Some(k) = std::env::var_os("KUBECTL").map(PathBuf::from) {
-                return runs(&k).then_some(k);
-            }
-            match control_plane::go_tool("kubectl") {
-                Ok(k) if runs(&k) => return Some(k),
-                Ok(k) => eprintln!("{} does not run; trying kubectl on PATH", k.display()),
-                Err(e) => eprintln!("no pinned kubectl ({e:#}); trying kubectl on PATH"),
-            }
-            let k = PathBuf::from("kubectl");
-            runs(&k).then_some(k)
-        })
-        .clone()
+/// available). Another kubectl on PATH is not used: its kustomize may render
+/// differently. An error when none runs.
+fn kubectl() -> Result<PathBuf> {
+    static KUBECTL: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let found = KUBECTL.get_or_init(|| {
+        let runs = |k: &Path| {
+            Command::new(k)
+                .args(["version", "--client"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        let k = match std::env::var_os("KUBECTL") {
+            Some(k) => PathBuf::from(k),
+            None => control_plane::go_tool("kubectl").map_err(|e| {
+                format!("no kubectl to render the manifests with (set KUBECTL or run `make go-tools`): {e:#}")
+            })?,
+        };
+        if runs(&k) {
+            Ok(k)
+        } else {
+            Err(format!("{} version --client fails", k.display()))
+        }
+    });
+    found.clone().map_err(|e| anyhow::anyhow!(e))
 }
 
 /// Rendered objects of one kustomization.
@@ -76,19 +77,9 @@ fn kubectl() -> Option<PathBuf> {
 struct Rendered(Vec<Value>);
 
 impl Rendered {
-    /// `kubectl kustomize DIR`, parsed; None (with a SKIP message) without kubectl.
-    fn of(dir: &Path) -> Result<Option<Self>> {
-        let Some(kubectl) = kubectl() else {
-            ensure!(
-                std::env::var_os("CI").is_none(),
-                "kubectl not found in CI (`make go-tools` builds it): the manifests were not checked"
-            );
-            eprintln!(
-                "SKIP: kubectl not found (set KUBECTL, run `make go-tools`, or put kubectl on PATH); \
-                 the manifests were not checked"
-            );
-            return Ok(None);
-        };
+    /// `kubectl kustomize DIR`, parsed.
+    fn of(dir: &Path) -> Result<Self> {
+        let kubectl = kubectl()?;
         let out = Command::new(&kubectl)
             .arg("kustomize")
             .arg(dir)
@@ -111,10 +102,10 @@ impl Rendered {
             }
         }
         ensure!(!objects.is_empty(), "kustomize rendered nothing");
-        Ok(Some(Self(objects)))
+        Ok(Self(objects))
     }
 
-    fn base() -> Result<Option<Self>> {
+    fn base() -> Result<Self> {
         Self::of(&repo_root().join("manifests"))
     }
 
@@ -226,9 +217,7 @@ fn selects(selector: &Value, labels: &Value) -> bool {
 
 #[test]
 fn webhook_configuration_never_blocks_arc_and_targets_only_listener_pods() {
-    let Some(r) = Rendered::base().unwrap() else {
-        return;
-    };
+    let r = Rendered::base().unwrap();
     let mwc = r
         .get("MutatingWebhookConfiguration", None, WEBHOOK_CONFIG)
         .unwrap();
@@ -331,9 +320,7 @@ fn webhook_configuration_never_blocks_arc_and_targets_only_listener_pods() {
 
 #[test]
 fn cert_manager_issues_a_rotating_serving_certificate_for_the_service() {
-    let Some(r) = Rendered::base().unwrap() else {
-        return;
-    };
+    let r = Rendered::base().unwrap();
     let serving = r
         .get("Certificate", Some(NAMESPACE), "arc-watchdog-serving")
         .unwrap();
@@ -420,9 +407,7 @@ fn cert_manager_issues_a_rotating_serving_certificate_for_the_service() {
 
 #[test]
 fn webhook_deployment_is_hardened_and_highly_available() {
-    let Some(r) = Rendered::base().unwrap() else {
-        return;
-    };
+    let r = Rendered::base().unwrap();
     let deployment = r.deployment().unwrap();
     assert_eq!(deployment["spec"]["replicas"], 2);
     let template = &deployment["spec"]["template"];
@@ -522,9 +507,7 @@ fn webhook_deployment_is_hardened_and_highly_available() {
 
 #[test]
 fn one_image_tag_pins_the_webhook_and_the_injected_watchdog() {
-    let Some(r) = Rendered::base().unwrap() else {
-        return;
-    };
+    let r = Rendered::base().unwrap();
     let c = r.webhook_container().unwrap();
     let image = c["image"].as_str().unwrap();
     assert!(image.contains(':'), "pinned tag: {image}");
@@ -542,7 +525,7 @@ fn one_image_tag_pins_the_webhook_and_the_injected_watchdog() {
         Ok(())
     })
     .unwrap();
-    let changed = Rendered::of(&manifests).unwrap().unwrap();
+    let changed = Rendered::of(&manifests).unwrap();
     let c = changed.webhook_container().unwrap();
     assert_eq!(c["image"], "registry.test/team/arc-watchdog:9.8.7");
     assert_eq!(
@@ -586,9 +569,7 @@ fn allows(role: &Value, group: &str, resource: &str, verb: &str) -> bool {
 
 #[test]
 fn rbac_is_least_privilege() {
-    let Some(r) = Rendered::base().unwrap() else {
-        return;
-    };
+    let r = Rendered::base().unwrap();
     // No wildcard anywhere, no escalation verbs.
     for role in r.all("Role").into_iter().chain(r.all("ClusterRole")) {
         let name = &role["metadata"]["name"];
@@ -727,9 +708,7 @@ fn rbac_is_least_privilege() {
 
 #[test]
 fn objects_live_where_they_belong_and_uninstall_spares_arc() {
-    let Some(r) = Rendered::base().unwrap() else {
-        return;
-    };
+    let r = Rendered::base().unwrap();
     // Deleting the manifests deletes these Namespaces: never ARC's.
     let namespaces: Vec<&str> = r
         .all("Namespace")
@@ -776,10 +755,6 @@ fn objects_live_where_they_belong_and_uninstall_spares_arc() {
 
 #[test]
 fn listener_namespace_is_one_knob() {
-    if kubectl().is_none() {
-        eprintln!("SKIP: kubectl not found");
-        return;
-    }
     let dir = copy_of_manifests().unwrap();
     let manifests = dir.path().join("manifests");
     edit_kustomization(
@@ -796,7 +771,7 @@ fn listener_namespace_is_one_knob() {
         },
     )
     .unwrap();
-    let r = Rendered::of(&manifests).unwrap().unwrap();
+    let r = Rendered::of(&manifests).unwrap();
     r.get("Role", Some("ci-arc-controller"), WEBHOOK).unwrap();
     let binding = r
         .get("RoleBinding", Some("ci-arc-controller"), WEBHOOK)
@@ -815,10 +790,8 @@ fn listener_namespace_is_one_knob() {
 
 /// The base plus the monitoring component, rendered from an overlay the way a
 /// user enables it.
-fn with_monitoring() -> Result<Option<(Rendered, Rendered)>> {
-    let Some(base) = Rendered::base()? else {
-        return Ok(None);
-    };
+fn with_monitoring() -> Result<(Rendered, Rendered)> {
+    let base = Rendered::base()?;
     let dir = copy_of_manifests()?;
     let overlay = dir.path().join("overlay");
     std::fs::create_dir_all(&overlay)?;
@@ -827,17 +800,13 @@ fn with_monitoring() -> Result<Option<(Rendered, Rendered)>> {
         "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
          resources: [../manifests]\ncomponents: [../manifests/monitoring]\n",
     )?;
-    let Some(full) = Rendered::of(&overlay)? else {
-        return Ok(None);
-    };
-    Ok(Some((base, full)))
+    let full = Rendered::of(&overlay)?;
+    Ok((base, full))
 }
 
 #[test]
 fn monitoring_component_scrapes_webhook_and_watchdogs() {
-    let Some((base, r)) = with_monitoring().unwrap() else {
-        return;
-    };
+    let (base, r) = with_monitoring().unwrap();
     assert_eq!(
         r.0.len(),
         base.0.len()
@@ -900,9 +869,7 @@ fn alerts(r: &Rendered) -> Vec<(String, String)> {
 
 #[test]
 fn monitoring_component_alerts_on_every_failure_the_issue_names() {
-    let Some((_, r)) = with_monitoring().unwrap() else {
-        return;
-    };
+    let (_, r) = with_monitoring().unwrap();
     let alerts = alerts(&r);
     let expr_of = |name: &str| {
         alerts
@@ -984,9 +951,7 @@ fn webhook_command_line(container: &Value) -> Result<Vec<String>> {
 
 #[test]
 fn deployment_speaks_the_webhook_flags() {
-    let Some(r) = Rendered::base().unwrap() else {
-        return;
-    };
+    let r = Rendered::base().unwrap();
     let container = r.webhook_container().unwrap();
     let line = webhook_command_line(container).unwrap();
     let cli = Cli::try_parse_from(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
@@ -1054,10 +1019,6 @@ fn deployment_speaks_the_webhook_flags() {
 /// base's `replacements` entry moves both images too.
 #[test]
 fn overlay_repeating_the_replacement_pins_both_images() {
-    if kubectl().is_none() {
-        eprintln!("SKIP: kubectl not found");
-        return;
-    }
     let dir = copy_of_manifests().unwrap();
     let base: Value = serde_yaml_ng::from_str(
         &std::fs::read_to_string(dir.path().join("manifests/kustomization.yaml")).unwrap(),
@@ -1077,7 +1038,7 @@ fn overlay_repeating_the_replacement_pins_both_images() {
         serde_yaml_ng::to_string(&kustomization).unwrap(),
     )
     .unwrap();
-    let r = Rendered::of(&overlay).unwrap().unwrap();
+    let r = Rendered::of(&overlay).unwrap();
     let c = r.webhook_container().unwrap();
     assert_eq!(c["image"], "mirror.test/arc-watchdog:1.2.3");
     assert_eq!(
