@@ -1,7 +1,9 @@
 //! Runs the fake GitHub Actions service on 127.0.0.1 until interrupted,
 //! for poking at ARC by hand. Prints the base URL; see
 //! `arc_watchdog_tests::fake_github` for the endpoints, `GET /_fake/stats`
-//! and `POST /_fake/control`.
+//! and `POST /_fake/control` (e.g. `{"action": "revoke_token"}`,
+//! `{"action": "fail_endpoint", "endpoint": "message_get", "status": 503}`,
+//! `{"action": "clear_faults"}`).
 
 use std::time::Duration;
 
@@ -29,6 +31,10 @@ struct Args {
     /// Lifetime of the admin JWT from runner-registration.
     #[arg(long, env = "ARC_WATCHDOG_FAKE_GITHUB_ADMIN_TOKEN_TTL", default_value = "1h", value_parser = parse_duration)]
     admin_token_ttl: Duration,
+    /// Lifetime of a message-queue token: a poll after it gets 401 and the
+    /// listener refreshes its session.
+    #[arg(long, env = "ARC_WATCHDOG_FAKE_GITHUB_QUEUE_TOKEN_TTL", default_value = "50m", value_parser = parse_duration)]
+    queue_token_ttl: Duration,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -41,6 +47,7 @@ async fn main() -> anyhow::Result<()> {
         poll_hold: args.poll_hold,
         stale_session_ttl: args.stale_session_ttl,
         admin_token_ttl: args.admin_token_ttl,
+        queue_token_ttl: args.queue_token_ttl,
     };
     let fake = FakeGithub::start(config, args.port).await?;
     println!("{}", fake.url());
