@@ -10,11 +10,15 @@
 //! ServiceAccount with exactly the manifests' RBAC.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is the failure report
 
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_watchdog::names;
 use arc_watchdog_tests::control_plane::{
-    self, ControlPlane, LISTENER_NAMESPACE, WEBHOOK_CONFIG_NAME, Webhook, eventually, metric_value,
+    self, ControlPlane, LISTENER_NAMESPACE, WEBHOOK_CONFIG_NAME, Webhook, eventually, http_get,
+    metric_value,
 };
 use arc_watchdog_webhook::coverage;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -226,6 +230,21 @@ async fn a_namespace_it_may_not_watch_is_retried_and_never_costs_readiness() {
     )
     .await
     .unwrap();
+    // /readyz, asked every 50 ms from now on, while the watch fails and is
+    // retried: "never" over time, not at one instant.
+    let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, wh.admin_port));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut samples = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                samples.push(http_get(admin, names::PATH_READYZ).await.ok());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            samples
+        }
+    });
     // Two failures: the first try and a retry after the backoff, and the
     // process still serves.
     let errors = eventually(DEADLINE, "two failed list/watch attempts", || {
@@ -235,6 +254,21 @@ async fn a_namespace_it_may_not_watch_is_retried_and_never_costs_readiness() {
     .await
     .unwrap();
     assert!(errors >= 2.0);
+    // Ready after the failures too, not only before the first.
+    let (status, body) = http_get(admin, names::PATH_READYZ).await.unwrap();
+    assert_eq!(status, 200, "/readyz after the watch failed: {body}");
+    stop.store(true, Ordering::SeqCst);
+    let samples = sampler.await.unwrap();
+    let unready: Vec<_> = samples
+        .iter()
+        .filter(|s| s.as_ref().is_none_or(|(status, _)| *status != 200))
+        .collect();
+    assert!(
+        unready.is_empty(),
+        "/readyz not 200 while the coverage watch failed: {unready:?} of {} samples",
+        samples.len()
+    );
+    assert!(samples.len() >= 5, "{} samples", samples.len());
     let text = wh.metrics().await.unwrap();
     assert_eq!(metric_value(&text, GAUGE, &[]), Some(0.0));
     wh.stop();
