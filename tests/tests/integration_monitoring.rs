@@ -6,21 +6,31 @@
 //!   the PrometheusRule under the operator's own CRD schemas, with strict
 //!   field validation, next to the rest of the install;
 //! - and every `arc_watchdog_*` series an alert reads (as Prometheus's PromQL
-//!   parser finds them) is one the watchdog or the webhook really exports.
+//!   parser finds them) is one the running watchdog or webhook exports on
+//!   `/metrics`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is the failure report
 
 use std::collections::BTreeSet;
 use std::process::Command;
 
+use std::time::Duration;
+
 use arc_watchdog::run::metrics::{Metrics as WatchdogMetrics, ReasonLabel, VersionWarningLabel};
 use arc_watchdog_tests::control_plane::{
-    ControlPlane, LISTENER_NAMESPACE, WEBHOOK_NAMESPACE, crd_pins, go_tool, workspace_root,
+    ControlPlane, LISTENER_NAMESPACE, Options, WEBHOOK_NAMESPACE, WatchdogProcess, crd_pins,
+    eventually, go_tool, metric_value, workspace_root,
 };
+use arc_watchdog_tests::node::FakeNode;
+use arc_watchdog_webhook::mutation::SidecarMode;
+use arc_watchdog_webhook::review::Outcome;
 use kube::api::{Api, DynamicObject};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::Value;
 
 const OPERATOR_MODULE: &str = "github.com/prometheus-operator/prometheus-operator";
+const DEADLINE: Duration = Duration::from_secs(60);
+/// A listener meeting a stale session (ARC's 409, as the listener writes it).
+const CONFLICT: &str = "2026/03/02 04:10:02 Application returned an error: createSession failed: failed to create session: actions error: StatusCode 409, AcivityId \"3f5c9a2e\": GitHub.Actions.Runtime.WebApi.RunnerScaleSetSessionConflictException, GitHub.Actions.Runtime.WebApi: The actions runner scaleset monitoring already has an active session.";
 
 /// The PrometheusRule of the monitoring component.
 fn prometheus_rule() -> Value {
@@ -112,13 +122,74 @@ fn prometheus_rejects_broken_rules() {
     }
 }
 
+/// The series the running binaries export on `/metrics`: the webhook
+/// installed as [`ControlPlane::install_arc_watchdog`] runs it, a listener
+/// created through it (so it managed the listener's RBAC) and that
+/// listener's injected watchdog, run as a process, after its listener met a
+/// session conflict (so it decided and reported something). Families
+/// appear only once they hold a series: these are what the alerts can see
+/// in such a cluster.
+async fn scraped_series(cp: &ControlPlane) -> (BTreeSet<String>, BTreeSet<String>) {
+    let webhook = cp.install_arc_watchdog(&[]).await.unwrap();
+    let client = cp.admin_client().await.unwrap();
+    let node = FakeNode::start(client, "monitoring-node").await.unwrap();
+    let pod = cp
+        .create_listener(LISTENER_NAMESPACE, "monitoring")
+        .await
+        .unwrap();
+    let name = pod.metadata.name.clone().unwrap();
+    node.run_pod(LISTENER_NAMESPACE, &name).await.unwrap();
+    let wd = WatchdogProcess::start(cp, &pod, &[]).await.unwrap();
+    node.log(LISTENER_NAMESPACE, &name, "listener", CONFLICT);
+    let watchdog = eventually(DEADLINE, "the watchdog's decision in /metrics", || async {
+        let text = wd.metrics().await.ok()?;
+        metric_value(&text, "arc_watchdog_decisions_total", &[]).map(|_| text)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nwatchdog log:\n{}", wd.log_text()));
+    let webhook_text = eventually(
+        DEADLINE,
+        "the webhook's RBAC ensure in /metrics",
+        || async {
+            let text = webhook.metrics().await.ok()?;
+            metric_value(&text, "arc_watchdog_webhook_rbac_ensures_total", &[]).map(|_| text)
+        },
+    )
+    .await
+    .unwrap();
+    wd.stop();
+    webhook.stop();
+    (series_names(&watchdog), series_names(&webhook_text))
+}
+
 /// Every `arc_watchdog_*` / `arc_watchdog_webhook_*` series an alert reads
-/// is one the watchdog / the webhook really exports.
-#[test]
-fn alerts_read_metrics_the_binaries_export() {
+/// is one the running watchdog / webhook exports on `/metrics`.
+#[tokio::test]
+async fn alerts_read_metrics_the_binaries_export() {
     let loaded = promrules(&prometheus_rule()["spec"]).unwrap();
-    let watchdog = watchdog_series();
-    let webhook = webhook_series();
+    // A control plane of its own: the webhook is registered at its local
+    // URL, which the operator test's `kubectl apply` of the manifests (a
+    // `service` clientConfig) would collide with.
+    let cp = ControlPlane::start_with(Options {
+        controller_manager: false,
+    })
+    .await
+    .unwrap();
+    let (watchdog, webhook) = scraped_series(&cp).await;
+    // The registries the README test reads know every scraped series.
+    let registered: BTreeSet<String> = watchdog_series()
+        .into_iter()
+        .chain(webhook_series())
+        .collect();
+    let unknown: Vec<&String> = watchdog
+        .iter()
+        .chain(&webhook)
+        .filter(|s| !registered.contains(*s))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "exported but not registered: {unknown:?}"
+    );
     let (mut checked_watchdog, mut checked_webhook) = (0, 0);
     for rule in &loaded {
         let alert = &rule["name"];
@@ -172,7 +243,8 @@ fn readme_names_every_exported_metric() {
     assert!(missing.is_empty(), "README.md does not name {missing:?}");
 }
 
-/// Series names the watchdog's registry exposes.
+/// Series names the watchdog's registry exposes, every family made to hold
+/// a series.
 fn watchdog_series() -> BTreeSet<String> {
     let metrics = WatchdogMetrics::default();
     // Families appear in the output only once they hold a series.
@@ -196,13 +268,15 @@ fn watchdog_series() -> BTreeSet<String> {
     series_names(&text)
 }
 
-/// Series names the webhook's registry exposes.
+/// Series names the webhook's registry exposes, every family made to hold
+/// a series.
 fn webhook_series() -> BTreeSet<String> {
     let metrics = arc_watchdog_webhook::metrics::Metrics::new();
     // Families appear in the output only once they hold a series.
     metrics.cert_reload("ok");
     metrics.rbac_ensure("ok");
     metrics.uninjected_report("created");
+    metrics.observe_review(&Outcome::Injected(SidecarMode::Native), Duration::ZERO);
     series_names(&metrics.encode().unwrap())
 }
 
