@@ -1,4 +1,4 @@
-//! Scenario S5 (issue 6) against the real kube-apiserver and etcd: the API
+//! Scenario S5 against the real kube-apiserver and etcd: the API
 //! server goes away while the watchdog follows its listener's log through it
 //! (pods/log, follow, from the fake node's kubelet endpoint) and comes back
 //! on the same address with the same etcd.
@@ -10,7 +10,8 @@
 //!   restart is counted once.
 //! - A long outage (longer than the grace): the watchdog fails open (gauge
 //!   1, `/startz` 200) and evicts nothing; once the API server is back it
-//!   stops failing open and counts the next conflict.
+//!   stops failing open, does not count the re-sent conflict again and
+//!   counts the next one once.
 //!
 //! This binary runs its own control plane (the restarts would disturb
 //! every other test of a shared one) and runs its tests one at a time.
@@ -21,13 +22,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_watchdog::detector::History;
 use arc_watchdog::names;
+use arc_watchdog::run::lease::HISTORY_ANNOTATION;
 use arc_watchdog_tests::control_plane::{
     ControlPlane, LISTENER_NAMESPACE, Options, WatchdogProcess, Webhook, eventually, http_get,
     metric_value,
 };
 use arc_watchdog_tests::node::{FakeNode, LogQuery};
 use jiff::Timestamp;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use tokio::sync::OnceCell;
@@ -246,6 +250,66 @@ impl Listener {
         );
     }
 
+    /// Awaits the watchdog's Lease holding a history of this run that has
+    /// read through the line the kubelet stamped `at` (the run's high-water
+    /// mark): that line and every line the same stream served before it
+    /// went through the detector, and their counts are final. A line of
+    /// bookkeeping only is saved within the coalescing interval (10 s), a
+    /// conflict at once.
+    async fn until_read(&self, at: Timestamp, what: &str) {
+        let leases: Api<Lease> =
+            Api::namespaced(self.pods.clone().into_client(), LISTENER_NAMESPACE);
+        let lease = names::lease_name(&self.name);
+        self.until(WAIT, &format!("{what} read (in the Lease)"), || async {
+            let stored = leases.get(&lease).await.ok()?;
+            let json = stored.metadata.annotations?.remove(HISTORY_ANNOTATION)?;
+            let high_water = History::from_json(&json).ok()?.run?.high_water?;
+            (high_water >= at).then_some(())
+        })
+        .await;
+    }
+
+    /// The conflict count is `n` now (not "at least").
+    async fn assert_conflicts(&self, n: f64, why: &str) {
+        assert_eq!(
+            self.metric(CONFLICTS, &[]).await,
+            Some(n),
+            "{why}\nwatchdog log:\n{}",
+            self.wd.log_text()
+        );
+    }
+
+    /// After an outage: the watchdog's resumed stream (the first follow
+    /// request after `requests_before` kubelet requests) re-sends the
+    /// conflict stamped `conflict_at`, counted once already. It is not
+    /// counted again; a conflict written afterwards is counted once.
+    async fn assert_resent_conflict_counted_once(
+        &self,
+        requests_before: usize,
+        conflict_at: Timestamp,
+    ) {
+        let resumed = eventually(RECOVER, "the watchdog's resumed log stream", || async {
+            self.resumed_query(requests_before)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nwatchdog log:\n{}", self.wd.log_text()));
+        assert!(
+            resumed.since_time.is_none_or(|s| s <= conflict_at),
+            "the resumed stream ({resumed:?}) re-sends the conflict at {conflict_at}"
+        );
+        // A line after the re-sent conflict on the same stream: once it is
+        // read, so is the re-sent conflict.
+        let marker_at = self.log(&info_line("still retrying"));
+        self.until_read(marker_at, "the line after the re-sent conflict")
+            .await;
+        self.assert_conflicts(1.0, "the re-sent conflict was counted again")
+            .await;
+        let new_at = self.log(&retry_conflict_line());
+        self.until_read(new_at, "the new conflict").await;
+        self.assert_conflicts(2.0, "the new conflict counted exactly once")
+            .await;
+    }
+
     /// Following, ready, not failing open, start gate open.
     async fn until_healthy(&self, timeout: Duration) {
         self.until(
@@ -332,20 +396,8 @@ async fn a_short_api_server_outage_neither_evicts_nor_fails_open_nor_counts_a_li
 
     // The watchdog resumes through the restarted API server, from the last
     // line it saw: the kubelet serves the pre-outage conflict again.
-    let resumed = eventually(RECOVER, "the watchdog's resumed log stream", || async {
-        l.resumed_query(requests_before)
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\nwatchdog log:\n{}", l.wd.log_text()));
-    assert!(
-        resumed.since_time.is_none_or(|s| s <= conflict_at),
-        "the resumed stream ({resumed:?}) re-sends the conflict at {conflict_at}"
-    );
-    l.log(&info_line("still retrying"));
-    l.log(&retry_conflict_line());
-    // 2: the new conflict once, the re-sent one not again (it came first on
-    // the same stream, so a double count would show by now).
-    l.until_conflicts(2.0).await;
+    l.assert_resent_conflict_counted_once(requests_before, conflict_at)
+        .await;
     l.until_healthy(WAIT).await;
 
     let samples = sampler.finish().await;
@@ -394,11 +446,13 @@ async fn a_long_api_server_outage_fails_open_without_evicting_and_recovers() {
     let cp = setup().await;
     let l = Listener::start(cp, "restart-long", "3s").await;
     l.log(&info_line("listener starting"));
-    l.log(&retry_conflict_line());
+    // The last line before the outage is a conflict, sent again after it.
+    let conflict_at = l.log(&retry_conflict_line());
     l.until_conflicts(1.0).await;
     l.until_healthy(WAIT).await;
 
     let sampler = Sampler::start(l.wd.addr);
+    let requests_before = l.node.logs().requests().len();
     let t_stop = Instant::now();
     cp.stop_apiserver().await.unwrap();
     // The outage lasts until the watchdog has failed open.
@@ -431,8 +485,8 @@ async fn a_long_api_server_outage_fails_open_without_evicting_and_recovers() {
 
     // Back: it sees again, stops failing open, and works.
     l.until_healthy(RECOVER).await;
-    l.log(&retry_conflict_line());
-    l.until_conflicts(2.0).await;
+    l.assert_resent_conflict_counted_once(requests_before, conflict_at)
+        .await;
 
     let samples = sampler.finish().await;
     assert!(
