@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Mutation testing of the pure core with cargo-mutants: the watchdog's log
+# parser and detector, the webhook's pod mutation and review handling (the
+# files are listed in .cargo/mutants.toml). Each mutant (one small change to
+# that code) must make a test fail; the tests run per mutant are each
+# package's fast ones that need no cluster, no network and no binary.
+#
+#   scripts/mutants.sh                 both packages
+#   scripts/mutants.sh watchdog        or only one: watchdog | webhook
+#
+# CPU heavy (about a minute per mutant on 2 cores, some 740 mutants): one
+# mutant at a time unless MUTANTS_JOBS says otherwise; a test run is cut off
+# after MUTANTS_TIMEOUT seconds (default 300). MUTANTS_ARGS adds flags to
+# cargo-mutants, e.g. `--shard 0/20` for every 20th mutant only. cargo-mutants
+# (MUTANTS_VERSION, pinned) is installed from crates.io on first use into
+# the tools cache (ARC_WATCHDOG_CACHE, default ~/.cache/arc-watchdog).
+# Results: $MUTANTS_OUT/<package>/mutants.out (default target/mutants);
+# missed.txt lists the mutants no test caught. Exits 0 when every mutant was
+# caught (or did not build), else with cargo-mutants' status (2: some
+# missed, 3: some timed out).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+version="${MUTANTS_VERSION:-27.0.0}"
+cache="${ARC_WATCHDOG_CACHE:-$HOME/.cache/arc-watchdog}"
+root="$cache/cargo-mutants-$version"
+jobs="${MUTANTS_JOBS:-1}"
+timeout="${MUTANTS_TIMEOUT:-300}"
+read -r -a extra <<<"${MUTANTS_ARGS:-}"
+out="${MUTANTS_OUT:-target/mutants}"
+
+if ! "$root/bin/cargo-mutants" mutants --version >/dev/null 2>&1; then
+    echo "==> installing cargo-mutants $version into $root (once: a few minutes)"
+    cargo install --locked --version "$version" --root "$root" cargo-mutants
+fi
+export PATH="$root/bin:$PATH"
+
+# Package, then `cargo test` arguments selecting its fast tests.
+declare -A tests=(
+    [watchdog]="arc-watchdog --lib --test parser --test parser_props --test detector --test detector_props"
+    [webhook]="arc-watchdog-webhook --lib --test golden --test robustness --test router"
+)
+which=("$@")
+[ ${#which[@]} -gt 0 ] || which=(watchdog webhook)
+
+status=0
+for name in "${which[@]}"; do
+    [ -n "${tests[$name]:-}" ] || { echo "unknown package set '$name' (watchdog or webhook)" >&2; exit 1; }
+    read -r package args <<<"${tests[$name]}"
+    echo "==> mutants of $package (tests: $args)"
+    start=$(date +%s)
+    rc=0
+    # shellcheck disable=SC2086 # $args is a list of cargo test arguments
+    cargo mutants --package "$package" --jobs "$jobs" --timeout "$timeout" \
+        --output "$out/$name" ${extra[@]+"${extra[@]}"} -- $args || rc=$?
+    echo "==> $package: cargo-mutants exited $rc after $(( $(date +%s) - start )) s; results in $out/$name/mutants.out"
+    for kind in caught missed timeout unviable; do
+        file="$out/$name/mutants.out/$kind.txt"
+        [ -f "$file" ] && echo "    $kind: $(wc -l <"$file")"
+    done
+    if [ -s "$out/$name/mutants.out/missed.txt" ]; then
+        echo "    missed:"
+        sed 's/^/      /' "$out/$name/mutants.out/missed.txt"
+    fi
+    [ "$rc" -eq 0 ] || status=$rc
+done
+exit "$status"
