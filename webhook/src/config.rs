@@ -72,6 +72,13 @@ pub struct Cli {
     )]
     pub sidecar_mode: SidecarModeFlag,
 
+    /// Port of the injected watchdog's `/healthz`, `/startz`, `/readyz` and
+    /// `/metrics` server (the container port named `watchdog`, which the
+    /// probes and the PodMonitor use). Change it when the listener template
+    /// already uses the port, or for `hostNetwork` listeners.
+    #[arg(long, env = "ARC_WATCHDOG_WATCHDOG_PORT", default_value_t = arc_watchdog::names::WATCHDOG_PORT, value_parser = clap::value_parser!(u16).range(1..))]
+    pub watchdog_port: u16,
+
     /// CPU request of the injected container.
     #[arg(long, env = "ARC_WATCHDOG_WATCHDOG_CPU_REQUEST", default_value = "10m", value_parser = quantity)]
     pub watchdog_cpu_request: String,
@@ -207,6 +214,7 @@ impl Cli {
             },
             thresholds: self.thresholds.clone(),
             fail_open_grace: self.watchdog_fail_open_grace,
+            port: self.watchdog_port,
         }
     }
 }

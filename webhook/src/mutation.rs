@@ -111,6 +111,11 @@ pub struct InjectConfig {
     /// long without seeing the API the start gate opens. Only used to size
     /// the startup probe.
     pub fail_open_grace: Duration,
+    /// Port of the watchdog's health, start-gate and metrics server. Pods
+    /// share their network namespace, and `hostNetwork` pods share the
+    /// node's: a listener template whose own containers use the default
+    /// port, or two `hostNetwork` listeners on one node, need another.
+    pub port: u16,
 }
 
 impl InjectConfig {
@@ -121,6 +126,7 @@ impl InjectConfig {
             resources: Resources::default(),
             thresholds: Thresholds::default(),
             fail_open_grace: Duration::from_secs(20),
+            port: names::WATCHDOG_PORT,
         }
     }
 }
@@ -336,6 +342,10 @@ fn field_env(name: &str, field_path: &str) -> EnvVar {
 pub fn watchdog_container(cfg: &InjectConfig, mode: SidecarMode) -> Container {
     let mut args = vec!["run".to_owned()];
     args.extend(cfg.thresholds.to_args());
+    if cfg.port != names::WATCHDOG_PORT {
+        // The watchdog's own default is the default port.
+        args.push(format!("--listen=0.0.0.0:{}", cfg.port));
+    }
 
     let mut requests = BTreeMap::new();
     requests.insert(
@@ -386,7 +396,7 @@ pub fn watchdog_container(cfg: &InjectConfig, mode: SidecarMode) -> Container {
         ]),
         ports: Some(vec![ContainerPort {
             name: Some(PORT_NAME.to_owned()),
-            container_port: i32::from(names::WATCHDOG_PORT),
+            container_port: i32::from(cfg.port),
             protocol: Some("TCP".to_owned()),
             ..ContainerPort::default()
         }]),
@@ -573,6 +583,31 @@ mod tests {
         assert_eq!(args[0], "run");
         assert_eq!(&args[1..], cfg.thresholds.to_args().as_slice());
         assert!(args.contains(&"--dry-run".to_owned()));
+    }
+
+    #[test]
+    fn another_port_moves_the_server_and_the_probes_follow_its_name() {
+        let mut cfg = InjectConfig::new("img");
+        let default = watchdog_container(&cfg, SidecarMode::Native);
+        assert!(
+            !default
+                .args
+                .unwrap()
+                .iter()
+                .any(|a| a.starts_with("--listen")),
+            "the default port is the watchdog's own default"
+        );
+        cfg.port = 19102;
+        let c = watchdog_container(&cfg, SidecarMode::Native);
+        assert_eq!(
+            c.args.unwrap().last().map(String::as_str),
+            Some("--listen=0.0.0.0:19102")
+        );
+        let port = c.ports.unwrap().remove(0);
+        assert_eq!(port.container_port, 19102);
+        assert_eq!(port.name.as_deref(), Some(PORT_NAME));
+        let probe_port = c.startup_probe.unwrap().http_get.unwrap().port;
+        assert_eq!(probe_port, IntOrString::String(PORT_NAME.to_owned()));
     }
 
     #[test]
