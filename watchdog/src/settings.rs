@@ -40,10 +40,19 @@ pub struct Thresholds {
     #[arg(long, env = "ARC_WATCHDOG_CONFLICT_WINDOW", default_value = "10m", value_parser = parse_duration)]
     pub conflict_window: Duration,
 
-    /// First delay of the listener's next start once a loop is detected;
+    /// Delay of the listener's next start once a loop is detected; it stays
+    /// this while the loop is younger than `--backoff-steady-for`, then
     /// doubles with every further failed start.
     #[arg(long, env = "ARC_WATCHDOG_BACKOFF_INITIAL", default_value = "30s", value_parser = parse_duration)]
     pub backoff_initial: Duration,
+
+    /// How long a loop keeps the steady delay `--backoff-initial` before the
+    /// delay starts to double. A stale session of a listener that died ends
+    /// on GitHub's side within minutes (GitHub's own runner retries a
+    /// conflict every 30 s for 4 minutes), and the next start should follow
+    /// it closely; a conflict that outlasts this is less likely to end soon.
+    #[arg(long, env = "ARC_WATCHDOG_BACKOFF_STEADY_FOR", default_value = "5m", value_parser = parse_duration)]
+    pub backoff_steady_for: Duration,
 
     /// Longest delay of the listener's next start.
     #[arg(long, env = "ARC_WATCHDOG_BACKOFF_MAX", default_value = "10m", value_parser = parse_duration)]
@@ -80,6 +89,7 @@ impl Default for Thresholds {
             conflict_threshold: 3,
             conflict_window: Duration::from_secs(10 * 60),
             backoff_initial: Duration::from_secs(30),
+            backoff_steady_for: Duration::from_secs(5 * 60),
             backoff_max: Duration::from_secs(10 * 60),
             duplicate_after_caps: 3,
             eviction_budget: 3,
@@ -125,6 +135,10 @@ impl Thresholds {
             format!(
                 "--backoff-initial={}",
                 format_duration(self.backoff_initial)
+            ),
+            format!(
+                "--backoff-steady-for={}",
+                format_duration(self.backoff_steady_for)
             ),
             format!("--backoff-max={}", format_duration(self.backoff_max)),
             format!("--duplicate-after-caps={}", self.duplicate_after_caps),

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use arc_watchdog::detector::{
     Cause, Decision, Detector, EvictCause, History, Input, Reason, StartGate,
+    duplicate_suspected_after,
 };
 use arc_watchdog::parser::{EntryKey, FatalKind, ListenerEvent};
 use arc_watchdog::settings::Thresholds;
@@ -101,6 +102,53 @@ fn count(ds: &[Decision], r: Reason) -> usize {
     ds.iter().filter(|d| d.reason() == r).count()
 }
 
+/// The default thresholds with a delay that doubles from the first
+/// served one (no steady phase): what the tests of doubling, the cap and
+/// the duplicate suspicion are about.
+fn doubling() -> Thresholds {
+    Thresholds {
+        backoff_steady_for: Duration::ZERO,
+        ..Thresholds::default()
+    }
+}
+
+#[test]
+fn a_young_loop_keeps_the_steady_delay_then_doubles() {
+    // Defaults: 30 s while the loop is younger than 5 minutes, then
+    // doubling. Each generation fails as soon as its delay is over.
+    let mut s = Sim::new(Thresholds::default());
+    for _ in 0..3 {
+        s.failing_generation(CONFLICT);
+    }
+    let loop_at = s.now;
+    let mut delays = Vec::new();
+    for _ in 0..14 {
+        s.wait_gate();
+        let at = s.now;
+        for d in s.failing_generation(CONFLICT) {
+            if let Decision::DelayStart { delay_ms, .. } = d {
+                delays.push((at.duration_since(loop_at).as_secs(), delay_ms / 1000));
+            }
+        }
+    }
+    let young: Vec<u64> = delays
+        .iter()
+        .filter(|(age, _)| *age < 300)
+        .map(|(_, d)| *d)
+        .collect();
+    let old: Vec<u64> = delays
+        .iter()
+        .filter(|(age, _)| *age >= 300)
+        .map(|(_, d)| *d)
+        .collect();
+    assert!(
+        young.len() >= 8,
+        "a delay every ~30 s for 5 minutes: {delays:?}"
+    );
+    assert!(young.iter().all(|d| *d == 30), "{delays:?}");
+    assert_eq!(&old[..4], &[60, 120, 240, 480], "{delays:?}");
+}
+
 #[test]
 fn conflict_loop_needs_threshold_conflicts() {
     let mut s = Sim::new(Thresholds::default());
@@ -168,7 +216,7 @@ fn an_established_session_ends_the_streak() {
 
 #[test]
 fn backoff_doubles_caps_and_recovery_resets() {
-    let mut s = Sim::new(Thresholds::default());
+    let mut s = Sim::new(doubling());
     for _ in 0..3 {
         s.failing_generation(CONFLICT);
     }
@@ -198,7 +246,7 @@ fn failures_before_the_delay_was_served_do_not_escalate() {
     // at ARC's pace (a failure every 6 s here). Failures that came before the
     // delay was over say nothing about waiting: the delay doubles once per
     // served delay, not once per failure.
-    let mut s = Sim::new(Thresholds::default());
+    let mut s = Sim::new(doubling());
     for _ in 0..20 {
         s.failing_generation(CONFLICT);
         s.advance(5);
@@ -217,7 +265,7 @@ fn a_start_that_waited_counts_as_served_despite_whole_second_stamps() {
     // carry whole seconds, so they read up to a second *before* the end of
     // the delay. That failure must still double the delay; otherwise every
     // later generation starts after the same short delay, forever.
-    let mut s = Sim::new(Thresholds::default());
+    let mut s = Sim::new(doubling());
     let mut until = None;
     for _ in 0..3 {
         for d in s.failing_generation(CONFLICT) {
@@ -368,10 +416,48 @@ fn restart_in_place_during_backoff_is_evicted() {
 }
 
 #[test]
+fn a_permanent_conflict_is_suspected_as_early_with_the_steady_phase() {
+    // 30+60+120+240+480 s, then three starts at the 600 s cap.
+    assert_eq!(
+        duplicate_suspected_after(&Thresholds::default()),
+        Duration::from_secs(2730)
+    );
+    let first_suspicion = |t: Thresholds| {
+        let mut s = Sim::new(Thresholds {
+            eviction_budget: 100,
+            ..t
+        });
+        for _ in 0..3 {
+            s.failing_generation(CONFLICT);
+        }
+        let since = s.now;
+        for _ in 0..100 {
+            s.wait_gate();
+            let out = s.failing_generation(CONFLICT);
+            if reasons(&out).contains(&Reason::DuplicateScaleSetSuspected) {
+                assert_eq!(s.d.status().current_delay, Some(Duration::from_secs(600)));
+                return s.now.duration_since(since).as_secs();
+            }
+        }
+        panic!("never suspected");
+    };
+    let doubling_only = first_suspicion(doubling());
+    let with_steady = first_suspicion(Thresholds::default());
+    // Both have waited the same 2730 s of delays; the steady phase's extra
+    // starts add only their own run time (about a second each here), far
+    // less than the one capped step (600 s) a later suspicion would cost.
+    assert!(
+        with_steady <= doubling_only + 30,
+        "steady phase: {with_steady} s, doubling only: {doubling_only} s"
+    );
+    assert!(with_steady >= 2730, "{with_steady}");
+}
+
+#[test]
 fn duplicate_suspected_after_caps_keeps_backoff_and_stops_evicting() {
     let t = Thresholds {
         eviction_budget: 100,
-        ..Thresholds::default()
+        ..doubling()
     };
     let mut s = Sim::new(t);
     for _ in 0..3 {
@@ -404,7 +490,7 @@ fn duplicate_suspected_after_caps_keeps_backoff_and_stops_evicting() {
 
 #[test]
 fn duplicate_is_not_suspected_for_other_causes() {
-    let mut s = Sim::new(Thresholds::default());
+    let mut s = Sim::new(doubling());
     for _ in 0..14 {
         s.wait_gate();
         s.failing_generation(ListenerEvent::Fatal(FatalKind::Auth));
@@ -800,7 +886,7 @@ fn a_merged_history_below_the_threshold_decides_nothing() {
 
 #[test]
 fn a_merged_loop_whose_delay_is_served_is_reported_without_a_delay() {
-    let (stored, mut ours) = stored_two_then_one_more(Thresholds::default());
+    let (stored, mut ours) = stored_two_then_one_more(doubling());
     let mut d = merged(&stored, &ours);
     let now = ours.now.saturating_add(Duration::from_secs(40)).unwrap();
     let out = d.evaluate(now);

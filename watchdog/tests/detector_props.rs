@@ -74,12 +74,14 @@ fn thresholds() -> impl Strategy<Value = Thresholds> {
         0u32..5,
         60u64..7200,
         prop::option::of(10u64..600),
+        prop_oneof![Just(0u64), 1u64..900],
     )
         .prop_map(
-            |(n, window, initial, factor, caps, budget, ewindow, hung)| Thresholds {
+            |(n, window, initial, factor, caps, budget, ewindow, hung, steady)| Thresholds {
                 conflict_threshold: n,
                 conflict_window: Duration::from_secs(window),
                 backoff_initial: Duration::from_secs(initial),
+                backoff_steady_for: Duration::from_secs(steady),
                 backoff_max: Duration::from_secs(initial * factor),
                 duplicate_after_caps: caps,
                 eviction_budget: budget,

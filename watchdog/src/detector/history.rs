@@ -50,9 +50,12 @@ pub struct LoopState {
     pub last_failure: Timestamp,
     /// Failed starts that came after a delay already at the cap.
     pub times_at_cap: u32,
-    /// The conflict persisted at the capped backoff `duplicate_after_caps`
-    /// times: probably the scale set registered twice, or a GitHub-side
-    /// incident. Evictions to cure the loop stop.
+    /// The delays this loop has served, in milliseconds, added up.
+    #[serde(default)]
+    pub waited_ms: u64,
+    /// The conflict persisted through `duplicate_after_caps` starts at the
+    /// capped backoff, or as long a wait: probably the scale set registered
+    /// twice, or a GitHub-side incident. Evictions to cure the loop stop.
     pub duplicate_suspected: bool,
 }
 

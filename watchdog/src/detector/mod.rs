@@ -22,17 +22,17 @@
 //!   [`Reason`] ([`Decision::reason`]) and a message.
 //! - [`version_warning`]: known gaps of a listener's ARC version.
 //!
-//! # Rules (issue 3)
+//! # Rules
 //!
 //! - A conflict loop is `conflict_threshold` session conflicts within
 //!   `conflict_window` with no established session in between; a start-up
 //!   crash loop is as many runs in a row within the window that die before
 //!   their session, whatever the cause. Both count across runs and pod
 //!   generations (through the history).
-//! - A loop delays the next start through the gate: `backoff_initial`,
-//!   doubling on every further failed start that came after the delay was
-//!   served, capped at `backoff_max`. A run that gets its session ends the
-//!   loop.
+//! - A loop delays the next start through the gate: `backoff_initial`
+//!   while the loop is younger than `backoff_steady_for`, then doubling on
+//!   every further failed start that came after the delay was served, capped
+//!   at `backoff_max`. A run that gets its session ends the loop.
 //! - A listener that restarts in place while the backoff runs is evicted
 //!   (the gate only holds a new pod). A listener that terminated while its
 //!   pod lives on (classic sidecar, `restartPolicy: Always`, ARC <= 0.9.2) is
@@ -436,6 +436,7 @@ fn new_loop(
         not_before: add(at, delay),
         last_failure: at,
         times_at_cap: 0,
+        waited_ms: 0,
         duplicate_suspected: false,
     }
 }
@@ -487,8 +488,9 @@ struct Escalated {
     newly: bool,
 }
 
-/// A failed start at `at` during the active loop `l`: doubles the delay
-/// when the previous one was served; `None` when it was not.
+/// A failed start at `at` during the active loop `l`: the next delay when
+/// the previous one was served (steady while the loop is young, doubled
+/// after); `None` when it was not.
 fn escalate_loop(
     l: &mut LoopState,
     at: Timestamp,
@@ -510,17 +512,57 @@ fn escalate_loop(
     if l.delay_ms >= max {
         l.times_at_cap += 1;
     }
-    l.delay_ms = l.delay_ms.saturating_mul(2).min(max).max(1);
+    l.waited_ms = l.waited_ms.saturating_add(l.delay_ms);
+    l.delay_ms = if at < add(l.since, t.backoff_steady_for) {
+        ms(t.backoff_initial).min(max)
+    } else {
+        l.delay_ms.saturating_mul(2).min(max)
+    }
+    .max(1);
+    // The start that can raise the duplicate suspicion comes once the loop
+    // has waited exactly that long, whatever the shape of the delays before.
+    let rest = ms(duplicate_suspected_after(t)).saturating_sub(l.waited_ms);
+    if l.conflict_loop && !l.duplicate_suspected && rest > 0 {
+        l.delay_ms = l.delay_ms.min(rest);
+    }
     l.not_before = add(at, Duration::from_millis(l.delay_ms));
     l.last_failure = at;
     let duplicate = cause == Cause::SessionConflict
         && l.conflict_loop
-        && l.times_at_cap >= t.duplicate_after_caps;
+        && (l.times_at_cap >= t.duplicate_after_caps
+            || l.waited_ms >= ms(duplicate_suspected_after(t)));
     let newly = duplicate && !l.duplicate_suspected;
     if duplicate {
         l.duplicate_suspected = true;
+        // A conflict that outlasted this much waiting is not a stale
+        // session about to end: the capped delay from now on.
+        l.delay_ms = max.max(1);
+        l.not_before = add(at, Duration::from_millis(l.delay_ms));
     }
     Some(Escalated { duplicate, newly })
+}
+
+/// How long a conflict loop has waited out its delays when it is suspected
+/// to be permanent: what a loop that doubled its delay from
+/// `backoff_initial` on every start has waited when it fails
+/// `duplicate_after_caps` starts at `backoff_max`. Tied to the time waited
+/// rather than to the starts at the cap, so that the steady phase of a
+/// young loop does not postpone the suspicion.
+pub fn duplicate_suspected_after(t: &Thresholds) -> Duration {
+    let max = t.backoff_max.max(Duration::from_millis(1));
+    let mut delay = t.backoff_initial.clamp(Duration::from_millis(1), max);
+    let mut age = Duration::ZERO;
+    let mut caps = 0;
+    loop {
+        age = age.saturating_add(delay);
+        if delay >= max {
+            caps += 1;
+            if caps >= t.duplicate_after_caps.max(1) {
+                return age;
+            }
+        }
+        delay = delay.saturating_mul(2).min(max);
+    }
 }
 
 /// The `DuplicateScaleSetSuspected` Event of loop `l`.
@@ -529,11 +571,11 @@ fn duplicate_report(at: Timestamp, l: &LoopState, t: &Thresholds, newly: bool) -
         at,
         reason: Reason::DuplicateScaleSetSuspected,
         message: format!(
-            "the session conflict persisted through {} starts at the capped delay of {}{}: \
+            "the session conflict persisted through {} of delayed starts (up to {} apart){}: \
              likely the same scale set name is registered by a second installation (another \
              cluster or namespace in the same runner group), or GitHub has an incident; \
              restarting cannot fix either, so the watchdog keeps the capped delay and stops evicting",
-            l.times_at_cap,
+            fmt_ms(l.waited_ms),
             fmt_ms(ms(t.backoff_max)),
             if newly { "" } else { " (still)" }
         ),
@@ -1074,7 +1116,11 @@ impl Detector {
         let Some(step) = escalate_loop(l, at, cause, &t) else {
             return;
         };
-        let (until, delay_ms) = (l.not_before, l.delay_ms);
+        // The wait until the gate opens: the loop's delay, or less where
+        // the duplicate suspicion is due sooner.
+        let until = l.not_before;
+        let delay_ms = Duration::try_from(until.duration_since(at))
+            .map_or(l.delay_ms, |d| ms(d).min(l.delay_ms));
         if step.duplicate {
             out.push(duplicate_report(at, l, &t, step.newly));
         }
