@@ -49,6 +49,7 @@ for name in "${which[@]}"; do
     read -r package args <<<"${tests[$name]}"
     echo "==> mutants of $package (tests: $args)"
     start=$(date +%s)
+    mkdir -p "$out/$name"
     rc=0
     # shellcheck disable=SC2086 # $args is a list of cargo test arguments
     cargo mutants --package "$package" --jobs "$jobs" --timeout "$timeout" \
