@@ -6,6 +6,7 @@ SHELL := /bin/bash
 help:
 	@echo "make demo   - run the demo on a local control plane (no cluster needed)"
 	@echo "make test   - run every test: unit, integration (real kube-apiserver) and end to end (real ARC)"
+	@echo "make e2e-matrix - S2 and S3 on ARC 0.8.1, 0.9.2, 0.10.1 (and its legacy listener) and 0.14.2"
 	@echo "make bench  - run the benchmarks"
 	@echo "make lint   - cargo fmt --check and clippy -D warnings"
 	@echo "make image  - static binaries, checked in an empty root; the image too when buildah is installed"
@@ -24,8 +25,10 @@ fuzz:
 	@mkdir -p fuzz/corpus/review
 	cargo +nightly fuzz run review fuzz/corpus/review webhook/tests/golden/inputs -- -max_total_time=60
 
-test: go-tools lint
-	cargo test --workspace --all-targets
+# Stages (Go tools, ARC, lint, build, unit, integration, e2e), each timed;
+# the last line counts every test: `total: N passed, M failed`.
+test:
+	scripts/test.sh
 
 # The demo: a local control plane (no cluster), arc-watchdog installed from
 # manifests/, a conflict loop played through a fake node; cleans up after itself.
@@ -59,11 +62,14 @@ bench:
 	nice cargo build --release -p arc-watchdog -p arc-watchdog-webhook -p arc-watchdog-certs -p arc-watchdog-bench
 	target/release/arc-watchdog-bench all
 
-.PHONY: arc e2e
-# The real ARC controller and listener (0.14.2 and 0.9.2) built from ARC's Go
-# module (tests/go/arc-*), cached in ~/.cache/arc-watchdog (ARC_WATCHDOG_CACHE).
+.PHONY: arc e2e e2e-matrix
+# The real ARC controller and listeners (0.14.2 and 0.9.2; ARC=... for others)
+# built from ARC's release sources (ARC_WATCHDOG_ARC_SOURCES, default
+# ../shared/arc), checked against tests/arc/SOURCES, cached in
+# ~/.cache/arc-watchdog (ARC_WATCHDOG_CACHE).
+ARC ?= 0.14.2 0.9.2
 arc:
-	tests/scripts/build-arc.sh
+	tests/scripts/build-arc.sh $(ARC)
 
 # End to end against the real ARC (see README, section End to end): one line
 # `scenario <id>: PASS|FAIL <numbers>` per scenario, report in
@@ -72,3 +78,13 @@ E2E_SCENARIOS ?= all
 e2e: go-tools arc
 	cargo build -p arc-watchdog-tests -p arc-watchdog -p arc-watchdog-webhook --bins
 	target/debug/e2e --scenarios $(E2E_SCENARIOS)
+
+# The version matrix: S2 (stale session, 2 and 10 minutes) and S3 (dead
+# listener) on every pinned ARC version, S2 also with the legacy listener of
+# 0.10.1. Report in target/e2e-matrix-report.md.
+MATRIX := 0.8.1,0.9.2,0.10.1,0.14.2
+e2e-matrix: go-tools
+	tests/scripts/build-arc.sh 0.8.1 0.9.2 0.10.1 0.14.2
+	cargo build -p arc-watchdog-tests -p arc-watchdog -p arc-watchdog-webhook --bins
+	target/debug/e2e --scenarios S2,S3 --s2-versions $(MATRIX) --s2-legacy-versions 0.10.1 \
+	  --s3-versions $(MATRIX) --report target/e2e-matrix-report.md

@@ -1212,8 +1212,18 @@ impl ControlPlane {
         keep: impl Fn(&str) -> bool,
     ) -> Result<Vec<String>> {
         let dir = go_module_dir_in(module, pins)?.join(subdir);
+        self.install_crds_in(&dir, keep).await
+    }
+
+    /// Installs the CRD files of `dir` whose name `keep` accepts, in name
+    /// order; waits until each is Established and returns their names.
+    pub async fn install_crds_in(
+        &self,
+        dir: &Path,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<Vec<String>> {
         let mut yaml = String::new();
-        for f in sorted_files(&dir)? {
+        for f in sorted_files(dir)? {
             let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
             if keep(name) {
                 yaml.push_str("\n---\n");
@@ -1222,19 +1232,23 @@ impl ControlPlane {
                 );
             }
         }
-        ensure!(!yaml.is_empty(), "no CRDs of {module} in {}", dir.display());
+        ensure!(!yaml.is_empty(), "no CRDs in {}", dir.display());
         self.apply_crds(&yaml).await
     }
 
     /// Installs ARC's CRDs (`config/crd/bases/actions.github.com_*.yaml`)
-    /// from the ARC module the wrapper `pins` requires (`tests/go/crds` for
-    /// the integration tests, `tests/go/arc-<version>` for the end to end).
+    /// from the ARC module the wrapper `pins` requires (`tests/go/crds`).
     /// Returns the CRD names.
     pub async fn install_arc_crds_from(&self, pins: &Path) -> Result<Vec<String>> {
-        self.install_module_crds(ARC_MODULE, pins, "config/crd/bases", |name| {
-            name.starts_with("actions.github.com_") && name.ends_with(".yaml")
-        })
-        .await
+        self.install_module_crds(ARC_MODULE, pins, ARC_CRD_DIR, is_arc_crd)
+            .await
+    }
+
+    /// Installs the CRDs of an ARC release source tree (`src` of a
+    /// `tests/scripts/build-arc.sh` build). Returns the CRD names.
+    pub async fn install_arc_crds_from_source(&self, src: &Path) -> Result<Vec<String>> {
+        self.install_crds_in(&src.join(ARC_CRD_DIR), is_arc_crd)
+            .await
     }
 
     /// Installs ARC's CRDs pinned in `tests/go/crds` (see
@@ -1564,6 +1578,13 @@ pub fn go_module_dir_in(module: &str, pins: &Path) -> Result<PathBuf> {
         .as_str()
         .ok_or_else(|| anyhow!("go mod download {module} printed no Dir"))?;
     Ok(PathBuf::from(dir))
+}
+
+/// Where ARC keeps its CRDs, in its module and its source tree.
+const ARC_CRD_DIR: &str = "config/crd/bases";
+
+fn is_arc_crd(file_name: &str) -> bool {
+    file_name.starts_with("actions.github.com_") && file_name.ends_with(".yaml")
 }
 
 /// Wrapper module pinning the modules whose CRDs the tests install.

@@ -1,0 +1,203 @@
+//! A scenario's outcome: its `scenario <id>: PASS|FAIL <numbers>` line and
+//! the Markdown report.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+
+/// One scenario's outcome on one ARC version.
+#[derive(Debug)]
+pub(crate) struct Outcome {
+    /// `<scenario>@<ARC version>`, e.g. `S2-stale-session-120s@0.14.2`.
+    pub(crate) id: String,
+    /// The ARC version, and the listener when not the default one.
+    pub(crate) version: String,
+    pub(crate) pass: bool,
+    pub(crate) numbers: Vec<(String, String)>,
+    pub(crate) notes: Vec<String>,
+}
+
+impl Outcome {
+    /// A passing outcome with nothing recorded yet. `name` may be empty for
+    /// the part of an outcome that one leg records (see [`Self::merge`]).
+    pub(crate) fn new(name: &str, version: &str) -> Self {
+        Self {
+            id: format!("{name}@{version}"),
+            version: version.to_owned(),
+            pass: true,
+            numbers: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    pub(crate) fn num(&mut self, k: &str, v: impl ToString) {
+        self.numbers.push((k.to_owned(), v.to_string()));
+    }
+
+    /// A number recorded before, by key.
+    pub(crate) fn get(&self, k: &str) -> Option<&str> {
+        self.numbers
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub(crate) fn check(&mut self, ok: bool, what: impl Into<String>) {
+        let what = what.into();
+        if ok {
+            self.notes.push(format!("ok: {what}"));
+        } else {
+            self.pass = false;
+            self.notes.push(format!("FAILED: {what}"));
+        }
+    }
+
+    /// Takes in what one leg recorded: its numbers, its notes, its failures.
+    pub(crate) fn merge(&mut self, leg: Outcome) {
+        self.pass &= leg.pass;
+        self.numbers.extend(leg.numbers);
+        self.notes.extend(leg.notes);
+    }
+
+    pub(crate) fn line(&self) -> String {
+        let nums: Vec<String> = self
+            .numbers
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        format!(
+            "scenario {}: {} {}",
+            self.id,
+            if self.pass { "PASS" } else { "FAIL" },
+            nums.join(" ")
+        )
+    }
+}
+
+/// Columns of the version table: (scenario prefix, number, heading).
+const VERSION_COLUMNS: &[(&str, &str, &str)] = &[
+    ("S2-stale-session", "stale_ttl_s", "stale session (s)"),
+    (
+        "S2-stale-session",
+        "generation_s_without",
+        "one generation without (s)",
+    ),
+    (
+        "S2-stale-session",
+        "retries_in_process",
+        "listener retries a 409 in process",
+    ),
+    (
+        "S2-stale-session",
+        "session_calls_without",
+        "session calls without",
+    ),
+    ("S2-stale-session", "session_calls_with", "with"),
+    ("S2-stale-session", "ratio", "ratio"),
+    (
+        "S2-stale-session",
+        "heal_after_expiry_without_s",
+        "heal after expiry without (s)",
+    ),
+    ("S2-stale-session", "heal_after_expiry_s", "with (s)"),
+    ("S2-stale-session", "added_outage_s", "outage added (s)"),
+    (
+        "S3-dead-listener",
+        "without_recreated_after_s",
+        "dead listener replaced without (s)",
+    ),
+    ("S3-dead-listener", "with_recreated_after_s", "with (s)"),
+    (
+        "S3-dead-listener",
+        "with_evicted_after_exit_s",
+        "evicted after exit (s)",
+    ),
+];
+
+/// The table of what each ARC version does by itself and with arc-watchdog,
+/// one row per S2 or S3 outcome group (version, and the S2 variant).
+pub(crate) fn version_table(outcomes: &[Outcome]) -> String {
+    // Row key: the version label (e.g. "0.10.1", "0.10.1 legacy
+    // listener") and the stale session's lifetime: S2 at several lifetimes
+    // gives several rows.
+    let mut rows: BTreeMap<(String, String), BTreeMap<&str, String>> = BTreeMap::new();
+    for o in outcomes {
+        let Some((name, _)) = o.id.split_once('@') else {
+            continue;
+        };
+        let ttl = o.get("stale_ttl_s").unwrap_or("").to_owned();
+        for (scenario, key, _) in VERSION_COLUMNS {
+            if !name.starts_with(scenario) {
+                continue;
+            }
+            if let Some(v) = o.get(key) {
+                // S3 numbers hold for every S2 row of the same version.
+                let row_ttl = if *scenario == "S3-dead-listener" {
+                    String::new()
+                } else {
+                    ttl.clone()
+                };
+                rows.entry((o.version.clone(), row_ttl))
+                    .or_default()
+                    .insert(key, v.to_owned());
+            }
+        }
+    }
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from("| ARC |");
+    for (_, _, heading) in VERSION_COLUMNS {
+        let _ = write!(md, " {heading} |");
+    }
+    md.push_str("\n| --- |");
+    for _ in VERSION_COLUMNS {
+        md.push_str(" --- |");
+    }
+    md.push('\n');
+    for ((version, _), values) in &rows {
+        let _ = write!(md, "| {version} |");
+        for (_, key, _) in VERSION_COLUMNS {
+            let _ = write!(md, " {} |", values.get(key).map_or("", String::as_str));
+        }
+        md.push('\n');
+    }
+    md
+}
+
+pub(crate) fn write_report(path: &Path, outcomes: &[Outcome], total: Duration) -> Result<()> {
+    let mut md = String::from("# arc-watchdog end-to-end report\n\n");
+    let _ = writeln!(
+        md,
+        "Real ARC controller and listener (built from ARC's release sources), real kube-apiserver/etcd, fake GitHub, process kubelet. Total {:.0}s.\n",
+        total.as_secs_f64()
+    );
+    md.push_str("| scenario | result | numbers |\n| --- | --- | --- |\n");
+    for o in outcomes {
+        let nums: Vec<String> = o.numbers.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} |",
+            o.id,
+            if o.pass { "PASS" } else { "FAIL" },
+            nums.join(" ")
+        );
+    }
+    let table = version_table(outcomes);
+    if !table.is_empty() {
+        let _ = writeln!(md, "\n## ARC versions\n\n{table}");
+    }
+    for o in outcomes {
+        let _ = writeln!(md, "\n## {}\n", o.id);
+        for n in &o.notes {
+            let _ = writeln!(md, "- {}", n.replace('\n', "\n  "));
+        }
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, md).with_context(|| format!("writing {}", path.display()))
+}

@@ -1,0 +1,212 @@
+//! S2: a stale session (a listener killed without deleting it) that expires
+//! on GitHub's side after a lifetime T, planted before the first listener
+//! starts; run without and with arc-watchdog side by side. Counts the
+//! session calls until the first success, the listener generations, and how
+//! long after the expiry the listener got its session.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use arc_watchdog_tests::control_plane::SidecarMode;
+use arc_watchdog_tests::fake_github::Control;
+
+use crate::outcome::Outcome;
+use crate::stack::{Binaries, Stack, StackOpts, finish};
+use crate::{Args, SCALE_SET};
+
+/// The watchdog's default `--eviction-budget`: more evictions than this in
+/// one loop would be a storm.
+const EVICTION_BUDGET: usize = 3;
+/// From this lifetime on the stock loop is long enough that the goal of
+/// 10x fewer session calls applies.
+const RATIO_GOAL_FROM: Duration = Duration::from_secs(600);
+
+/// The scenario's name for one lifetime, e.g. `S2-stale-session-120s`.
+pub(crate) fn name(ttl: Duration) -> String {
+    format!("S2-stale-session-{}s", ttl.as_secs())
+}
+
+/// The version label of an outcome: the version, `-legacy` for the legacy
+/// listener.
+pub(crate) fn label(version: &str, legacy: bool) -> String {
+    if legacy {
+        format!("{version}-legacy")
+    } else {
+        version.to_owned()
+    }
+}
+
+/// What one leg measured.
+#[derive(Debug, Clone, Copy)]
+struct Leg {
+    /// Session-create calls up to and including the first success.
+    calls: u64,
+    /// Of those, answered 409.
+    conflicts: u64,
+    /// Seconds from the stale session's expiry to the first success.
+    heal: f64,
+    /// Listener processes started until then.
+    starts: usize,
+    /// Evictions by arc-watchdog (its log).
+    evictions: usize,
+}
+
+async fn leg(bins: &Binaries, opts: StackOpts, ttl: Duration, o: &mut Outcome) -> Result<Leg> {
+    let watchdog = opts.watchdog.is_some();
+    let stack = Stack::start(bins, &opts).await?;
+    let result = async {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        // The first scale set the fake registers gets id 1: plant the stale
+        // session before ARC creates it, so that the very first listener conflicts.
+        stack.fake.control(Control::InjectSession {
+            scale_set_id: 1,
+            owner: format!("{SCALE_SET}-crashed-listener"),
+            ttl_ms: Some(ttl_ms),
+        });
+        let planted_ms = stack.fake.now_ms();
+        stack.create_runner_set(&opts).await?;
+        let timeout = ttl + Duration::from_secs(if watchdog { 900 } else { 180 });
+        stack.await_session(timeout).await?;
+        let st = stack.fake.stats();
+        let creates: Vec<_> = st
+            .session_events
+            .iter()
+            .filter(|e| e.op == "create")
+            .collect();
+        let first_ok = creates
+            .iter()
+            .find(|e| e.status == 200)
+            .map(|e| e.at_ms)
+            .ok_or_else(|| anyhow::anyhow!("no session created"))?;
+        let upto: Vec<_> = creates.iter().filter(|e| e.at_ms <= first_ok).collect();
+        let expiry = planted_ms + ttl_ms;
+        let leg = Leg {
+            calls: upto.len() as u64,
+            conflicts: upto.iter().filter(|e| e.status == 409).count() as u64,
+            heal: (first_ok as f64 - expiry as f64) / 1000.0,
+            starts: stack.listener_starts(),
+            evictions: stack.watchdog_log_count("evicting the own pod", None)?,
+        };
+        if watchdog {
+            o.notes.push(stack.watchdog_events_note("with").await);
+        }
+        anyhow::Ok(leg)
+    }
+    .await;
+    if let Err(e) = &result {
+        o.check(
+            false,
+            format!("{}: {e:#}", if watchdog { "with" } else { "without" }),
+        );
+    }
+    finish(stack, o, result.is_err()).await;
+    result
+}
+
+/// S2 on one ARC version (and listener) with one stale-session lifetime.
+pub(crate) async fn s2(
+    bins: &Binaries,
+    args: &Args,
+    version: &'static str,
+    legacy: bool,
+    ttl: Duration,
+) -> Result<Outcome> {
+    let mut o = Outcome::new(&name(ttl), &label(version, legacy));
+    o.num("stale_ttl_s", ttl.as_secs());
+    let without = StackOpts {
+        version,
+        legacy_listener: legacy,
+        watchdog: None,
+        ..StackOpts::native(args)
+    };
+    let with = StackOpts {
+        watchdog: Some(SidecarMode::Native),
+        ..without.clone()
+    };
+    let (mut a, mut b) = (Outcome::new("", version), Outcome::new("", version));
+    let (ra, rb) = tokio::join!(
+        leg(bins, without, ttl, &mut a),
+        leg(bins, with, ttl, &mut b)
+    );
+    o.merge(a);
+    o.merge(b);
+    let (Ok(without), Ok(with)) = (ra, rb) else {
+        return Ok(o);
+    };
+    o.num("session_calls_without", without.calls);
+    o.num("session_calls_with", with.calls);
+    let ratio = without.calls as f64 / with.calls.max(1) as f64;
+    o.num("ratio", format!("{ratio:.1}"));
+    o.num("listener_starts_without", without.starts);
+    o.num("listener_starts_with", with.starts);
+    // One generation of the stock loop: listener start to the next start.
+    let generation = ttl.as_secs_f64() / without.starts.max(1) as f64;
+    o.num("generation_s_without", format!("{generation:.1}"));
+    // A listener that retries a 409 in process makes more conflicting calls
+    // than there were listener processes.
+    let retries = without.conflicts > without.starts as u64 + 1;
+    o.num("retries_in_process", retries);
+    o.num(
+        "heal_after_expiry_without_s",
+        format!("{:.1}", without.heal),
+    );
+    o.num("heal_after_expiry_s", format!("{:.1}", with.heal));
+    o.num("added_outage_s", format!("{:.1}", with.heal - without.heal));
+    o.num("evictions_with", with.evictions);
+    for (leg, l) in [("without", &without), ("with", &with)] {
+        o.check(
+            l.heal >= 0.0,
+            format!(
+                "{leg}: no session before the stale one expired (heal {:.1}s)",
+                l.heal
+            ),
+        );
+        o.check(
+            l.conflicts >= 1,
+            format!(
+                "{leg}: the stale session was met ({} conflicts)",
+                l.conflicts
+            ),
+        );
+    }
+    o.check(
+        with.calls <= without.calls,
+        format!(
+            "no more session calls with arc-watchdog ({} vs {})",
+            with.calls, without.calls
+        ),
+    );
+    o.check(
+        with.evictions <= EVICTION_BUDGET,
+        format!(
+            "no eviction storm ({} evictions, budget {EVICTION_BUDGET})",
+            with.evictions
+        ),
+    );
+    if ttl >= RATIO_GOAL_FROM && !legacy && !retries {
+        o.check(
+            ratio >= 10.0,
+            format!("at least 10x fewer session calls with arc-watchdog ({ratio:.1}x)"),
+        );
+    } else {
+        o.notes.push(format!(
+            "ratio {ratio:.1}x recorded, not held to 10x (lifetime {}s{})",
+            ttl.as_secs(),
+            if legacy || retries {
+                ", listener retries in process"
+            } else {
+                ""
+            }
+        ));
+    }
+    // The longest single backoff step the default thresholds allow is
+    // --backoff-max (10m).
+    o.check(
+        with.heal <= 600.0,
+        format!(
+            "with arc-watchdog healthy within one backoff step after expiry ({:.1}s)",
+            with.heal
+        ),
+    );
+    Ok(o)
+}
