@@ -147,6 +147,28 @@ const TABLE: &[(&str, ListenerEvent)] = &[
         "2026/09/14 22:01:01 Application returned an error: failed to initialize: invalid configuration: minRunners > maxRunners",
         ListenerEvent::Fatal(FatalKind::Other),
     ),
+    // The legacy listener of 0.8 to 0.10 (`github-runnerscaleset-listener`),
+    // as the real 0.10.1 binary writes it against a stale session:
+    // lower-case `unable`, logger `auto_scaler`.
+    (
+        "2026-12-05T08:26:12Z\tINFO\tauto_scaler\tunable to create message session. Will try again in 30 seconds\t{\"error\": \"actions error: StatusCode 409, AcivityId \\\"00000000-0000-4000-8000-fa4e00000001\\\": GitHub.Actions.Runtime.WebApi.RunnerScaleSetSessionConflictException, GitHub.Actions.Runtime.WebApi: The actions runner scaleset arc-e2e already has an active session for owner arc-e2e-crashed-listener.\"}",
+        RETRY_CONFLICT,
+    ),
+    // Its last entry after ten tries: zap's `Error encountered`, the chain in
+    // the `error` field (cmd/githubrunnerscalesetlistener/main.go).
+    (
+        "2026-12-05T08:31:40Z\tERROR\tauto_scaler\tError encountered\t{\"error\": \"failed to create a message listener: create message session failed since it exceed 10 retry limit. actions error: StatusCode 409, AcivityId \\\"00000000-0000-4000-8000-fa4e00000001\\\": GitHub.Actions.Runtime.WebApi.RunnerScaleSetSessionConflictException, GitHub.Actions.Runtime.WebApi: The actions runner scaleset arc-e2e already has an active session for owner arc-e2e-crashed-listener.\"}",
+        CONFLICT,
+    ),
+    (
+        "2026-12-05T08:31:40Z\tERROR\tauto_scaler\tError encountered\t{\"error\": \"failed to create a message listener: create message session failed since it exceed 10 retry limit. actions error: StatusCode 401, AcivityId \\\"x\\\": Unauthorized\"}",
+        ListenerEvent::Fatal(FatalKind::Auth),
+    ),
+    // Its other message with the same start, no error field: not a conflict.
+    (
+        "2026-12-05T08:26:12Z\tINFO\tauto_scaler\tunable to create message session. The error indicates something is wrong on the client side, won't make any retry.",
+        OTHER,
+    ),
 ];
 
 /// Look-alikes: they say 409, conflict, session, or even the exception's

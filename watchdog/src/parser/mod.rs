@@ -37,9 +37,13 @@
 //!   [`ListenerEvent::SessionEstablished`] (`Getting next message`,
 //!   `Current runner scale set statistics.`, `Handling initial session
 //!   statistics`), so the same words inside another field never count.
-//! - The legacy 0.7 listener's retry line `Unable to create message session.
-//!   Will try again in 30 seconds` with the conflict in its error field: a
-//!   non-fatal session conflict (the process retries in place).
+//! - The legacy listener's retry line (`Unable to create message session.
+//!   Will try again in 30 seconds` in 0.7, lower-case `unable` from 0.8 on)
+//!   with the conflict in its error field: a non-fatal session conflict (the
+//!   process retries in place, 10 times, 30 to 45 s apart). Its last entry
+//!   is a zap error `Error encountered` with the chain in its `error` field
+//!   (`create message session failed since it exceed 10 retry limit. ...`):
+//!   read like a fatal line.
 //!
 //! Everything else is [`ListenerEvent::Other`]: Kubernetes
 //! optimistic-concurrency 409s, job-acquisition 409s, 409s on other

@@ -20,8 +20,16 @@ const ESTABLISHED: [&[u8]; 4] = [
     b"Handling initial session statistics",
 ];
 
-/// Start of the legacy 0.7 listener's retry message.
-const LEGACY_RETRY: &[u8] = b"Unable to create message session";
+/// Start of the legacy listener's retry message (`cmd/githubrunnerscalesetlistener`:
+/// capitalised in 0.7, lower-case from 0.8 on).
+const LEGACY_RETRY: [&[u8]; 2] = [
+    b"Unable to create message session",
+    b"unable to create message session",
+];
+
+/// The legacy listener's last message before it exits: a zap error entry
+/// whose `error` field holds the chain (it does not use Go's `log`).
+const LEGACY_FATAL: &[u8] = b"Error encountered";
 
 /// What the Go standard logger writes after the date on a fatal exit.
 const FATAL_PREFIX: &[u8] = b"Application returned an error:";
@@ -56,6 +64,8 @@ static MARKERS: LazyLock<Vec<(Finder<'static>, u32)>> = LazyLock::new(|| {
         (b"failed to create session", SESSION_CTX),
         (b"failed to create message session", SESSION_CTX),
         (b"Unable to create message session", SESSION_CTX),
+        (b"unable to create message session", SESSION_CTX),
+        (b"create message session failed", SESSION_CTX),
         (b"RunnerScaleSetNotFoundException", NOT_FOUND_EXC),
         (b"Unauthorized", AUTH_WORD),
         (b"unauthorized", AUTH_WORD),
@@ -387,8 +397,11 @@ pub(crate) fn is_entry_start(s: &[u8]) -> bool {
 fn message_event(msg: &[u8]) -> Option<Head> {
     if ESTABLISHED.contains(&msg) {
         Some(Head::Decided(ListenerEvent::SessionEstablished))
-    } else if msg.starts_with(LEGACY_RETRY) {
+    } else if LEGACY_RETRY.iter().any(|r| msg.starts_with(r)) {
         Some(Head::LegacyRetry)
+    } else if msg == LEGACY_FATAL {
+        // The chain is in the entry's fields: scan all of it.
+        Some(Head::Fatal(0))
     } else {
         None
     }

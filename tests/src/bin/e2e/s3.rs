@@ -26,7 +26,7 @@ fn replaces_by_itself(version: &str) -> bool {
     crate::version_key(version) > crate::version_key(LAST_PHASE_ONLY)
 }
 
-/// One leg: returns whether a new listener pod appeared.
+/// One leg: kill the listener, watch what replaces it.
 async fn leg(bins: &Binaries, opts: StackOpts, tag: &str, o: &mut Outcome) -> Result<()> {
     let expect_replaced_by_arc = replaces_by_itself(opts.version);
     let with_watchdog = opts.watchdog.is_some();
@@ -48,16 +48,7 @@ async fn leg(bins: &Binaries, opts: StackOpts, tag: &str, o: &mut Outcome) -> Re
         .await;
         o.check(exited.is_ok(), format!("{tag}: the killed listener exited"));
         let window = Duration::from_secs(45);
-        let replaced = control_plane::eventually(window, "a new listener pod", || async {
-            stack
-                .listener_pods()
-                .await
-                .ok()?
-                .into_iter()
-                .find(|p| p.uid().as_deref() != Some(uid.as_str()) && p.metadata.deletion_timestamp.is_none())
-                .map(|_| killed_at.elapsed().as_secs_f64())
-        })
-        .await;
+        let replaced = stack.await_new_listener(&uid, killed_at, window, "a new listener pod").await;
         let events = stack.kubelet.events();
         let starts = events
             .iter()

@@ -185,16 +185,9 @@ pub(crate) async fn s5(bins: &Binaries, args: &Args) -> Result<Outcome> {
             stack.kubelet.signal(&name, "listener", "KILL").await?;
         }
         let t2 = Instant::now();
-        let replaced = control_plane::eventually(Duration::from_secs(60), "ARC replacing the dead listener", || async {
-            stack
-                .listener_pods()
-                .await
-                .ok()?
-                .into_iter()
-                .any(|p| p.uid().as_deref() != Some(uid.as_str()) && p.metadata.deletion_timestamp.is_none())
-                .then(|| t2.elapsed().as_secs_f64())
-        })
-        .await;
+        let replaced = stack
+            .await_new_listener(&uid, t2, Duration::from_secs(60), "ARC replacing the dead listener")
+            .await;
         match replaced {
             Ok(t) => o.num("arc_replaced_after_s", format!("{t:.1}")),
             Err(e) => o.check(false, format!("ARC's controller replaces a dead listener after the outages: {e:#}")),

@@ -12,7 +12,7 @@
 //!   established (reported every ~50 minutes: actions/scaleset pull request
 //!   123). That is not a start-up loop: no `CrashLoopDetected`, no start
 //!   delay. The fake's queue tokens live [`QUEUE_TOKEN_TTL`] here, so those
-//!   deaths come every half minute.
+//!   deaths come every 20 s or so.
 //!
 //! The two legs (without, with) run side by side, each on its own stack.
 
@@ -33,17 +33,24 @@ use crate::{Args, CONTROLLER_NS};
 /// How long each start-up failure is watched, in both legs.
 const WINDOW: Duration = Duration::from_secs(150);
 /// How long refreshes fail in the post-session part.
-const POST_SESSION_FOR: Duration = Duration::from_secs(100);
+const POST_SESSION_FOR: Duration = Duration::from_secs(120);
 /// The fake's message-queue token lifetime: a listener refreshes its
-/// session this often.
-const QUEUE_TOKEN_TTL: Duration = Duration::from_secs(20);
-/// Watchdog thresholds: a loop after two failed starts, then 60 s, 120 s.
-/// The cap keeps the wait for recovery between the parts short.
-const THRESHOLDS: [&str; 3] = [
-    "--conflict-threshold=2",
-    "--backoff-initial=60s",
-    "--backoff-max=120s",
-];
+/// session this often (with the default 10 s poll hold: at its second
+/// poll), so that failing refreshes kill listeners every 20 s or so.
+const QUEUE_TOKEN_TTL: Duration = Duration::from_secs(8);
+/// Failed starts in a row that make a loop (`--conflict-threshold`).
+const LOOP_AFTER: u64 = 2;
+/// Watchdog thresholds: a loop after [`LOOP_AFTER`] failed starts, then a
+/// 90 s delay (steady for the loop's first minutes): within [`WINDOW`] the
+/// listener starts three times (two failures, one delayed start), and the
+/// wait for recovery between the parts stays short.
+fn thresholds() -> Vec<String> {
+    vec![
+        format!("--conflict-threshold={LOOP_AFTER}"),
+        "--backoff-initial=90s".to_owned(),
+        "--backoff-max=180s".to_owned(),
+    ]
+}
 /// Reasons of the Events a start-up loop produces.
 const LOOP_REASONS: [&str; 4] = [
     "CrashLoopDetected",
@@ -212,11 +219,7 @@ async fn leg(bins: &Binaries, args: &Args, watchdog: bool, o: &mut Outcome) -> R
     let tag = if watchdog { "with" } else { "without" };
     let opts = StackOpts {
         watchdog: watchdog.then_some(SidecarMode::Native),
-        webhook_args: if watchdog {
-            THRESHOLDS.iter().map(|s| (*s).to_owned()).collect()
-        } else {
-            vec![]
-        },
+        webhook_args: if watchdog { thresholds() } else { vec![] },
         fake: FakeGithubConfig {
             queue_token_ttl: QUEUE_TOKEN_TTL,
             ..fake_config(args)
@@ -322,10 +325,13 @@ pub(crate) async fn s7(bins: &Binaries, args: &Args) -> Result<Outcome> {
             o.num("post_session_deaths", p.deaths);
             o.num("post_session_starts", p.starts);
             o.num("post_session_loop_events", p.loop_events.len());
+            // More deaths in a row than make a loop: a detector that took
+            // them for failed starts would have reported one.
+            let enough = LOOP_AFTER + 1;
             o.check(
-                p.deaths >= 3 && p.starts >= 3,
+                p.deaths >= enough && p.starts >= 3,
                 format!(
-                    "listeners died after their session ({} failed refreshes, {} starts in {}s)",
+                    "listeners died after their session, at least {enough} times ({} failed refreshes, {} starts in {}s)",
                     p.deaths,
                     p.starts,
                     POST_SESSION_FOR.as_secs()

@@ -416,6 +416,29 @@ impl Stack {
             .ok_or_else(|| anyhow!("the watchdog exports no {name}"))
     }
 
+    /// Waits until a listener pod other than `old_uid` exists and is not
+    /// being deleted; returns the seconds since `since`.
+    pub(crate) async fn await_new_listener(
+        &self,
+        old_uid: &str,
+        since: Instant,
+        within: Duration,
+        what: &str,
+    ) -> Result<f64> {
+        control_plane::eventually(within, what, || async {
+            self.listener_pods()
+                .await
+                .ok()?
+                .into_iter()
+                .any(|p| {
+                    p.metadata.uid.as_deref() != Some(old_uid)
+                        && p.metadata.deletion_timestamp.is_none()
+                })
+                .then(|| since.elapsed().as_secs_f64())
+        })
+        .await
+    }
+
     /// Evicts the current listener pod through the Eviction API, as the
     /// watchdog does, and waits for the controller's new pod; returns the
     /// seconds from the eviction to the new pod.
@@ -430,20 +453,11 @@ impl Stack {
         api.evict(&pod.name_any(), &EvictParams::default())
             .await
             .context("evicting the listener pod")?;
-        control_plane::eventually(
+        self.await_new_listener(
+            &uid,
+            t0,
             Duration::from_secs(60),
             "a new listener pod after the eviction",
-            || async {
-                self.listener_pods()
-                    .await
-                    .ok()?
-                    .into_iter()
-                    .any(|p| {
-                        p.metadata.uid.as_deref() != Some(uid.as_str())
-                            && p.metadata.deletion_timestamp.is_none()
-                    })
-                    .then(|| t0.elapsed().as_secs_f64())
-            },
         )
         .await
     }
