@@ -199,10 +199,16 @@ async fn follower_backs_off_on_errors_and_stops_on_cancel() {
         failed_at.push(Instant::now());
     }
     let gaps: Vec<Duration> = failed_at.windows(2).map(|w| w[1] - w[0]).collect();
-    // A wait is never shorter than asked; the request in between only adds.
+    // A wait is never shorter than asked and the request in between only
+    // adds; but this test may take in an error late (a busy machine), which
+    // shortens the next gap as measured here by as much.
+    const LATE: Duration = Duration::from_millis(50);
     for (i, gap) in gaps.iter().enumerate() {
         let asked = Duration::from_millis(100 << i);
-        assert!(*gap >= asked, "gap {i} of {gaps:?} shorter than {asked:?}");
+        assert!(
+            *gap + LATE >= asked,
+            "gap {i} of {gaps:?} shorter than {asked:?}"
+        );
     }
     // Growing, not constant at any interval: the fourth wait (800 ms) is
     // far longer than the first (100 ms plus one failed call).
