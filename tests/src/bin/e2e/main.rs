@@ -71,9 +71,15 @@ fn parse_version(s: &str) -> Result<&'static str, String> {
         })
 }
 
-/// `0.10.1` -> (0, 10, 1), for ordering versions.
+/// `0.10.1` -> (0, 10, 1), for ordering versions; a label's suffix
+/// (`0.10.1-legacy`) is left out.
 pub(crate) fn version_key(v: &str) -> (u32, u32, u32) {
-    let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let mut parts = v.split('.').map(|p| {
+        let digits = p
+            .find(|c: char| !c.is_ascii_digit())
+            .map_or(p, |end| &p[..end]);
+        digits.parse::<u32>().unwrap_or(0)
+    });
     (
         parts.next().unwrap_or(0),
         parts.next().unwrap_or(0),

@@ -117,33 +117,49 @@ const VERSION_COLUMNS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// The table of what each ARC version does by itself and with arc-watchdog,
-/// one row per S2 or S3 outcome group (version, and the S2 variant).
+/// The table of what each ARC version does by itself and with arc-watchdog:
+/// one row per version label (e.g. `0.10.1`, `0.10.1-legacy`) and S2
+/// lifetime, S3's numbers on every row of their version; versions in order.
 pub(crate) fn version_table(outcomes: &[Outcome]) -> String {
-    // Row key: the version label (e.g. "0.10.1", "0.10.1 legacy
-    // listener") and the stale session's lifetime: S2 at several lifetimes
-    // gives several rows.
-    let mut rows: BTreeMap<(String, String), BTreeMap<&str, String>> = BTreeMap::new();
-    for o in outcomes {
-        let Some((name, _)) = o.id.split_once('@') else {
-            continue;
-        };
-        let ttl = o.get("stale_ttl_s").unwrap_or("").to_owned();
-        for (scenario, key, _) in VERSION_COLUMNS {
-            if !name.starts_with(scenario) {
-                continue;
-            }
-            if let Some(v) = o.get(key) {
-                // S3 numbers hold for every S2 row of the same version.
-                let row_ttl = if *scenario == "S3-dead-listener" {
-                    String::new()
-                } else {
-                    ttl.clone()
-                };
-                rows.entry((o.version.clone(), row_ttl))
-                    .or_default()
-                    .insert(key, v.to_owned());
-            }
+    type Row = BTreeMap<&'static str, String>;
+    let values = |o: &Outcome, prefix: &str| -> Row {
+        VERSION_COLUMNS
+            .iter()
+            .filter(|(scenario, _, _)| *scenario == prefix)
+            .filter_map(|(_, key, _)| o.get(key).map(|v| (*key, v.to_owned())))
+            .collect()
+    };
+    let name = |o: &Outcome| o.id.split_once('@').map_or("", |(n, _)| n).to_owned();
+    let mut s3: BTreeMap<String, Row> = BTreeMap::new();
+    for o in outcomes
+        .iter()
+        .filter(|o| name(o).starts_with("S3-dead-listener"))
+    {
+        s3.insert(o.version.clone(), values(o, "S3-dead-listener"));
+    }
+    // (version order, label, lifetime) -> row
+    let mut rows: BTreeMap<((u32, u32, u32), String, u64), Row> = BTreeMap::new();
+    for o in outcomes
+        .iter()
+        .filter(|o| name(o).starts_with("S2-stale-session"))
+    {
+        let ttl = o
+            .get("stale_ttl_s")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0);
+        let mut row = values(o, "S2-stale-session");
+        row.extend(s3.get(&o.version).cloned().unwrap_or_default());
+        rows.insert(
+            (crate::version_key(&o.version), o.version.clone(), ttl),
+            row,
+        );
+    }
+    for (version, row) in &s3 {
+        if !rows.keys().any(|(_, label, _)| label == version) {
+            rows.insert(
+                (crate::version_key(version), version.clone(), 0),
+                row.clone(),
+            );
         }
     }
     if rows.is_empty() {
@@ -158,10 +174,10 @@ pub(crate) fn version_table(outcomes: &[Outcome]) -> String {
         md.push_str(" --- |");
     }
     md.push('\n');
-    for ((version, _), values) in &rows {
-        let _ = write!(md, "| {version} |");
+    for ((_, label, _), row) in &rows {
+        let _ = write!(md, "| {label} |");
         for (_, key, _) in VERSION_COLUMNS {
-            let _ = write!(md, " {} |", values.get(key).map_or("", String::as_str));
+            let _ = write!(md, " {} |", row.get(key).map_or("", String::as_str));
         }
         md.push('\n');
     }
@@ -200,4 +216,71 @@ pub(crate) fn write_report(path: &Path, outcomes: &[Outcome], total: Duration) -
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(path, md).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(name: &str, version: &str, numbers: &[(&str, &str)]) -> Outcome {
+        let mut o = Outcome::new(name, version);
+        for (k, v) in numbers {
+            o.num(k, v);
+        }
+        o
+    }
+
+    #[test]
+    fn version_table_orders_versions_and_puts_s3_on_their_rows() {
+        let outcomes = [
+            outcome(
+                "S2-stale-session-120s",
+                "0.14.2",
+                &[("stale_ttl_s", "120"), ("ratio", "6.3")],
+            ),
+            outcome(
+                "S2-stale-session-600s",
+                "0.14.2",
+                &[("stale_ttl_s", "600"), ("ratio", "12.0")],
+            ),
+            outcome(
+                "S2-stale-session-120s",
+                "0.10.1-legacy",
+                &[("stale_ttl_s", "120"), ("ratio", "0.8")],
+            ),
+            outcome(
+                "S2-stale-session-120s",
+                "0.9.2",
+                &[("stale_ttl_s", "120"), ("ratio", "6.3")],
+            ),
+            outcome(
+                "S3-dead-listener",
+                "0.9.2",
+                &[("without_recreated_after_s", "never")],
+            ),
+            outcome(
+                "S3-dead-listener",
+                "0.8.1",
+                &[("without_recreated_after_s", "never")],
+            ),
+            outcome("S1-healthy", "0.14.2", &[("ratio", "99")]),
+        ];
+        let table = version_table(&outcomes);
+        let labels: Vec<&str> = table
+            .lines()
+            .skip(2)
+            .filter_map(|l| l.split('|').nth(1))
+            .map(str::trim)
+            .collect();
+        assert_eq!(
+            labels,
+            ["0.8.1", "0.9.2", "0.10.1-legacy", "0.14.2", "0.14.2"]
+        );
+        let row_092 = table.lines().find(|l| l.starts_with("| 0.9.2 |")).unwrap();
+        assert!(
+            row_092.contains("| never |") && row_092.contains("| 6.3 |"),
+            "{row_092}"
+        );
+        assert!(!table.contains("99"), "S1 has no column: {table}");
+    }
 }
