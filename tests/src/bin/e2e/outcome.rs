@@ -137,8 +137,9 @@ pub(crate) fn version_table(outcomes: &[Outcome]) -> String {
     {
         s3.insert(o.version.clone(), values(o, "S3-dead-listener"));
     }
-    // (version order, label, lifetime) -> row
-    let mut rows: BTreeMap<((u32, u32, u32), String, u64), Row> = BTreeMap::new();
+    // Rows in version order, then label, then lifetime.
+    type RowKey = ((u32, u32, u32), String, u64);
+    let mut rows: BTreeMap<RowKey, Row> = BTreeMap::new();
     for o in outcomes
         .iter()
         .filter(|o| name(o).starts_with("S2-stale-session"))
