@@ -9,6 +9,7 @@ help:
 	@echo "make e2e-matrix - S2 and S3 on ARC 0.8.1, 0.9.2, 0.10.1 (and its legacy listener) and 0.14.2"
 	@echo "make bench  - run the benchmarks"
 	@echo "make lint   - cargo fmt --check and clippy -D warnings"
+	@echo "make mutants - mutation testing of the pure core (hours)"
 	@echo "make image  - static binaries, checked in an empty root; the image too when buildah is installed"
 
 lint:
@@ -44,6 +45,13 @@ go-tools:
 # Only the integration tests (real kube-apiserver and etcd on 127.0.0.1).
 test-integration: go-tools
 	cargo test -p arc-watchdog-tests --test 'integration*'
+
+.PHONY: mutants
+# Mutation testing of the pure core (parser, detector, mutation, review
+# handling) with cargo-mutants: hours on 2 cores, not part of `make test`.
+# MUTANTS_ARGS='--shard 0/20' runs every 20th mutant. See scripts/mutants.sh.
+mutants:
+	scripts/mutants.sh
 
 .PHONY: image
 # Static musl binaries, checked in an empty root, and (with buildah) the
