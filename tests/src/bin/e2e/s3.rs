@@ -7,10 +7,9 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use arc_watchdog_tests::control_plane::{self, SidecarMode};
 use arc_watchdog_tests::fake_github::FakeGithubConfig;
-use kube::ResourceExt as _;
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -32,10 +31,7 @@ async fn leg(bins: &Binaries, opts: StackOpts, tag: &str, o: &mut Outcome) -> Re
     let with_watchdog = opts.watchdog.is_some();
     let stack = Stack::start(bins, &opts).await?;
     let result = async {
-        stack.create_runner_set(&opts).await?;
-        stack.await_session(Duration::from_secs(120)).await?;
-        let pod = stack.listener_pod().await.ok_or_else(|| anyhow!("no listener pod"))?;
-        let (name, uid) = (pod.name_any(), pod.uid().unwrap_or_default());
+        let (name, uid) = stack.healthy_listener(&opts).await?;
         let killed_at = Instant::now();
         stack.kubelet.signal(&name, "listener", "KILL").await?;
         // The kill must have ended the listener: its exit is what every

@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use arc_watchdog::names;
 use arc_watchdog_tests::control_plane;
 use arc_watchdog_tests::fake_github::FakeGithubConfig;
@@ -79,10 +79,7 @@ pub(crate) async fn s5(bins: &Binaries, args: &Args) -> Result<Outcome> {
     };
     let stack = Stack::start(bins, &opts).await?;
     let result = async {
-        stack.create_runner_set(&opts).await?;
-        stack.await_session(Duration::from_secs(120)).await?;
-        let pod = stack.listener_pod().await.ok_or_else(|| anyhow!("no listener pod"))?;
-        let (name, uid) = (pod.name_any(), pod.uid().unwrap_or_default());
+        let (name, uid) = stack.healthy_listener(&opts).await?;
         await_ready(&stack, Duration::from_secs(60), "the watchdog ready before the outages").await?;
         let sessions_before = session_creates(&stack.fake.stats()).0;
 

@@ -416,6 +416,18 @@ impl Stack {
             .ok_or_else(|| anyhow!("the watchdog exports no {name}"))
     }
 
+    /// Creates the AutoscalingRunnerSet, waits for its listener's session
+    /// and returns the listener pod's name and uid.
+    pub(crate) async fn healthy_listener(&self, o: &StackOpts) -> Result<(String, String)> {
+        self.create_runner_set(o).await?;
+        self.await_session(Duration::from_secs(120)).await?;
+        let pod = self
+            .listener_pod()
+            .await
+            .ok_or_else(|| anyhow!("no listener pod"))?;
+        Ok((pod.name_any(), pod.uid().unwrap_or_default()))
+    }
+
     /// Waits until a listener pod other than `old_uid` exists and is not
     /// being deleted; returns the seconds since `since`.
     pub(crate) async fn await_new_listener(
