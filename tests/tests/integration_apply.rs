@@ -1,4 +1,4 @@
-//! Issue 5, item 3: `kubectl apply --server-side -k manifests/` succeeds
+//! `kubectl apply --server-side -k manifests/` succeeds
 //! against the real API server (with cert-manager's and ARC's real CRDs),
 //! and the objects are stored, not just rendered; applying again is a no-op.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is the failure report

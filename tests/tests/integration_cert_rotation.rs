@@ -1,4 +1,4 @@
-//! Issue 5, item 7: the webhook's serving certificate is replaced on disk
+//! The webhook's serving certificate is replaced on disk
 //! (as a Secret update does) while listener pods are created continuously:
 //! the webhook serves the new certificate without a restart, and not one
 //! admission fails or is skipped (with failurePolicy Ignore, a failed call

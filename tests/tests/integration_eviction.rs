@@ -1,4 +1,4 @@
-//! Issue 5, item 5: the watchdog's eviction (`arc_watchdog::run::evict`)
+//! The watchdog's eviction (`arc_watchdog::run::evict`)
 //! through the real Eviction API, as the listener's own ServiceAccount: a
 //! PodDisruptionBudget (status kept by the real disruption controller) that
 //! blocks answers 429 and the watchdog retries a bounded number of times;

@@ -1,4 +1,4 @@
-//! Issue 5, items 1 and 2, on a real kube-apiserver: the webhook (a local
+//! On a real kube-apiserver, the webhook (a local
 //! process, registered from manifests/ with a local URL, running as its own
 //! ServiceAccount) injects the watchdog into ARC listener pods created
 //! through the API, in native and classic mode; the API server accepts the

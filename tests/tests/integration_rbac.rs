@@ -1,4 +1,4 @@
-//! Issue 5, item 4: RBAC on the real API server, with a real token for the
+//! RBAC on the real API server, with a real token for the
 //! listener's ServiceAccount (TokenRequest, bound to the pod, as the kubelet
 //! mounts it). The per-listener Role the webhook created lets the watchdog
 //! read and watch its own pod, read its log, evict it and update its Lease;

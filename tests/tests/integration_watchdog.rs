@@ -1,4 +1,4 @@
-//! Issue 5, item 6: `arc-watchdog run` as a process, with the identity the
+//! `arc-watchdog run` as a process, with the identity the
 //! webhook gave its pod (a token for the listener's ServiceAccount, bound to
 //! the pod; the per-listener Role), follows the listener's output through the
 //! API server (pods/log, follow) from the fake node's kubelet endpoint,

@@ -21,7 +21,7 @@ use crate::detector::History;
 /// Longest time a change of mere bookkeeping (a run's latest output and its
 /// dedupe high-water mark, which move with every log line) waits before it
 /// is saved. A busy listener writes many lines a second; saving each would
-/// mean as many Lease updates (hundreds a second were measured). Another
+/// mean as many Lease updates, hundreds a second. Another
 /// pod generation does not act on these fields, so losing up to this much
 /// of them to a crash costs at most a few re-read lines (deduplicated or
 /// harmless) and an earlier hung check; everything it does act on is saved
