@@ -179,15 +179,23 @@ fn run<'a>(
     })
 }
 
-/// The scenario runs, S2's longest legs first: stacks are handed out in
-/// this order, and the longest runs decide how long the whole run takes.
+/// The scenarios from the longest to the shortest: stacks are handed out in
+/// the plan's order, and the longest runs decide how long the whole run
+/// takes.
+const LONGEST_FIRST: [&str; 7] = ["S2", "S7", "S5", "S4", "S3", "S1", "S6"];
+
+/// The scenario runs, longest first (see [`LONGEST_FIRST`]).
 fn plan<'a>(wanted: &[String], bins: &'a Binaries, args: &'a Args) -> Result<Vec<ScenarioRun<'a>>> {
     let mut runs: Vec<ScenarioRun<'a>> = Vec::new();
-    let s2_first = wanted
-        .iter()
-        .filter(|s| *s == "S2")
-        .chain(wanted.iter().filter(|s| *s != "S2"));
-    for s in s2_first {
+    let rank = |s: &String| {
+        LONGEST_FIRST
+            .iter()
+            .position(|l| l == s)
+            .unwrap_or(LONGEST_FIRST.len())
+    };
+    let mut ordered: Vec<&String> = wanted.iter().collect();
+    ordered.sort_by_key(|s| rank(s));
+    for s in ordered {
         match s.as_str() {
             "S1" => runs.push(run("S1-healthy", "0.14.2", s1::s1(bins, args))),
             "S2" => {
