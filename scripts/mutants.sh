@@ -11,7 +11,8 @@
 # CPU heavy (about a minute per mutant on 2 cores, some 740 mutants): one
 # mutant at a time unless MUTANTS_JOBS says otherwise; a test run is cut off
 # after MUTANTS_TIMEOUT seconds (default 300). MUTANTS_ARGS adds flags to
-# cargo-mutants, e.g. `--shard 0/20` for every 20th mutant only. cargo-mutants
+# cargo-mutants, e.g. `--shard 0/20 --sharding round-robin` for every 20th
+# mutant only (a sample; `--shard` alone takes a contiguous slice). cargo-mutants
 # (MUTANTS_VERSION, pinned) is installed from crates.io on first use into
 # the tools cache (ARC_WATCHDOG_CACHE, default ~/.cache/arc-watchdog).
 # Results: $MUTANTS_OUT/<package>/mutants.out (default target/mutants);
