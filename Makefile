@@ -49,7 +49,8 @@ test-integration: go-tools
 .PHONY: mutants
 # Mutation testing of the pure core (parser, detector, mutation, review
 # handling) with cargo-mutants: hours on 2 cores, not part of `make test`.
-# MUTANTS_ARGS='--shard 0/20' runs every 20th mutant. See scripts/mutants.sh.
+# MUTANTS_ARGS='--shard 0/20 --sharding round-robin' runs every 20th mutant.
+# See scripts/mutants.sh.
 mutants:
 	scripts/mutants.sh
 

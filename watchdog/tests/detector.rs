@@ -362,6 +362,77 @@ fn dead_listener_with_live_pod_is_evicted_at_once() {
 }
 
 #[test]
+fn an_eviction_not_accepted_is_withdrawn_once() {
+    let mut s = Sim::new(Thresholds::default());
+    s.start(false);
+    s.line(ListenerEvent::SessionEstablished);
+    s.advance(60);
+    let out = s.end(2, true);
+    let at = out.first().expect("an eviction").at();
+    assert_eq!(at, s.now, "the decision carries its time");
+    assert!(!s.d.withdraw_eviction(at.checked_add(jiff::SignedDuration::from_secs(1)).unwrap()));
+    assert_eq!(s.d.status().evictions_in_window, 1);
+    assert!(s.d.withdraw_eviction(at));
+    assert_eq!(s.d.status().evictions_in_window, 0);
+    assert!(!s.d.withdraw_eviction(at), "nothing left to withdraw");
+}
+
+/// Every Event reason the detector raises.
+const REASONS: [Reason; 14] = [
+    Reason::SessionConflict,
+    Reason::ConflictLoopDetected,
+    Reason::CrashLoopDetected,
+    Reason::ListenerStartDelayed,
+    Reason::ListenerEvicted,
+    Reason::EvictionBudgetExhausted,
+    Reason::EvictionBlocked,
+    Reason::DuplicateScaleSetSuspected,
+    Reason::ListenerHung,
+    Reason::ListenerDead,
+    Reason::ListenerRecovered,
+    Reason::ListenerVersionWarning,
+    Reason::DryRunEviction,
+    Reason::DryRunStartDelay,
+];
+
+#[test]
+fn every_event_reason_is_named_as_documented() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    for r in REASONS {
+        assert_eq!(r.as_str(), format!("{r:?}"));
+        assert!(
+            readme.contains(&format!("`{}`", r.as_str())),
+            "README lacks {r:?}"
+        );
+    }
+    // Only progress reports are Normal Events; everything else asks for a look.
+    let normal: Vec<Reason> = REASONS.into_iter().filter(|r| !r.is_warning()).collect();
+    assert_eq!(
+        normal,
+        [
+            Reason::ListenerStartDelayed,
+            Reason::ListenerRecovered,
+            Reason::DryRunStartDelay
+        ]
+    );
+}
+
+#[test]
+fn eviction_causes_are_snake_case_metric_labels() {
+    for (cause, label) in [
+        (EvictCause::ListenerDead, "listener_dead"),
+        (
+            EvictCause::RestartedDuringBackoff,
+            "restarted_during_backoff",
+        ),
+        (EvictCause::Hung, "hung"),
+    ] {
+        assert_eq!(cause.as_str(), label);
+    }
+}
+
+#[test]
 fn dead_listener_during_backoff_is_evicted_when_it_ends() {
     let mut s = Sim::new(Thresholds::default());
     s.failing_generation(CONFLICT);
