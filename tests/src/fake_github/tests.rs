@@ -44,6 +44,29 @@ pub(super) async fn call(
     (status, v)
 }
 
+/// Registers scale set `x` with the admin token; returns its id.
+pub(super) async fn register_scale_set(app: &Router, admin: &str) -> i64 {
+    let (st, v) = call(
+        app,
+        "POST",
+        "/tenant/_apis/runtime/runnerscalesets",
+        Some(admin),
+        r#"{"name":"x"}"#,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    v["id"].as_i64().unwrap()
+}
+
+/// `POST` a session for owner `pod` to `sessions` with the admin token.
+pub(super) async fn create_session(
+    app: &Router,
+    sessions: &str,
+    admin: &str,
+) -> (StatusCode, Value) {
+    call(app, "POST", sessions, Some(admin), r#"{"ownerName":"pod"}"#).await
+}
+
 #[tokio::test(start_paused = true)]
 async fn protocol_walk_through_with_a_conflict() {
     let cfg = FakeGithubConfig {
@@ -244,40 +267,18 @@ async fn control_injects_a_stale_session_that_expires() {
     };
     let app = test_router(cfg, "http://127.0.0.1:1");
     let admin = format!("Bearer {}", admin_jwt(1_900_000_000));
-    let (_, v) = call(
-        &app,
-        "POST",
-        "/tenant/_apis/runtime/runnerscalesets",
-        Some(&admin),
-        r#"{"name":"x"}"#,
-    )
-    .await;
-    let id = v["id"].as_i64().unwrap();
+    let id = register_scale_set(&app, &admin).await;
     let body = format!(
         r#"{{"action":"inject_session","scale_set_id":{id},"owner":"ghost","ttl_ms":5000}}"#
     );
     let (st, _) = call(&app, "POST", "/_fake/control", None, &body).await;
     assert_eq!(st, StatusCode::NO_CONTENT);
     let sessions = format!("/tenant/_apis/runtime/runnerscalesets/{id}/sessions");
-    let (st, v) = call(
-        &app,
-        "POST",
-        &sessions,
-        Some(&admin),
-        r#"{"ownerName":"pod"}"#,
-    )
-    .await;
+    let (st, v) = create_session(&app, &sessions, &admin).await;
     assert_eq!(st, StatusCode::CONFLICT);
     assert!(v["message"].as_str().unwrap().contains("ghost"));
     tokio::time::advance(6 * S).await;
-    let (st, _) = call(
-        &app,
-        "POST",
-        &sessions,
-        Some(&admin),
-        r#"{"ownerName":"pod"}"#,
-    )
-    .await;
+    let (st, _) = create_session(&app, &sessions, &admin).await;
     assert_eq!(st, StatusCode::OK);
     let (st, _) = call(
         &app,
@@ -300,24 +301,9 @@ async fn a_dropped_poll_leaves_the_session_stale_for_the_ttl() {
     let shared = new_shared(cfg, "http://127.0.0.1:1".to_owned());
     let app = router(shared.clone());
     let admin = format!("Bearer {}", admin_jwt(1_900_000_000));
-    let (_, v) = call(
-        &app,
-        "POST",
-        "/tenant/_apis/runtime/runnerscalesets",
-        Some(&admin),
-        r#"{"name":"x"}"#,
-    )
-    .await;
-    let id = v["id"].as_i64().unwrap();
+    let id = register_scale_set(&app, &admin).await;
     let sessions = format!("/tenant/_apis/runtime/runnerscalesets/{id}/sessions");
-    let (_, s) = call(
-        &app,
-        "POST",
-        &sessions,
-        Some(&admin),
-        r#"{"ownerName":"pod"}"#,
-    )
-    .await;
+    let (_, s) = create_session(&app, &sessions, &admin).await;
     let queue = s["messageQueueUrl"]
         .as_str()
         .unwrap()
@@ -337,14 +323,7 @@ async fn a_dropped_poll_leaves_the_session_stale_for_the_ttl() {
         tokio::task::yield_now().await;
     }
     tokio::time::advance(20 * S).await;
-    let (st, _) = call(
-        &app,
-        "POST",
-        &sessions,
-        Some(&admin),
-        r#"{"ownerName":"pod"}"#,
-    )
-    .await;
+    let (st, _) = create_session(&app, &sessions, &admin).await;
     assert_eq!(
         st,
         StatusCode::CONFLICT,
@@ -353,27 +332,13 @@ async fn a_dropped_poll_leaves_the_session_stale_for_the_ttl() {
     poll.abort();
     let _ = poll.await;
     tokio::time::advance(9 * S).await;
-    let (st, _) = call(
-        &app,
-        "POST",
-        &sessions,
-        Some(&admin),
-        r#"{"ownerName":"pod"}"#,
-    )
-    .await;
+    let (st, _) = create_session(&app, &sessions, &admin).await;
     assert_eq!(
         st,
         StatusCode::CONFLICT,
         "stale for the TTL after the owner vanished"
     );
     tokio::time::advance(2 * S).await;
-    let (st, _) = call(
-        &app,
-        "POST",
-        &sessions,
-        Some(&admin),
-        r#"{"ownerName":"pod"}"#,
-    )
-    .await;
+    let (st, _) = create_session(&app, &sessions, &admin).await;
     assert_eq!(st, StatusCode::OK);
 }

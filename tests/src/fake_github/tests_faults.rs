@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use serde_json::Value;
 
 use super::state::new_shared;
-use super::tests::{S, call};
+use super::tests::{S, call, register_scale_set};
 use super::*;
 
 /// A router with one scale set registered; returns it, the admin
@@ -15,16 +15,7 @@ use super::*;
 async fn with_scale_set(cfg: FakeGithubConfig) -> (Router, String, i64) {
     let app = test_router(cfg, "http://127.0.0.1:1");
     let admin = format!("Bearer {}", admin_jwt(1_900_000_000));
-    let (st, v) = call(
-        &app,
-        "POST",
-        "/tenant/_apis/runtime/runnerscalesets",
-        Some(&admin),
-        r#"{"name":"x"}"#,
-    )
-    .await;
-    assert_eq!(st, StatusCode::OK);
-    let id = v["id"].as_i64().unwrap();
+    let id = register_scale_set(&app, &admin).await;
     (app, admin, id)
 }
 
@@ -330,15 +321,7 @@ async fn a_scale_set_deleted_on_githubs_side_is_not_found() {
     let shared = new_shared(cfg, "http://127.0.0.1:1".to_owned());
     let app = router(shared.clone());
     let admin = format!("Bearer {}", admin_jwt(1_900_000_000));
-    let (_, v) = call(
-        &app,
-        "POST",
-        "/tenant/_apis/runtime/runnerscalesets",
-        Some(&admin),
-        r#"{"name":"x"}"#,
-    )
-    .await;
-    let id = v["id"].as_i64().unwrap();
+    let id = register_scale_set(&app, &admin).await;
     let (_, s) = create_session(&app, &admin, id).await;
     let l = listener_of(&s);
     // A poll held while the scale set goes away ends at once.
