@@ -58,13 +58,15 @@ pub(super) async fn register_scale_set(app: &Router, admin: &str) -> i64 {
     v["id"].as_i64().unwrap()
 }
 
-/// `POST` a session for owner `pod` to `sessions` with the admin token.
+/// `POST` a session for `owner` to `sessions` with the admin token.
 pub(super) async fn create_session(
     app: &Router,
     sessions: &str,
     admin: &str,
+    owner: &str,
 ) -> (StatusCode, Value) {
-    call(app, "POST", sessions, Some(admin), r#"{"ownerName":"pod"}"#).await
+    let body = serde_json::json!({ "ownerName": owner }).to_string();
+    call(app, "POST", sessions, Some(admin), &body).await
 }
 
 #[tokio::test(start_paused = true)]
@@ -151,25 +153,11 @@ async fn protocol_walk_through_with_a_conflict() {
     assert_eq!(v["count"], 1);
 
     let sessions = format!("/tenant/_apis/runtime/runnerscalesets/{id}/sessions");
-    let (st, s1) = call(
-        &app,
-        "POST",
-        &sessions,
-        Some(&admin),
-        r#"{"ownerName":"pod-a"}"#,
-    )
-    .await;
+    let (st, s1) = create_session(&app, &sessions, &admin, "pod-a").await;
     assert_eq!(st, StatusCode::OK, "session create is exactly 200");
     assert_eq!(s1["runnerScaleSet"]["id"], id);
     assert!(s1["statistics"].is_object());
-    let (st, conflict) = call(
-        &app,
-        "POST",
-        &sessions,
-        Some(&admin),
-        r#"{"ownerName":"pod-b"}"#,
-    )
-    .await;
+    let (st, conflict) = create_session(&app, &sessions, &admin, "pod-b").await;
     assert_eq!(st, StatusCode::CONFLICT);
     assert_eq!(conflict["typeName"], SESSION_CONFLICT_TYPE);
     assert!(
@@ -206,14 +194,7 @@ async fn protocol_walk_through_with_a_conflict() {
     )
     .await;
     assert_eq!(st, StatusCode::NO_CONTENT);
-    let (st, _) = call(
-        &app,
-        "POST",
-        &sessions,
-        Some(&admin),
-        r#"{"ownerName":"pod-b"}"#,
-    )
-    .await;
+    let (st, _) = create_session(&app, &sessions, &admin, "pod-b").await;
     assert_eq!(st, StatusCode::OK);
 
     // Removal endpoints answer exactly 204, unknown ids included.
@@ -274,11 +255,11 @@ async fn control_injects_a_stale_session_that_expires() {
     let (st, _) = call(&app, "POST", "/_fake/control", None, &body).await;
     assert_eq!(st, StatusCode::NO_CONTENT);
     let sessions = format!("/tenant/_apis/runtime/runnerscalesets/{id}/sessions");
-    let (st, v) = create_session(&app, &sessions, &admin).await;
+    let (st, v) = create_session(&app, &sessions, &admin, "pod").await;
     assert_eq!(st, StatusCode::CONFLICT);
     assert!(v["message"].as_str().unwrap().contains("ghost"));
     tokio::time::advance(6 * S).await;
-    let (st, _) = create_session(&app, &sessions, &admin).await;
+    let (st, _) = create_session(&app, &sessions, &admin, "pod").await;
     assert_eq!(st, StatusCode::OK);
     let (st, _) = call(
         &app,
@@ -303,7 +284,7 @@ async fn a_dropped_poll_leaves_the_session_stale_for_the_ttl() {
     let admin = format!("Bearer {}", admin_jwt(1_900_000_000));
     let id = register_scale_set(&app, &admin).await;
     let sessions = format!("/tenant/_apis/runtime/runnerscalesets/{id}/sessions");
-    let (_, s) = create_session(&app, &sessions, &admin).await;
+    let (_, s) = create_session(&app, &sessions, &admin, "pod").await;
     let queue = s["messageQueueUrl"]
         .as_str()
         .unwrap()
@@ -323,7 +304,7 @@ async fn a_dropped_poll_leaves_the_session_stale_for_the_ttl() {
         tokio::task::yield_now().await;
     }
     tokio::time::advance(20 * S).await;
-    let (st, _) = create_session(&app, &sessions, &admin).await;
+    let (st, _) = create_session(&app, &sessions, &admin, "pod").await;
     assert_eq!(
         st,
         StatusCode::CONFLICT,
@@ -332,13 +313,13 @@ async fn a_dropped_poll_leaves_the_session_stale_for_the_ttl() {
     poll.abort();
     let _ = poll.await;
     tokio::time::advance(9 * S).await;
-    let (st, _) = create_session(&app, &sessions, &admin).await;
+    let (st, _) = create_session(&app, &sessions, &admin, "pod").await;
     assert_eq!(
         st,
         StatusCode::CONFLICT,
         "stale for the TTL after the owner vanished"
     );
     tokio::time::advance(2 * S).await;
-    let (st, _) = create_session(&app, &sessions, &admin).await;
+    let (st, _) = create_session(&app, &sessions, &admin, "pod").await;
     assert_eq!(st, StatusCode::OK);
 }
