@@ -521,7 +521,8 @@ fn escalate_loop(
     .max(1);
     // The start that can raise the duplicate suspicion comes once the loop
     // has waited exactly that long, whatever the shape of the delays before.
-    let rest = ms(duplicate_suspected_after(t)).saturating_sub(l.waited_ms);
+    let suspect_after_ms = ms(duplicate_suspected_after(t));
+    let rest = suspect_after_ms.saturating_sub(l.waited_ms);
     if l.conflict_loop && !l.duplicate_suspected && rest > 0 {
         l.delay_ms = l.delay_ms.min(rest);
     }
@@ -529,8 +530,7 @@ fn escalate_loop(
     l.last_failure = at;
     let duplicate = cause == Cause::SessionConflict
         && l.conflict_loop
-        && (l.times_at_cap >= t.duplicate_after_caps
-            || l.waited_ms >= ms(duplicate_suspected_after(t)));
+        && (l.times_at_cap >= t.duplicate_after_caps || l.waited_ms >= suspect_after_ms);
     let newly = duplicate && !l.duplicate_suspected;
     if duplicate {
         l.duplicate_suspected = true;
