@@ -2,13 +2,18 @@
 //! recognises session-conflict loops and other stuck states, and heals them
 //! by delaying the listener's next start and evicting its pod.
 //!
-//! The crate is a library first: the pure parts (names, settings, parser,
-//! detector) are shared with the webhook and with the offline `analyze`
-//! command, so that every consumer agrees on one definition.
+//! The crate is a library first: the pure parts (parser, detector) serve
+//! the sidecar (`run`), the offline `analyze` command, the `status` command, the tests and the
+//! benchmarks alike. The vocabulary it shares with the webhook (names,
+//! thresholds, Event reasons) lives in `arc-watchdog-core`, re-exported here
+//! as [`names`] and [`settings`].
 
 pub mod analyze;
 pub mod detector;
-pub mod names;
 pub mod parser;
 pub mod run;
-pub mod settings;
+#[cfg(feature = "stand-in")]
+pub mod stand_in;
+pub mod status;
+
+pub use arc_watchdog_core::{names, settings};

@@ -1,14 +1,15 @@
-//! `arc-watchdog`: the sidecar (`run`), the offline `analyze` and `doctor`.
+//! `arc-watchdog`: the sidecar (`run`), the offline `analyze`, `doctor` and
+//! `status` (also as the kubectl plugin `kubectl arc-watchdog`).
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Subcommand};
 
-use arc_watchdog::{analyze, run};
+use arc_watchdog::{analyze, run, status};
 
 /// Follows an ARC scale-set listener, recognises session-conflict loops and
 /// other stuck states, and heals them.
-#[derive(Debug, Parser)]
+#[derive(Debug, clap::Parser)]
 #[command(name = "arc-watchdog", version, about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
@@ -24,10 +25,25 @@ enum Command {
     Analyze(analyze::AnalyzeArgs),
     /// Check what the sidecar needs (identity, API access, RBAC) and report.
     Doctor(run::DoctorArgs),
+    /// One row per scale set: is its listener running, and if not, why.
+    /// Exit 0 healthy, 1 not healthy, 2 error, 3 unknown (rights lacked).
+    Status(status::StatusArgs),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Called as `kubectl arc-watchdog` (a link or copy named
+    // `kubectl-arc_watchdog` on PATH), usage texts say so.
+    let plugin = std::env::args_os()
+        .next()
+        .is_some_and(|argv0| status::invoked_as_kubectl_plugin(&argv0));
+    let mut command = Cli::command();
+    if plugin {
+        command = command.bin_name("kubectl arc-watchdog");
+    }
+    let cli = match Cli::from_arg_matches(&command.get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     match cli.command {
         Command::Analyze(args) => match analyze::command(args) {
             Ok(()) => ExitCode::SUCCESS,
@@ -38,6 +54,7 @@ fn main() -> ExitCode {
         },
         Command::Run(args) => block_on("run", run::run(args)),
         Command::Doctor(args) => block_on("doctor", run::doctor(args)),
+        Command::Status(args) => status::command(args),
     }
 }
 

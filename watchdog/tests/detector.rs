@@ -1,4 +1,6 @@
 //! Detector rules, one test (or more) per rule, with an injected clock.
+//! (One concern over 800 lines: the rules of one state machine, each test
+//! short and driven by the same simulated listener.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
@@ -370,36 +372,80 @@ fn an_eviction_not_accepted_is_withdrawn_once() {
     let out = s.end(2, true);
     let at = out.first().expect("an eviction").at();
     assert_eq!(at, s.now, "the decision carries its time");
-    assert!(!s.d.withdraw_eviction(at.checked_add(jiff::SignedDuration::from_secs(1)).unwrap()));
+    let settled = |d: &mut Detector, at, accepted| {
+        let before = d.status().evictions_in_window;
+        assert!(d.handle(Input::EvictionSettled { at, accepted }).is_empty());
+        before - d.status().evictions_in_window == 1
+    };
+    let other = at.checked_add(jiff::SignedDuration::from_secs(1)).unwrap();
+    assert!(!settled(&mut s.d, other, false));
     assert_eq!(s.d.status().evictions_in_window, 1);
-    assert!(s.d.withdraw_eviction(at));
+    assert!(
+        s.d.history_to_store().evictions.is_empty(),
+        "not stored while unsettled"
+    );
+    assert!(settled(&mut s.d, at, false));
     assert_eq!(s.d.status().evictions_in_window, 0);
-    assert!(!s.d.withdraw_eviction(at), "nothing left to withdraw");
+    assert!(!settled(&mut s.d, at, false), "nothing left to withdraw");
 }
 
-/// Every Event reason the detector raises.
-const REASONS: [Reason; 14] = [
-    Reason::SessionConflict,
-    Reason::ConflictLoopDetected,
-    Reason::CrashLoopDetected,
-    Reason::ListenerStartDelayed,
-    Reason::ListenerEvicted,
-    Reason::EvictionBudgetExhausted,
-    Reason::EvictionBlocked,
-    Reason::DuplicateScaleSetSuspected,
-    Reason::ListenerHung,
-    Reason::ListenerDead,
-    Reason::ListenerRecovered,
-    Reason::ListenerVersionWarning,
-    Reason::DryRunEviction,
-    Reason::DryRunStartDelay,
-];
+#[test]
+fn an_accepted_eviction_stays_counted_and_is_stored() {
+    let t = Thresholds {
+        eviction_budget: 1,
+        ..Thresholds::default()
+    };
+    let mut s = Sim::new(t);
+    s.start(false);
+    s.line(ListenerEvent::SessionEstablished);
+    s.advance(60);
+    let at = s.end(2, true).first().expect("an eviction").at();
+    // While it is unsettled, a second decision does not pass the budget.
+    s.start(false);
+    s.line(ListenerEvent::SessionEstablished);
+    s.advance(60);
+    assert_eq!(
+        reasons(&s.end(2, true)),
+        vec![Reason::EvictionBudgetExhausted]
+    );
+    assert!(s.d.history_to_store().evictions.is_empty());
+    s.d.handle(Input::EvictionSettled { at, accepted: true });
+    assert_eq!(s.d.status().evictions_in_window, 1);
+    assert_eq!(s.d.history_to_store().evictions, vec![at]);
+    // Settled once: a late second answer changes nothing.
+    s.d.handle(Input::EvictionSettled {
+        at,
+        accepted: false,
+    });
+    assert_eq!(s.d.history_to_store().evictions, vec![at]);
+}
+
+#[test]
+fn an_unsettled_eviction_survives_a_merge_unstored() {
+    let mut s = Sim::new(Thresholds::default());
+    s.start(false);
+    s.line(ListenerEvent::SessionEstablished);
+    s.advance(60);
+    let at = s.end(2, true).first().expect("an eviction").at();
+    let stored = History {
+        evictions: vec![t0()],
+        ..History::default()
+    };
+    s.d.merge(&stored);
+    assert_eq!(s.d.status().evictions_in_window, 2);
+    assert_eq!(s.d.history_to_store().evictions, vec![t0()]);
+    s.d.handle(Input::EvictionSettled {
+        at,
+        accepted: false,
+    });
+    assert_eq!(s.d.history().evictions, vec![t0()]);
+}
 
 #[test]
 fn every_event_reason_is_named_as_documented() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
-    for r in REASONS {
+    for r in Reason::ALL {
         assert_eq!(r.as_str(), format!("{r:?}"));
         assert!(
             readme.contains(&format!("`{}`", r.as_str())),
@@ -407,7 +453,10 @@ fn every_event_reason_is_named_as_documented() {
         );
     }
     // Only progress reports are Normal Events; everything else asks for a look.
-    let normal: Vec<Reason> = REASONS.into_iter().filter(|r| !r.is_warning()).collect();
+    let normal: Vec<Reason> = Reason::ALL
+        .into_iter()
+        .filter(|r| !r.is_warning())
+        .collect();
     assert_eq!(
         normal,
         [
@@ -629,6 +678,9 @@ fn hung_listener_is_evicted_when_opted_in() {
     let mut s = Sim::new(Thresholds::default());
     s.start(false);
     assert!(s.advance(100_000).is_empty());
+    // Up for --established-after since first watched: it holds its
+    // session, and nothing is left to wake up for.
+    assert!(s.advance(600).is_empty());
     assert_eq!(s.d.next_wakeup(), None);
 }
 
@@ -862,7 +914,7 @@ fn an_ended_run_announced_again_is_not_a_new_run() {
 /// What an earlier pod generation stored, then what this one saw on its own
 /// (its Lease read came late): merged as `run` merges them.
 fn merged(stored: &Sim, ours: &Sim) -> Detector {
-    let h = arc_watchdog::run::merge::merge_histories(stored.d.history(), ours.d.history());
+    let h = History::merge(stored.d.history(), ours.d.history());
     Detector::from_history(ours.d.thresholds().clone(), h)
 }
 
@@ -1076,4 +1128,67 @@ fn reports_do_not_claim_an_eviction_that_may_not_happen() {
     let out = s.end(1, true);
     assert_eq!(reasons(&out), vec![Reason::ListenerDead]);
     assert!(!out.iter().any(claims), "{out:?}");
+}
+
+/// Listener lines at log level `warn` (0.14.2's JSON and 0.10.1's text):
+/// no info line ever says the session is held.
+const WARN_LINES: [&str; 2] = [
+    r#"{"time":"2026-03-02T04:10:00.000Z","level":"WARN","source":{"function":"main.run","file":"/workspace/cmd/ghalistener/main.go","line":80},"msg":"metrics server is disabled","component":"listener-app"}"#,
+    "2026-03-02T04:10:00Z\tWARN\tlistener-app.listener\tproxy configuration ignored\t{\"reason\": \"no proxy URL\"}",
+];
+
+#[test]
+fn a_run_up_for_established_after_without_failing_ends_the_loop_at_any_log_level() {
+    for line in WARN_LINES {
+        let event = arc_watchdog::parser::classify(line.as_bytes());
+        assert_eq!(event, ListenerEvent::Other, "{line}");
+        let mut s = Sim::new(Thresholds::default());
+        for _ in 0..3 {
+            s.failing_generation(CONFLICT);
+        }
+        assert!(s.d.status().loop_active, "three conflicts make a loop");
+        // The next generation starts after the gate and only ever logs at
+        // warn level.
+        s.advance(600);
+        s.start(false);
+        s.line(event);
+        let established_after = Thresholds::default().established_after.as_secs();
+        let before = s.advance(established_after - 10);
+        assert!(s.d.status().loop_active, "not yet: {before:?}");
+        let at = s.d.next_wakeup().expect("a wake-up for the run's bound");
+        s.advance(10);
+        assert_eq!(s.now, at, "the wake-up is the bound");
+        assert!(!s.d.status().loop_active, "{line}: the loop ended");
+        assert!(
+            s.log
+                .iter()
+                .any(|d| d.reason() == Reason::ListenerRecovered),
+            "{line}: ListenerRecovered"
+        );
+        // Hours later it exits: an ordinary end, not another failed start.
+        s.advance(4 * 3600);
+        let out = s.end(1, false);
+        assert!(!s.d.status().loop_active, "{out:?}");
+        assert!(s.d.start_gate(s.now) == StartGate::Open);
+    }
+}
+
+#[test]
+fn the_same_conflict_seen_by_two_watchdog_processes_counts_once() {
+    // A restarted sidecar reads the run's log again while the Lease still
+    // holds what its predecessor saved: both saw the same line, with the
+    // kubelet's timestamp.
+    let mut first = Sim::new(Thresholds::default());
+    let mut second = Sim::new(Thresholds::default());
+    for s in [&mut first, &mut second] {
+        s.start(false);
+        s.advance(1);
+        s.line(CONFLICT);
+    }
+    let merged = History::merge(first.d.history(), second.d.history());
+    assert_eq!(merged.conflicts.len(), 1, "{merged:?}");
+    assert_eq!(merged.failed_starts.len(), 1, "{merged:?}");
+    let mut d = Detector::from_history(Thresholds::default(), merged);
+    assert_eq!(d.status().conflicts_in_window, 1);
+    assert!(d.evaluate(second.now).is_empty(), "one conflict is no loop");
 }

@@ -75,19 +75,23 @@ fn thresholds() -> impl Strategy<Value = Thresholds> {
         60u64..7200,
         prop::option::of(10u64..600),
         prop_oneof![Just(0u64), 1u64..900],
+        60u64..1200,
     )
         .prop_map(
-            |(n, window, initial, factor, caps, budget, ewindow, hung, steady)| Thresholds {
-                conflict_threshold: n,
-                conflict_window: Duration::from_secs(window),
-                backoff_initial: Duration::from_secs(initial),
-                backoff_steady_for: Duration::from_secs(steady),
-                backoff_max: Duration::from_secs(initial * factor),
-                duplicate_after_caps: caps,
-                eviction_budget: budget,
-                eviction_window: Duration::from_secs(ewindow),
-                hung_after: hung.map(Duration::from_secs),
-                dry_run: false,
+            |(n, window, initial, factor, caps, budget, ewindow, hung, steady, established)| {
+                Thresholds {
+                    conflict_threshold: n,
+                    conflict_window: Duration::from_secs(window),
+                    backoff_initial: Duration::from_secs(initial),
+                    backoff_steady_for: Duration::from_secs(steady),
+                    backoff_max: Duration::from_secs(initial * factor),
+                    duplicate_after_caps: caps,
+                    eviction_budget: budget,
+                    eviction_window: Duration::from_secs(ewindow),
+                    established_after: Duration::from_secs(established),
+                    hung_after: hung.map(Duration::from_secs),
+                    dry_run: false,
+                }
             },
         )
 }
@@ -382,7 +386,7 @@ fn check_merge((t, before, after): MergeCase) -> Result<bool, TestCaseError> {
     // own that made the loop (a Lease read that late): a conflict exactly
     // the window old is out of it already.
     prop_assume!(now.duration_since(ours_from).unsigned_abs() < t.conflict_window);
-    let merged = arc_watchdog::run::merge::merge_histories(stored.history(), ours.history());
+    let merged = History::merge(stored.history(), ours.history());
     let mut d = Detector::from_history(t.clone(), merged);
     let out = d.evaluate(now);
     prop_assert_eq!(d.history(), whole.history());
@@ -504,7 +508,7 @@ proptest! {
             part.handle(input.clone());
         }
         part.handle(Input::RunStarted { at: now, run_id: "restarted".to_owned(), in_place: true });
-        let merged = arc_watchdog::run::merge::merge_histories(&stored, part.history());
+        let merged = History::merge(&stored, part.history());
         let mut d = Detector::from_history(t.clone(), merged.clone());
         let out = d.evaluate(now);
         let h = d.history();
@@ -520,5 +524,59 @@ proptest! {
         }
         prop_assert!(h.evictions.len() <= before + evicts);
         prop_assert!(d.evaluate(now).is_empty());
+    }
+}
+
+proptest! {
+    /// Whatever a Lease held (another node's clock, an older `--backoff-max`,
+    /// an edit), a loaded history holds the start gate for at most
+    /// `--backoff-max` from now; deadlines already within that stay as they
+    /// were.
+    #[test]
+    fn stored_deadlines_are_clamped_to_backoff_max_from_now(
+        not_before_s in -100_000i64..10_000_000,
+        pending_s in proptest::option::of(-100_000i64..10_000_000),
+        delay_ms in 0u64..u64::MAX / 2,
+        max_s in 1u64..100_000,
+    ) {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let at = |s: i64| now + jiff::SignedDuration::from_secs(s);
+        let mut h = History {
+            loop_state: Some(arc_watchdog::detector::LoopState {
+                since: now,
+                cause: arc_watchdog::detector::Cause::SessionConflict,
+                conflict_loop: true,
+                crash_loop: false,
+                delay_ms,
+                not_before: at(not_before_s),
+                last_failure: now,
+                times_at_cap: 0,
+                waited_ms: 0,
+                duplicate_suspected: false,
+            }),
+            pending_eviction: pending_s.map(|s| arc_watchdog::detector::PendingEviction {
+                at: at(s),
+                cause: arc_watchdog::detector::EvictCause::ListenerDead,
+            }),
+            ..History::default()
+        };
+        let before = h.clone();
+        let max = Duration::from_secs(max_s);
+        let changed = h.clamp_deadlines(now, max);
+        let latest = at(i64::try_from(max_s).unwrap());
+        let l = h.loop_state.unwrap();
+        prop_assert!(l.not_before <= latest);
+        prop_assert!(l.delay_ms <= max_s * 1000);
+        prop_assert_eq!(l.not_before, before.loop_state.unwrap().not_before.min(latest));
+        if let Some(p) = h.pending_eviction {
+            prop_assert!(p.at <= latest);
+        }
+        prop_assert_eq!(changed, h != before);
+        // A second clamp changes nothing.
+        prop_assert!(!h.clone().clamp_deadlines(now, max));
+        // And the start gate of a detector loaded from it opens by then.
+        let t = Thresholds { backoff_max: max, ..Thresholds::default() };
+        let d = Detector::from_history(t, h);
+        prop_assert_eq!(d.start_gate(latest), arc_watchdog::detector::StartGate::Open);
     }
 }

@@ -202,7 +202,7 @@ const LOOK_ALIKES: &[(&str, ListenerEvent)] = &[
         "2026/09/14 22:01:01 Application returned an error: failed to handle message: request POST https://x/_apis/runtime/runnerscalesets/7/acquirejobs failed(status=\"409 Conflict\", activity_id=a): unexpected status code 409 Conflict",
         ListenerEvent::Fatal(FatalKind::Other),
     ),
-    // The session expired on delete (#4285): not a conflict.
+    // The session had expired when the listener deleted it: not a conflict.
     (
         "2026/03/02 04:10:02 Application returned an error: failed to delete message session: actions error: StatusCode 404, AcivityId \"y\": GitHub.Actions.Runtime.WebApi.RunnerScaleSetSessionExpiredException: session expired",
         ListenerEvent::Fatal(FatalKind::NotFound),

@@ -16,7 +16,7 @@ use run_support::*;
 
 #[tokio::test]
 async fn evictions_the_api_did_not_accept_do_not_use_up_the_budget() {
-    let api = FakeApi::start().await;
+    let api = StandIn::start().await.unwrap();
     api.set_lease(None);
     // Streams close at once (the listener writes nothing here).
     api.with(|s| s.log_done = true);
@@ -84,7 +84,7 @@ async fn evictions_the_api_did_not_accept_do_not_use_up_the_budget() {
     );
 
     // The Lease never held an eviction before one was accepted.
-    let puts = api.requests("PUT", &format!("/leases/arc-watchdog-{POD}"));
+    let puts = api.requests("PUT", &format!("/leases/arc-watchdog.{POD}"));
     let first_with_eviction = puts
         .iter()
         .position(|p| {
@@ -103,7 +103,7 @@ async fn evictions_the_api_did_not_accept_do_not_use_up_the_budget() {
         .iter()
         .enumerate()
         .filter(|(_, r)| {
-            r.method == "PUT" && r.path.ends_with(&format!("/leases/arc-watchdog-{POD}"))
+            r.method == "PUT" && r.path.ends_with(&format!("/leases/arc-watchdog.{POD}"))
         })
         .nth(first_with_eviction)
         .map(|(i, _)| i)
@@ -121,7 +121,7 @@ async fn evictions_the_api_did_not_accept_do_not_use_up_the_budget() {
 /// counted in the last save, so the next pod generation sees it.
 #[tokio::test]
 async fn an_eviction_answered_after_sigterm_is_counted_in_the_last_save() {
-    let api = FakeApi::start().await;
+    let api = StandIn::start().await.unwrap();
     api.set_lease(None);
     api.with(|s| {
         s.log_done = true;

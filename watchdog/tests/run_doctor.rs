@@ -17,6 +17,7 @@ fn args() -> DoctorArgs {
             pod_name: POD.to_owned(),
             pod_namespace: NS.to_owned(),
             pod_uid: Some(POD_UID.to_owned()),
+            listener_uid: None,
         },
         listener_container: "listener".to_owned(),
         lease_name: None,
@@ -25,7 +26,7 @@ fn args() -> DoctorArgs {
 
 #[tokio::test]
 async fn all_checks_pass_and_nothing_changes() {
-    let api = FakeApi::start().await;
+    let api = StandIn::start().await.unwrap();
     api.set_lease(None);
     api.set_pod(pod_json(
         Some("containerd://c1"),
@@ -37,7 +38,7 @@ async fn all_checks_pass_and_nothing_changes() {
         s.log_done = true;
     });
     let lease_before = api.with(|s| s.lease.clone());
-    let results = checks(&api.client(), &args()).await;
+    let results = checks(&api.client().unwrap(), &args()).await;
     let report = format_report(&results);
     assert!(results.iter().all(|c| c.ok), "{report}");
     assert_eq!(results.len(), 8, "{report}");
@@ -52,9 +53,9 @@ async fn all_checks_pass_and_nothing_changes() {
 
 #[tokio::test]
 async fn missing_rbac_fails_the_checks() {
-    let api = FakeApi::start().await;
+    let api = StandIn::start().await.unwrap();
     api.with(|s| s.fail_all = Some(403));
-    let results = checks(&api.client(), &args()).await;
+    let results = checks(&api.client().unwrap(), &args()).await;
     let report = format_report(&results);
     let failed: Vec<_> = results.iter().filter(|c| !c.ok).collect();
     // The Lease update is not attempted without a readable Lease.

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 /// A sidecar following run c1 whose follow stream lags (delivers
 /// nothing), with two earlier conflicts in the Lease.
-async fn following_a_lagging_stream(api: &FakeApi) -> (Started, CancellationToken) {
+async fn following_a_lagging_stream(api: &StandIn) -> (Started, CancellationToken) {
     // Two earlier pod generations met a conflict each.
     let seed = two_earlier_conflicts(Timestamp::now());
     api.set_lease(Some(&seed.to_json()));
@@ -39,7 +39,7 @@ async fn following_a_lagging_stream(api: &FakeApi) -> (Started, CancellationToke
 /// The listener meets the conflict and exits; SIGTERM follows at once.
 /// Returns how long the shutdown took.
 async fn conflict_then_sigterm(
-    api: &FakeApi,
+    api: &StandIn,
     started: Started,
     cancel: &CancellationToken,
 ) -> Duration {
@@ -71,7 +71,7 @@ fn dropped_at_shutdown(shared: &Shared) -> u64 {
 }
 
 /// Event reasons posted about the pod.
-fn pod_event_reasons(s: &FakeState) -> Vec<String> {
+fn pod_event_reasons(s: &StandInState) -> Vec<String> {
     s.events
         .iter()
         .filter(|e| e["regarding"]["kind"] == "Pod")
@@ -81,7 +81,7 @@ fn pod_event_reasons(s: &FakeState) -> Vec<String> {
 
 #[tokio::test]
 async fn sigterm_right_after_the_listener_exits_still_saves_its_conflict() {
-    let api = FakeApi::start().await;
+    let api = StandIn::start().await.unwrap();
     let (started, cancel) = following_a_lagging_stream(&api).await;
     let took = conflict_then_sigterm(&api, started, &cancel).await;
     assert!(took < Duration::from_secs(1), "shutdown took {took:?}");
@@ -107,7 +107,7 @@ async fn sigterm_right_after_the_listener_exits_still_saves_its_conflict() {
 
 #[tokio::test]
 async fn events_decided_during_the_drain_are_published_before_the_exit() {
-    let api = FakeApi::start().await;
+    let api = StandIn::start().await.unwrap();
     let (started, cancel) = following_a_lagging_stream(&api).await;
     let shared = started.shared.clone();
     let before = api.with(|s| pod_event_reasons(s));
@@ -136,7 +136,7 @@ async fn events_decided_during_the_drain_are_published_before_the_exit() {
 
 #[tokio::test]
 async fn a_stalled_event_publisher_never_holds_the_exit() {
-    let api = FakeApi::start().await;
+    let api = StandIn::start().await.unwrap();
     let (started, cancel) = following_a_lagging_stream(&api).await;
     let shared = started.shared.clone();
     // The API server takes Event writes but never answers them.

@@ -21,9 +21,9 @@ fn retry(attempts: u32) -> EvictRetry {
 }
 
 /// Evicts the stand-in's pod (UID precondition), with `attempts` tries.
-async fn evict(api: &FakeApi, dry_run: bool, attempts: u32) -> EvictOutcome {
+async fn evict(api: &StandIn, dry_run: bool, attempts: u32) -> EvictOutcome {
     evict_pod(
-        &api.client(),
+        &api.client().unwrap(),
         NS,
         POD,
         Some(POD_UID),
@@ -36,7 +36,7 @@ async fn evict(api: &FakeApi, dry_run: bool, attempts: u32) -> EvictOutcome {
 
 #[tokio::test]
 async fn a_429_is_retried_then_succeeds() {
-    let api = FakeApi::start().await;
+    let api = StandIn::start().await.unwrap();
     api.with(|s| s.evict_429 = 2);
     let started = Instant::now();
     let out = evict(&api, false, 5).await;
@@ -56,7 +56,7 @@ async fn a_429_is_retried_then_succeeds() {
 
 #[tokio::test]
 async fn a_lasting_429_gives_up_after_the_bound() {
-    let api = FakeApi::start().await;
+    let api = StandIn::start().await.unwrap();
     api.with(|s| s.evict_429 = 100);
     let out = evict(&api, false, 4).await;
     match out {
@@ -72,7 +72,7 @@ async fn a_lasting_429_gives_up_after_the_bound() {
 
 #[tokio::test]
 async fn dry_run_never_evicts_and_forbidden_is_reported() {
-    let api = FakeApi::start().await;
+    let api = StandIn::start().await.unwrap();
     let out = evict(&api, true, 3).await;
     assert_eq!(out, EvictOutcome::DryRunAccepted);
     assert!(
@@ -94,7 +94,7 @@ async fn dry_run_never_evicts_and_forbidden_is_reported() {
 
 #[tokio::test]
 async fn cancel_stops_the_retries() {
-    let api = FakeApi::start().await;
+    let api = StandIn::start().await.unwrap();
     api.with(|s| s.evict_429 = 100);
     let cancel = CancellationToken::new();
     let slow = EvictRetry {
@@ -103,7 +103,7 @@ async fn cancel_stops_the_retries() {
         attempts: 5,
     };
     let c = cancel.clone();
-    let client = api.client();
+    let client = api.client().unwrap();
     let uid = Some(POD_UID);
     let task =
         tokio::spawn(async move { evict_pod(&client, NS, POD, uid, false, &slow, &c).await });

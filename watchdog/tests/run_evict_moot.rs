@@ -14,8 +14,8 @@ mod run_support;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+use arc_watchdog::run::evict::EVICTING_LOG;
 use arc_watchdog::run::metrics::ReasonLabel;
-use arc_watchdog::run::sidecar::EVICTING_LOG;
 use jiff::Timestamp;
 use run_support::*;
 use serde_json::Value;
@@ -80,7 +80,7 @@ impl Logs {
 async fn a_moot_eviction_is_never_logged_or_reported_as_an_eviction() {
     let logs = Logs::default();
     let _guard = logs.capture();
-    let api = FakeApi::start().await;
+    let api = StandIn::start().await.unwrap();
     api.set_lease(None);
     api.with(|s| s.log_done = true);
     api.set_pod(c1_running(Timestamp::now()));

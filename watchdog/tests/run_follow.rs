@@ -28,14 +28,14 @@ fn view(pod: serde_json::Value) -> PodView {
 /// Spawns a follower of run c1 of the stand-in's pod whose retries back
 /// off from `backoff.0` to `backoff.1` ms.
 fn follow_c1(
-    api: &FakeApi,
+    api: &StandIn,
     backoff: (u64, u64),
     pod_rx: watch::Receiver<PodView>,
     tx: mpsc::Sender<FollowerMsg>,
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(follow_run(
-        Api::<Pod>::namespaced(api.client(), NS),
+        Api::<Pod>::namespaced(api.client().unwrap(), NS),
         FollowConfig {
             pod: POD.to_owned(),
             container: "listener".to_owned(),
@@ -51,7 +51,7 @@ fn follow_c1(
 
 #[tokio::test]
 async fn dropped_stream_resumes_without_counting_twice() {
-    let api = FakeApi::start().await;
+    let api = StandIn::start().await.unwrap();
     // Two lines share a nanosecond timestamp; one text repeats at another
     // time (a distinct line that must be counted again).
     let log = [
@@ -179,7 +179,7 @@ async fn dropped_stream_resumes_without_counting_twice() {
 
 #[tokio::test]
 async fn follower_backs_off_on_errors_and_stops_on_cancel() {
-    let api = FakeApi::start().await;
+    let api = StandIn::start().await.unwrap();
     api.with(|s| s.fail_all = Some(403));
     let (_pod_tx, pod_rx) = watch::channel(PodView::default());
     let (tx, mut rx) = mpsc::channel(64);
@@ -193,7 +193,7 @@ async fn follower_backs_off_on_errors_and_stops_on_cancel() {
             .await
             .unwrap();
         assert!(
-            matches!(msg, Some(FollowerMsg::Error(ref e)) if e.contains("403")),
+            matches!(msg, Some(FollowerMsg::Error(ref e)) if e.to_string().contains("403")),
             "{msg:?}"
         );
         failed_at.push(Instant::now());
@@ -226,7 +226,7 @@ async fn follower_backs_off_on_errors_and_stops_on_cancel() {
 /// ends without reading it (those lines would be taken for its own).
 #[tokio::test]
 async fn a_follower_of_a_replaced_run_reads_no_more() {
-    let api = FakeApi::start().await;
+    let api = StandIn::start().await.unwrap();
     api.with(|s| {
         s.log = vec![(
             ts("2026-11-28T10:00:05.000000000Z"),

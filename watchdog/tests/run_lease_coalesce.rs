@@ -17,8 +17,8 @@ use run_support::*;
 const FLOOD: Duration = Duration::from_secs(3);
 const LINE_EVERY: Duration = Duration::from_millis(5);
 
-fn lease_updates(api: &FakeApi) -> usize {
-    api.requests("PUT", &format!("/leases/arc-watchdog-{POD}"))
+fn lease_updates(api: &StandIn) -> usize {
+    api.requests("PUT", &format!("/leases/arc-watchdog.{POD}"))
         .len()
 }
 
@@ -27,7 +27,7 @@ async fn established_lines_coalesce_lease_saves_but_a_conflict_is_saved_at_once(
     // The test window must be shorter than the interval, or one periodic
     // save more would be allowed.
     assert!(FLOOD < BOOKKEEPING_SAVE_INTERVAL);
-    let api = FakeApi::start().await;
+    let api = StandIn::start().await.unwrap();
     api.set_lease(None);
     api.set_pod(pod_json(
         Some("containerd://c1"),
@@ -87,7 +87,7 @@ async fn established_lines_coalesce_lease_saves_but_a_conflict_is_saved_at_once(
     // stream ends, and its follower reconnects (after its backoff): every
     // line of the old run has been handed on by then, so none is taken for
     // the new run's.
-    let log_requests = |s: &FakeState| {
+    let log_requests = |s: &StandInState| {
         s.requests
             .iter()
             .filter(|r| r.path.ends_with("/log"))

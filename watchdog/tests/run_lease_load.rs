@@ -17,14 +17,14 @@ use run_support::*;
 use tokio_util::sync::CancellationToken;
 
 fn lease_path() -> String {
-    format!("/leases/arc-watchdog-{POD}")
+    format!("/leases/arc-watchdog.{POD}")
 }
 
 /// Starts the watchdog (grace 1 s) while reading the Lease fails with 503;
 /// the listener meets a conflict. Returns once the watchdog has decided
 /// from what it saw (the grace passed), with the Lease still unreadable.
 async fn conflict_seen_while_the_lease_is_unreadable(
-    api: &FakeApi,
+    api: &StandIn,
 ) -> (Started, CancellationToken) {
     api.with(|s| {
         s.lease_get_fail = Some(503);
@@ -47,7 +47,7 @@ async fn conflict_seen_while_the_lease_is_unreadable(
 
 #[tokio::test]
 async fn a_lease_read_after_the_grace_gets_what_was_seen_at_once() {
-    let api = FakeApi::start().await;
+    let api = StandIn::start().await.unwrap();
     // The Lease exists and holds no history yet.
     api.set_lease(None);
     let (started, cancel) = conflict_seen_while_the_lease_is_unreadable(&api).await;
@@ -65,7 +65,7 @@ async fn a_lease_read_after_the_grace_gets_what_was_seen_at_once() {
 
 #[tokio::test]
 async fn a_lease_read_after_the_grace_keeps_the_stored_history() {
-    let api = FakeApi::start().await;
+    let api = StandIn::start().await.unwrap();
     // Two earlier pod generations met a conflict each.
     let now = Timestamp::now();
     let seed = History {
@@ -93,7 +93,7 @@ async fn a_lease_read_after_the_grace_keeps_the_stored_history() {
 /// been seen in order, and no conflict is reported twice.
 #[tokio::test]
 async fn a_lease_read_after_the_grace_starts_the_loop_the_merge_holds() {
-    let api = FakeApi::start().await;
+    let api = StandIn::start().await.unwrap();
     let seed = two_earlier_conflicts(Timestamp::now());
     api.set_lease(Some(&seed.to_json()));
     let (started, cancel) = conflict_seen_while_the_lease_is_unreadable(&api).await;

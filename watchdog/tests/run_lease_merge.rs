@@ -12,7 +12,7 @@ use run_support::*;
 
 #[tokio::test]
 async fn a_merge_with_another_writer_starts_the_loop_it_holds() {
-    let api = FakeApi::start().await;
+    let api = StandIn::start().await.unwrap();
     api.set_lease(None);
     let now = Timestamp::now();
     api.with(|s| s.log = vec![(now, CONFLICT.to_owned())]);

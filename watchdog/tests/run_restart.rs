@@ -14,7 +14,7 @@ use serde_json::json;
 
 #[tokio::test]
 async fn a_late_line_of_the_earlier_run_is_not_counted_for_the_new_run() {
-    let api = FakeApi::start().await;
+    let api = StandIn::start().await.unwrap();
     // Two earlier runs met a session conflict each.
     let now = Timestamp::now();
     let seed = History {

@@ -87,7 +87,7 @@ async fn api_unreachable_gate_opens_after_the_grace() {
 
 #[tokio::test]
 async fn rbac_missing_fails_open_and_never_evicts() {
-    let api = FakeApi::start().await;
+    let api = StandIn::start().await.unwrap();
     api.with(|s| s.fail_all = Some(403));
     // A pod whose listener is dead while the pod lives on: with the data
     // it would be evicted at once; without it, never.
@@ -98,9 +98,13 @@ async fn rbac_missing_fails_open_and_never_evicts() {
     ));
     let cancel = CancellationToken::new();
     let t0 = Instant::now();
-    let started = start(run_args("1s", &[]), Ok(api.client()), cancel.clone())
-        .await
-        .unwrap();
+    let started = start(
+        run_args("1s", &[]),
+        Ok(api.client().unwrap()),
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
     // A forbidden Lease means no stored backoff: the gate opens at once.
     startz_opens(started.addr, Duration::from_secs(10)).await;
     // Blind (pod watch and log forbidden) for longer than the grace: the
@@ -141,7 +145,7 @@ fn metric(text: &str, name: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn conflict_loop_delays_saves_reports_and_evicts_a_dead_listener() {
-    let api = FakeApi::start().await;
+    let api = StandIn::start().await.unwrap();
     api.set_lease(None);
     api.set_pod(pod_json(
         Some("containerd://c1"),
@@ -171,7 +175,7 @@ async fn conflict_loop_delays_saves_reports_and_evicts_a_dead_listener() {
                 "--backoff-max=6s",
             ],
         ),
-        Ok(api.client()),
+        Ok(api.client().unwrap()),
         cancel.clone(),
     )
     .await
@@ -262,7 +266,7 @@ async fn conflict_loop_delays_saves_reports_and_evicts_a_dead_listener() {
 /// unexplained exit.
 #[tokio::test]
 async fn a_run_ends_after_its_last_line_is_counted() {
-    let api = FakeApi::start().await;
+    let api = StandIn::start().await.unwrap();
     api.set_lease(None);
     api.set_pod(pod_json(
         Some("containerd://c1"),
@@ -270,9 +274,13 @@ async fn a_run_ends_after_its_last_line_is_counted() {
         0,
     ));
     let cancel = CancellationToken::new();
-    let started = start(run_args("20s", &[]), Ok(api.client()), cancel.clone())
-        .await
-        .unwrap();
+    let started = start(
+        run_args("20s", &[]),
+        Ok(api.client().unwrap()),
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
     api.wait_for("the log follow", |s| {
         s.requests.iter().any(|r| r.path.ends_with("/log"))
     })

@@ -38,7 +38,7 @@ async fn listening_addr(
 
 #[tokio::test]
 async fn sigterm_exits_within_a_second() {
-    let api = FakeApi::start().await;
+    let api = StandIn::start().await.unwrap();
     api.set_lease(None);
     api.set_pod(pod_json(
         Some("containerd://c1"),
@@ -46,7 +46,7 @@ async fn sigterm_exits_within_a_second() {
         0,
     ));
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = api.kubeconfig(dir.path());
+    let kubeconfig = api.kubeconfig(dir.path()).unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_arc-watchdog"))
         .args(["run", "--listen=127.0.0.1:0"])
         .env("KUBECONFIG", &kubeconfig)

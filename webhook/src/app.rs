@@ -9,12 +9,16 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::blocked;
 use crate::config::Cli;
 use crate::coverage;
 use crate::metrics::Metrics;
+use crate::missing;
 use crate::mutation::SidecarMode;
-use crate::rbac::{ConfigOwner, RbacKeeper};
+use crate::owner::ConfigOwner;
+use crate::rbac;
 use crate::server::{self, AppState};
+use crate::suspension::{LeaseView, NoSuspensions, Suspensions};
 use crate::tls::{self, CertReloader};
 use crate::version::{self, ModeCell, SidecarModeFlag};
 
@@ -40,8 +44,11 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send) -> anyhow:
         })?;
     let tls_config = Arc::new(tls::server_config(store).context("building the TLS configuration")?);
 
-    let needs_client =
-        cli.manage_rbac || cli.report_uninjected || cli.sidecar_mode == SidecarModeFlag::Auto;
+    let needs_client = cli.manage_rbac
+        || cli.report_uninjected
+        || cli.release_blocked_listeners
+        || !cli.report_missing_after.is_zero()
+        || cli.sidecar_mode == SidecarModeFlag::Auto;
     let client = if needs_client {
         match kube::Client::try_default().await {
             Ok(client) => Some(client),
@@ -67,12 +74,25 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send) -> anyhow:
     if cli.sidecar_mode == SidecarModeFlag::Auto
         && let Some(client) = &client
     {
+        let (listed_tx, listed) = tokio::sync::oneshot::channel();
+        {
+            let (client, mode, cancel) = (client.clone(), Arc::clone(&mode), cancel.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = version::watch_kubelets(client, mode, listed_tx) => {}
+                    () = cancel.cancelled() => {}
+                }
+            });
+        }
         let first = tokio::time::timeout(
             INITIAL_VERSION_TIMEOUT,
             version::refresh_once(client, &mode),
         )
         .await
         .unwrap_or(version::RETRY_INTERVAL);
+        // The first admissions get the mode of the whole cluster, not the
+        // classic of an empty node list, unless listing takes too long.
+        let _ = tokio::time::timeout(INITIAL_VERSION_TIMEOUT, listed).await;
         let (client, mode, cancel) = (client.clone(), Arc::clone(&mode), cancel.clone());
         tokio::spawn(async move {
             tokio::select! {
@@ -90,31 +110,72 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send) -> anyhow:
         "sidecar mode"
     );
 
-    // One lookup of the owner of what the webhook creates, for both users.
     let owner = client
         .as_ref()
         .map(|c| Arc::new(ConfigOwner::new(c.clone(), cli.webhook_config_name.clone())));
-    let rbac = match (&client, &owner, cli.manage_rbac) {
+    // Runs beside the servers, like the coverage report below; readiness
+    // never waits for it.
+    match (&client, cli.manage_rbac) {
+        (Some(client), true) => {
+            tokio::spawn(rbac::controller::run(
+                client.clone(),
+                cli.listener_namespaces.clone(),
+                Arc::clone(&metrics),
+                cancel.clone(),
+            ));
+        }
+        (None, true) => tracing::warn!(
+            "--manage-rbac is on but there is no Kubernetes client: per-listener RBAC is not managed \
+             and every watchdog fails open"
+        ),
+        (_, false) => {}
+    }
+
+    // The suspensions admission honours, and the release of listeners held
+    // by a watchdog that cannot start; beside the servers, never holding
+    // readiness.
+    let suspensions: Arc<dyn Suspensions> = match (&client, &owner, cli.release_blocked_listeners) {
         (Some(client), Some(owner), true) => {
-            Some(Arc::new(RbacKeeper::new(client.clone(), Arc::clone(owner))))
+            let view = LeaseView::start(
+                client,
+                &cli.listener_namespaces,
+                cli.suspend_injection_for,
+                &cancel,
+            );
+            tokio::spawn(blocked::run(
+                client.clone(),
+                cli.listener_namespaces.clone(),
+                Arc::clone(&view),
+                Arc::clone(owner),
+                Arc::clone(&metrics),
+                blocked::Settings {
+                    blocked_after: cli.blocked_after,
+                    suspend_for: cli.suspend_injection_for,
+                    instance: std::env::var("HOSTNAME").unwrap_or_default(),
+                },
+                cancel.clone(),
+            ));
+            view
         }
         (_, _, true) => {
             tracing::warn!(
-                "--manage-rbac is on but there is no Kubernetes client: RBAC is not managed"
+                "--release-blocked-listeners is on but there is no Kubernetes client: a watchdog \
+                 that cannot start keeps its listener from starting"
             );
-            None
+            Arc::new(NoSuspensions)
         }
-        (_, _, false) => None,
+        (_, _, false) => Arc::new(NoSuspensions),
     };
 
     let state = Arc::new(AppState {
         inject: cli.inject_config(),
         mode,
         metrics: Arc::clone(&metrics),
-        rbac,
-        rbac_budget: cli.rbac_timeout,
         max_body_bytes: cli.max_body_bytes,
+        body_budget: server::BodyBudget::new(cli.max_buffered_bytes),
+        request_timeout: cli.request_timeout,
         ready: std::sync::atomic::AtomicBool::new(false),
+        suspensions,
     });
 
     // Runs beside the servers; readiness never waits for it, and it never
@@ -135,6 +196,32 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send) -> anyhow:
             "--report-uninjected is on but there is no Kubernetes client: uninjected listeners are not reported"
         ),
         (_, _, false) => {}
+    }
+
+    // Beside the servers too; never holds readiness nor ends the process.
+    match (&client, &owner, cli.report_missing_after.is_zero()) {
+        (Some(client), Some(owner), false) => {
+            tokio::spawn(missing::run(
+                client.clone(),
+                Arc::clone(owner),
+                Arc::clone(&metrics),
+                missing::Settings {
+                    report_after: cli.report_missing_after,
+                    runner_namespaces: cli.runner_namespaces.clone(),
+                    listener_namespaces: cli.listener_namespaces.clone(),
+                    delete_stuck_after: Some(cli.delete_stuck_terminating_after)
+                        .filter(|d| !d.is_zero()),
+                    dry_run: cli.missing_actions_dry_run,
+                    budget: cli.delete_stuck_terminating_budget,
+                    instance: std::env::var("HOSTNAME").unwrap_or_default(),
+                },
+                cancel.clone(),
+            ));
+        }
+        (_, _, false) => tracing::warn!(
+            "--report-missing-after is set but there is no Kubernetes client: missing listeners are not reported"
+        ),
+        (_, _, true) => {}
     }
 
     let tls_listener = TcpListener::bind(cli.listen)
@@ -175,13 +262,13 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send) -> anyhow:
     let mutate = {
         let cancel = cancel.clone();
         let app = server::mutate_router(Arc::clone(&state));
-        let grace = cli.shutdown_grace;
         tokio::spawn(server::serve_tls(
             tls_listener,
             tls_config,
             app,
+            cli.server_limits(),
+            Arc::clone(&metrics),
             async move { cancel.cancelled().await },
-            grace,
         ))
     };
     state.ready.store(true, Ordering::Relaxed);

@@ -4,20 +4,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use arc_watchdog::settings::{Thresholds, parse_duration};
-use clap::{ArgAction, Parser, ValueEnum};
+use arc_watchdog_core::settings::{Thresholds, parse_duration};
+use clap::{ArgAction, Parser};
 
 use crate::mutation::{InjectConfig, Resources, validate_quantity};
+use crate::server::{BodyBudget, ServerLimits};
 use crate::version::SidecarModeFlag;
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// One JSON object per line.
-    Json,
-    /// Human-readable text.
-    Text,
-}
+pub use arc_watchdog_core::LogOutput;
 
 /// Mutating admission webhook that injects the arc-watchdog sidecar into
 /// ARC scale-set listener pods.
@@ -76,7 +70,7 @@ pub struct Cli {
     /// `/metrics` server (the container port named `watchdog`, which the
     /// probes and the PodMonitor use). Change it when the listener template
     /// already uses the port, or for `hostNetwork` listeners.
-    #[arg(long, env = "ARC_WATCHDOG_WATCHDOG_PORT", default_value_t = arc_watchdog::names::WATCHDOG_PORT, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, env = "ARC_WATCHDOG_WATCHDOG_PORT", default_value_t = arc_watchdog_core::names::WATCHDOG_PORT, value_parser = clap::value_parser!(u16).range(1..))]
     pub watchdog_port: u16,
 
     /// CPU request of the injected container.
@@ -104,19 +98,16 @@ pub struct Cli {
     #[command(flatten)]
     pub thresholds: Thresholds,
 
-    /// Create and repair the per-listener Role, RoleBinding and Lease while
-    /// admitting a listener pod (needs a kube client: in-cluster or KUBECONFIG).
+    /// Keep a Role, RoleBinding and Lease for every AutoscalingListener in
+    /// --listener-namespaces (a controller in this process; needs a kube
+    /// client: in-cluster or KUBECONFIG). Admission itself writes nothing.
     #[arg(long, env = "ARC_WATCHDOG_MANAGE_RBAC", default_value_t = true, action = ArgAction::Set)]
     pub manage_rbac: bool,
 
     /// Name of this webhook's MutatingWebhookConfiguration, the owner of the
-    /// per-listener objects.
-    #[arg(long, env = "ARC_WATCHDOG_WEBHOOK_CONFIG_NAME", default_value = crate::rbac::DEFAULT_WEBHOOK_CONFIG_NAME)]
+    /// Events about uninjected listeners.
+    #[arg(long, env = "ARC_WATCHDOG_WEBHOOK_CONFIG_NAME", default_value = crate::owner::DEFAULT_WEBHOOK_CONFIG_NAME)]
     pub webhook_config_name: String,
-
-    /// Time budget of the per-listener RBAC ensure inside one admission.
-    #[arg(long, env = "ARC_WATCHDOG_RBAC_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
-    pub rbac_timeout: Duration,
 
     /// Watch the listener pods of --listener-namespaces and report each one
     /// that runs without the watchdog (created while the webhook was down or
@@ -125,6 +116,75 @@ pub struct Cli {
     /// Never deletes anything. Needs a kube client and list/watch on pods.
     #[arg(long, env = "ARC_WATCHDOG_REPORT_UNINJECTED", default_value_t = true, action = ArgAction::Set)]
     pub report_uninjected: bool,
+
+    /// Release listeners held by a watchdog that cannot start: a native
+    /// watchdog whose image cannot be pulled, that cannot be created or
+    /// keeps crashing, keeps its listener from starting. After
+    /// --blocked-after the webhook suspends injection for that listener
+    /// (an annotation on its Lease), evicts the pod so ARC recreates it
+    /// without the watchdog, and says so (Warning Event
+    /// `InjectionSuspended`, metrics). Needs a kube client.
+    #[arg(long, env = "ARC_WATCHDOG_RELEASE_BLOCKED_LISTENERS", default_value_t = true, action = ArgAction::Set)]
+    pub release_blocked_listeners: bool,
+
+    /// How long a watchdog that cannot start may keep its listener from
+    /// starting (counted from when the kubelet took the pod) before the
+    /// listener is released. A watchdog that runs and holds its start gate
+    /// (a backoff) is never released.
+    #[arg(long, env = "ARC_WATCHDOG_BLOCKED_AFTER", default_value = "2m", value_parser = parse_duration)]
+    pub blocked_after: Duration,
+
+    /// How long a released listener's pods are admitted without the
+    /// watchdog. The next pod ARC creates after that gets it again; a
+    /// running listener is never recreated for it.
+    #[arg(long, env = "ARC_WATCHDOG_SUSPEND_INJECTION_FOR", default_value = "1h", value_parser = parse_duration)]
+    pub suspend_injection_for: Duration,
+
+    /// Report a scale set (AutoscalingRunnerSet) that has had no running
+    /// listener for this long: no AutoscalingListener, no listener pod, a
+    /// pod Pending or ended, or a pod stuck Terminating on a NotReady node.
+    /// A Warning Event `ListenerMissing` on the AutoscalingRunnerSet, a log
+    /// line and the gauge `arc_watchdog_webhook_missing_listeners{reason}`.
+    /// `0` turns it off. Needs a kube client, list/watch on
+    /// AutoscalingRunnerSets (--runner-namespaces) and nodes, and create on
+    /// Events where the AutoscalingRunnerSets are.
+    #[arg(long, env = "ARC_WATCHDOG_REPORT_MISSING_AFTER", default_value = "5m", value_parser = parse_duration)]
+    pub report_missing_after: Duration,
+
+    /// Namespaces of the AutoscalingRunnerSets (the runner namespaces),
+    /// comma-separated, for --report-missing-after; empty (the default):
+    /// every namespace.
+    #[arg(
+        long,
+        env = "ARC_WATCHDOG_RUNNER_NAMESPACES",
+        value_delimiter = ',',
+        value_parser = namespace_name
+    )]
+    pub runner_namespaces: Vec<String>,
+
+    /// Force-delete (grace period 0, only that generation of the pod) a
+    /// listener pod stuck Terminating on a NotReady node once its deletion's
+    /// grace period ended this long ago and its node has been NotReady this
+    /// long, as the node lifecycle controller does not. ARC then creates the
+    /// next listener pod. `0` (the default) turns it off. Dry run first: see
+    /// --missing-actions-dry-run. Uses the eviction right the webhook holds
+    /// in --listener-namespaces already.
+    #[arg(long, env = "ARC_WATCHDOG_DELETE_STUCK_TERMINATING_AFTER", default_value = "0s", value_parser = parse_duration)]
+    pub delete_stuck_terminating_after: Duration,
+
+    /// Only say what --delete-stuck-terminating-after would delete (a log
+    /// line, a counter and a server-side dry run), never delete.
+    #[arg(long, env = "ARC_WATCHDOG_MISSING_ACTIONS_DRY_RUN", default_value_t = true, action = ArgAction::Set)]
+    pub missing_actions_dry_run: bool,
+
+    /// Most listener pods one webhook replica force-deletes per hour
+    /// (--delete-stuck-terminating-after); beyond it, it logs and waits.
+    #[arg(
+        long,
+        env = "ARC_WATCHDOG_DELETE_STUCK_TERMINATING_BUDGET",
+        default_value_t = 3
+    )]
+    pub delete_stuck_terminating_budget: usize,
 
     /// Namespaces in which ARC creates listener pods (the ARC controller's),
     /// comma-separated; watched by --report-uninjected.
@@ -137,9 +197,44 @@ pub struct Cli {
     )]
     pub listener_namespaces: Vec<String>,
 
-    /// Largest accepted request body; larger ones get HTTP 413.
-    #[arg(long, env = "ARC_WATCHDOG_MAX_BODY_BYTES", default_value_t = 3 * 1024 * 1024)]
+    /// Largest accepted request body; larger ones get HTTP 413. A listener
+    /// pod's review is a few KiB; parsing a crafted pod can take some 25
+    /// times its body, so this bounds the parse's memory too.
+    #[arg(long, env = "ARC_WATCHDOG_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
+
+    /// Most request-body bytes buffered at once across all connections (a
+    /// quarter of it kept for bodies of 32 KiB or less, as reviews are); a
+    /// request that finds no room within 1s gets HTTP 503. With the
+    /// connection limits this bounds the memory that clients can make the
+    /// webhook hold, under the manifests' 128Mi limit.
+    #[arg(long, env = "ARC_WATCHDOG_MAX_BUFFERED_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_buffered_bytes: usize,
+
+    /// Longest time from a review's request head to its answer, body
+    /// included; a slower request gets HTTP 408. Keep it at or under the
+    /// MutatingWebhookConfiguration's timeoutSeconds (5s).
+    #[arg(long, env = "ARC_WATCHDOG_REQUEST_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Longest time to receive an HTTP/1 request head, and so also how long
+    /// an HTTP/1 keep-alive connection may stay idle.
+    #[arg(long, env = "ARC_WATCHDOG_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// A connection with no request in flight for this long is closed
+    /// (HTTP/2 with GOAWAY).
+    #[arg(long, env = "ARC_WATCHDOG_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Most TLS connections open at once on --listen; further ones are
+    /// closed on accept until some end.
+    #[arg(long, env = "ARC_WATCHDOG_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub max_connections: u32,
+
+    /// Most concurrent streams (requests) on one HTTP/2 connection.
+    #[arg(long, env = "ARC_WATCHDOG_MAX_CONCURRENT_STREAMS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    pub max_concurrent_streams: u32,
 
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, env = "ARC_WATCHDOG_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
@@ -152,7 +247,7 @@ pub struct Cli {
         value_enum,
         default_value = "json"
     )]
-    pub log_format: LogFormat,
+    pub log_format: LogOutput,
 
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `arc_watchdog_webhook=debug`.
     #[arg(long, env = "ARC_WATCHDOG_LOG_LEVEL", default_value = "info")]
@@ -193,13 +288,75 @@ impl Cli {
         if self.max_body_bytes == 0 {
             return Err("--max-body-bytes must be at least 1".to_owned());
         }
+        if self.manage_rbac && self.listener_namespaces.is_empty() {
+            return Err("--manage-rbac needs at least one --listener-namespaces".to_owned());
+        }
+        if BodyBudget::new(self.max_buffered_bytes).largest_body() < self.max_body_bytes {
+            return Err(format!(
+                "--max-buffered-bytes ({}) must be at least 4/3 of --max-body-bytes ({}): \
+                 a quarter of it is kept for small bodies",
+                self.max_buffered_bytes, self.max_body_bytes
+            ));
+        }
+        for (flag, value) in [
+            ("--request-timeout", self.request_timeout),
+            ("--header-read-timeout", self.header_read_timeout),
+            ("--idle-timeout", self.idle_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(format!("{flag} must be greater than zero"));
+            }
+        }
         if self.report_uninjected && self.listener_namespaces.is_empty() {
             return Err("--report-uninjected needs at least one --listener-namespaces".to_owned());
+        }
+        if self.release_blocked_listeners && self.listener_namespaces.is_empty() {
+            return Err(
+                "--release-blocked-listeners needs at least one --listener-namespaces".to_owned(),
+            );
+        }
+        for (flag, value) in [
+            ("--blocked-after", self.blocked_after),
+            ("--suspend-injection-for", self.suspend_injection_for),
+        ] {
+            if value.is_zero() {
+                return Err(format!("{flag} must be greater than zero"));
+            }
+        }
+        if !self.report_missing_after.is_zero() && self.listener_namespaces.is_empty() {
+            return Err(
+                "--report-missing-after needs at least one --listener-namespaces".to_owned(),
+            );
+        }
+        if !self.delete_stuck_terminating_after.is_zero() {
+            if self.report_missing_after.is_zero() {
+                return Err(
+                    "--delete-stuck-terminating-after needs --report-missing-after (it acts on \
+                     what that watch finds)"
+                        .to_owned(),
+                );
+            }
+            if self.delete_stuck_terminating_budget == 0 {
+                return Err("--delete-stuck-terminating-budget must be at least 1 when \
+                     --delete-stuck-terminating-after is set"
+                    .to_owned());
+            }
         }
         if self.tls_reload_interval.is_zero() {
             return Err("--tls-reload-interval must be greater than zero".to_owned());
         }
         Ok(())
+    }
+
+    /// The HTTPS server's limits.
+    pub fn server_limits(&self) -> ServerLimits {
+        ServerLimits {
+            max_connections: self.max_connections,
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            max_concurrent_streams: self.max_concurrent_streams,
+            shutdown_grace: self.shutdown_grace,
+        }
     }
 
     /// The mutation's configuration.
@@ -231,9 +388,29 @@ mod tests {
         assert_eq!(cli.sidecar_mode, SidecarModeFlag::Auto);
         assert!(cli.manage_rbac);
         assert_eq!(cli.webhook_config_name, "arc-watchdog");
-        assert_eq!(cli.max_body_bytes, 3 * 1024 * 1024);
+        assert_eq!(cli.max_body_bytes, 1024 * 1024);
+        assert_eq!(cli.max_buffered_bytes, 16 * 1024 * 1024);
+        assert_eq!(cli.request_timeout, Duration::from_secs(5));
+        let limits = cli.server_limits();
+        let default = ServerLimits::default();
+        assert_eq!(limits.max_connections, default.max_connections);
+        assert_eq!(limits.header_read_timeout, default.header_read_timeout);
+        assert_eq!(limits.idle_timeout, default.idle_timeout);
+        assert_eq!(
+            limits.max_concurrent_streams,
+            default.max_concurrent_streams
+        );
+        assert_eq!(limits.shutdown_grace, default.shutdown_grace);
         assert!(cli.report_uninjected);
+        assert!(cli.release_blocked_listeners);
+        assert_eq!(cli.blocked_after, Duration::from_secs(120));
+        assert_eq!(cli.suspend_injection_for, Duration::from_secs(3600));
         assert_eq!(cli.listener_namespaces, vec!["arc-systems".to_owned()]);
+        assert_eq!(cli.report_missing_after, Duration::from_secs(300));
+        assert!(cli.runner_namespaces.is_empty(), "every namespace");
+        assert_eq!(cli.delete_stuck_terminating_after, Duration::ZERO, "off");
+        assert!(cli.missing_actions_dry_run);
+        assert_eq!(cli.delete_stuck_terminating_budget, 3);
         assert_eq!(cli.inject_config(), InjectConfig::new("img:1"));
         cli.validate().unwrap();
     }
@@ -266,6 +443,42 @@ mod tests {
     }
 
     #[test]
+    fn server_limit_flags() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--watchdog-image=img",
+            "--max-connections=64",
+            "--max-concurrent-streams=8",
+            "--request-timeout=2s",
+            "--header-read-timeout=3s",
+            "--idle-timeout=1m",
+            "--max-buffered-bytes=8388608",
+        ])
+        .unwrap();
+        cli.validate().unwrap();
+        let limits = cli.server_limits();
+        assert_eq!(limits.max_connections, 64);
+        assert_eq!(limits.max_concurrent_streams, 8);
+        assert_eq!(limits.header_read_timeout, Duration::from_secs(3));
+        assert_eq!(limits.idle_timeout, Duration::from_secs(60));
+        assert_eq!(cli.request_timeout, Duration::from_secs(2));
+        for bad in ["--max-connections=0", "--max-concurrent-streams=0"] {
+            assert!(
+                Cli::try_parse_from(["x", "--watchdog-image=img", bad]).is_err(),
+                "{bad}"
+            );
+        }
+        for bad in [
+            "--max-buffered-bytes=1024",
+            "--request-timeout=0s",
+            "--idle-timeout=0s",
+        ] {
+            let cli = Cli::try_parse_from(["x", "--watchdog-image=img", bad]).unwrap();
+            assert!(cli.validate().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn uninjected_report_flags() {
         let cli = Cli::try_parse_from([
             "x",
@@ -288,5 +501,49 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn missing_listener_flags() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--watchdog-image=img",
+            "--report-missing-after=2m",
+            "--runner-namespaces=arc-runners,team-b",
+            "--delete-stuck-terminating-after=10m",
+            "--missing-actions-dry-run=false",
+            "--delete-stuck-terminating-budget=1",
+        ])
+        .unwrap();
+        cli.validate().unwrap();
+        assert_eq!(cli.report_missing_after, Duration::from_secs(120));
+        assert_eq!(cli.runner_namespaces, vec!["arc-runners", "team-b"]);
+        assert_eq!(cli.delete_stuck_terminating_after, Duration::from_secs(600));
+        assert!(!cli.missing_actions_dry_run);
+        assert_eq!(cli.delete_stuck_terminating_budget, 1);
+        for bad in [
+            vec![
+                "--report-missing-after=0s",
+                "--delete-stuck-terminating-after=1m",
+            ],
+            vec![
+                "--delete-stuck-terminating-after=1m",
+                "--delete-stuck-terminating-budget=0",
+            ],
+        ] {
+            let mut args = vec!["x", "--watchdog-image=img"];
+            args.extend(bad.iter().copied());
+            let cli = Cli::try_parse_from(&args).unwrap();
+            assert!(cli.validate().is_err(), "{bad:?}");
+        }
+        // Off by default, and off is valid without a budget.
+        let off = Cli::try_parse_from([
+            "x",
+            "--watchdog-image=img",
+            "--report-missing-after=0s",
+            "--delete-stuck-terminating-budget=0",
+        ])
+        .unwrap();
+        off.validate().unwrap();
     }
 }

@@ -28,27 +28,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt as _, TryStreamExt as _};
-use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
 use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher;
 use tokio_util::sync::CancellationToken;
 
-use arc_watchdog::names;
+use arc_watchdog_core::names;
+use arc_watchdog_core::reasons::Reason;
 
+use crate::events;
 use crate::metrics::Metrics;
 use crate::mutation::{self, SkipReason};
-use crate::rbac::ConfigOwner;
+use crate::owner::ConfigOwner;
 
 /// Reason of the Warning Event about an uninjected listener pod.
-pub const REASON: &str = "ListenerNotInjected";
+pub const REASON: &str = Reason::ListenerNotInjected.as_str();
 /// `action` of that Event.
 pub const ACTION: &str = "Report";
 /// `reportingController` of every Event the webhook writes.
-pub const REPORTING_CONTROLLER: &str = "arc-watchdog.dev/webhook";
+pub use crate::events::REPORTING_CONTROLLER;
 /// Prefix of the Event's name; the pod's UID follows.
 pub const EVENT_NAME_PREFIX: &str = "arc-watchdog-uninjected-";
 /// How often reports that failed are tried again.
@@ -237,43 +239,19 @@ pub fn event_for(
     owner: Option<&OwnerReference>,
     now: Timestamp,
 ) -> Event {
-    Event {
-        metadata: ObjectMeta {
-            name: Some(event_name(&pod.uid)),
-            namespace: Some(pod.namespace.clone()),
-            labels: Some(
-                [(
-                    names::MANAGED_BY_LABEL.to_owned(),
-                    names::MANAGED_BY_VALUE.to_owned(),
-                )]
-                .into(),
-            ),
-            owner_references: owner.map(|o| vec![o.clone()]),
-            ..ObjectMeta::default()
+    events::warning(
+        events::Warning {
+            name: event_name(&pod.uid),
+            namespace: &pod.namespace,
+            reason: REASON,
+            action: ACTION,
+            note: message(pod),
+            regarding: events::pod_reference(&pod.namespace, &pod.name, &pod.uid),
         },
-        event_time: Some(MicroTime(now)),
-        type_: Some("Warning".to_owned()),
-        reason: Some(REASON.to_owned()),
-        action: Some(ACTION.to_owned()),
-        note: Some(message(pod)),
-        regarding: Some(ObjectReference {
-            api_version: Some("v1".to_owned()),
-            kind: Some("Pod".to_owned()),
-            namespace: Some(pod.namespace.clone()),
-            name: Some(pod.name.clone()),
-            uid: Some(pod.uid.clone()),
-            ..ObjectReference::default()
-        }),
-        reporting_controller: Some(REPORTING_CONTROLLER.to_owned()),
-        // The API server requires it non-empty and at most 128 characters.
-        reporting_instance: Some(
-            Some(instance.trim())
-                .filter(|i| !i.is_empty())
-                .map_or("arc-watchdog-webhook", |i| i.get(..128).unwrap_or(i))
-                .to_owned(),
-        ),
-        ..Event::default()
-    }
+        instance,
+        owner,
+        now,
+    )
 }
 
 /// How one report ended (the `result` label of the reports metric).
@@ -306,25 +284,8 @@ struct Reporter {
 }
 
 impl Reporter {
-    /// The owner, looked up until found. Without it the Event is still
-    /// created, unowned: it expires with the API server's event TTL.
-    async fn owner(&self) -> Option<OwnerReference> {
-        match tokio::time::timeout(CREATE_TIMEOUT, self.owner.reference()).await {
-            Ok(Ok(owner)) => owner,
-            Ok(Err(err)) => {
-                tracing::debug!(
-                    error = %err,
-                    webhook_config = %self.owner.name(),
-                    "cannot read the webhook configuration; the Event gets no owner"
-                );
-                None
-            }
-            Err(_) => None,
-        }
-    }
-
     async fn report(&self, pod: &Uninjected) -> ReportResult {
-        let owner = self.owner().await;
+        let owner = self.owner.reference_within(CREATE_TIMEOUT).await;
         report(&self.client, pod, &self.instance, owner.as_ref()).await
     }
 }
@@ -384,6 +345,31 @@ async fn report(
     }
 }
 
+/// One namespace's listener pod watch: its events, each with the namespace.
+pub(crate) type NamespacedPodEvents =
+    futures::stream::BoxStream<'static, Result<(String, watcher::Event<Pod>), watcher::Error>>;
+
+/// The events of a watch of the listener pods in each of `namespaces`,
+/// merged, each with its namespace (retried with kube's backoff).
+pub(crate) fn listener_pod_events(
+    client: &kube::Client,
+    namespaces: &[String],
+) -> futures::stream::SelectAll<NamespacedPodEvents> {
+    let selector = format!(
+        "{}={}",
+        names::LISTENER_COMPONENT_LABEL,
+        names::LISTENER_COMPONENT_VALUE
+    );
+    futures::stream::select_all(namespaces.iter().map(|ns| {
+        let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+        let ns = ns.clone();
+        watcher(api, watcher::Config::default().labels(&selector))
+            .default_backoff()
+            .map_ok(move |event| (ns.clone(), event))
+            .boxed()
+    }))
+}
+
 /// Watches the listener pods of `namespaces` and reports uninjected ones
 /// until `cancel`. Never returns an error: a failed list or watch (RBAC
 /// missing, API server down) is logged, counted and retried with kube's
@@ -396,20 +382,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
-    let selector = format!(
-        "{}={}",
-        names::LISTENER_COMPONENT_LABEL,
-        names::LISTENER_COMPONENT_VALUE
-    );
-    let streams = namespaces.iter().map(|ns| {
-        let api: Api<Pod> = Api::namespaced(client.clone(), ns);
-        let ns = ns.clone();
-        watcher(api, watcher::Config::default().labels(&selector))
-            .default_backoff()
-            .map_ok(move |event| (ns.clone(), event))
-            .boxed()
-    });
-    let mut merged = futures::stream::select_all(streams);
+    let mut merged = listener_pod_events(&client, &namespaces);
     let reporter = Reporter {
         client: client.clone(),
         instance,
@@ -458,6 +431,7 @@ pub async fn run(
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{Container, PodSpec, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn listener(name: &str, uid: &str) -> Pod {
@@ -647,7 +621,7 @@ mod tests {
             name: "set-abc-listener".into(),
             uid: "0b6e-uid".into(),
         };
-        let owner = crate::rbac::owner_reference("arc-watchdog", "cfg-uid");
+        let owner = crate::owner::owner_reference("arc-watchdog", "cfg-uid");
         let e = event_for(
             &pod,
             "arc-watchdog-webhook-7d9-x",

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 
-use arc_watchdog_webhook::config::{Cli, LogFormat};
+use arc_watchdog_webhook::config::{Cli, LogOutput};
 
 fn init_logging(cli: &Cli) {
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
@@ -11,8 +11,8 @@ fn init_logging(cli: &Cli) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match cli.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
+        LogOutput::Json => builder.json().flatten_event(true).init(),
+        LogOutput::Text => builder.init(),
     }
 }
 

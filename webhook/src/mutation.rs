@@ -14,8 +14,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use arc_watchdog::names;
-use arc_watchdog::settings::Thresholds;
+pub use arc_watchdog_core::SidecarMode;
+use arc_watchdog_core::names;
+use arc_watchdog_core::settings::Thresholds;
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::{
@@ -26,6 +27,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
 
 /// Name of the projected volume that carries the watchdog's API token.
@@ -46,33 +48,6 @@ pub const STARTUP_MARGIN: Duration = Duration::from_secs(60);
 pub const TOKEN_EXPIRATION_SECONDS: i64 = 3607;
 /// User and group the watchdog runs as (distroless `nonroot`).
 pub const RUN_AS_USER: i64 = 65532;
-
-/// How the watchdog is added to the pod.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum SidecarMode {
-    /// First init container with `restartPolicy: Always` and a start gate
-    /// (Kubernetes 1.29+).
-    Native,
-    /// A regular container appended to `containers`; no start gate.
-    Classic,
-}
-
-impl SidecarMode {
-    /// The value written into the `arc-watchdog.dev/injected` annotation
-    /// and used as a metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Native => "native",
-            Self::Classic => "classic",
-        }
-    }
-}
-
-impl std::fmt::Display for SidecarMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// Requests and limits of the injected container, as Kubernetes quantities.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,6 +115,14 @@ pub enum SkipReason {
     OptedOut,
     /// The pod already has a container or init container named `arc-watchdog`.
     AlreadyInjected,
+    /// The pod uses the node's network (`hostNetwork: true`): the watchdog's
+    /// port would be the node's, shared with every other `hostNetwork` pod
+    /// there, and a clash would keep the listener from starting.
+    HostNetwork,
+    /// Injection is suspended for this listener: its watchdog kept an
+    /// earlier pod from starting (see [`crate::blocked`]). The pod carries
+    /// [`names::ANNOTATION_POD_SUSPENDED`].
+    InjectionSuspended,
 }
 
 impl SkipReason {
@@ -149,13 +132,15 @@ impl SkipReason {
             Self::NotListener => "not_listener",
             Self::OptedOut => "opted_out",
             Self::AlreadyInjected => "already_injected",
+            Self::HostNetwork => "host_network",
+            Self::InjectionSuspended => "injection_suspended",
         }
     }
 }
 
 /// What the mutation decided for one pod.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Decision {
+pub enum Mutation {
     /// Add the watchdog with this patch.
     Inject {
         /// The mode used.
@@ -165,6 +150,15 @@ pub enum Decision {
     },
     /// Leave the pod alone.
     Skip(SkipReason),
+    /// Injection is suspended for the pod's listener: admit it without the
+    /// watchdog, marked with [`names::ANNOTATION_POD_SUSPENDED`] by this
+    /// patch (the only change).
+    Suspended {
+        /// When the suspension ends.
+        until: Timestamp,
+        /// The JSON patch that adds the annotation.
+        patch: Patch,
+    },
 }
 
 /// True for a pod ARC built as a scale-set listener: the component label
@@ -195,6 +189,23 @@ pub fn is_opted_out(pod: &Pod) -> bool {
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("false"))
 }
 
+/// True when the pod uses the node's network namespace.
+pub fn is_host_network(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false)
+}
+
+/// True when the webhook admitted the pod without the watchdog because
+/// injection was suspended for its listener.
+pub fn is_suspended(pod: &Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(names::ANNOTATION_POD_SUSPENDED))
+}
+
 /// True when the pod already has the watchdog (as container or init container).
 pub fn is_injected(pod: &Pod) -> bool {
     pod.spec.as_ref().is_some_and(|s| {
@@ -219,17 +230,65 @@ pub fn skip_reason(pod: &Pod) -> Option<SkipReason> {
     if is_injected(pod) {
         return Some(SkipReason::AlreadyInjected);
     }
+    if is_suspended(pod) {
+        return Some(SkipReason::InjectionSuspended);
+    }
+    if is_host_network(pod) {
+        return Some(SkipReason::HostNetwork);
+    }
     None
 }
 
 /// Decides whether and how to inject the watchdog into `pod`.
-pub fn mutate(pod: &Pod, cfg: &InjectConfig, mode: SidecarMode) -> Decision {
+pub fn mutate(pod: &Pod, cfg: &InjectConfig, mode: SidecarMode) -> Mutation {
+    mutate_suspended(pod, cfg, mode, None)
+}
+
+/// [`mutate`], for a pod whose listener has injection suspended until
+/// `suspended_until` (when given): a pod that would get the watchdog is
+/// admitted without it instead, marked with
+/// [`names::ANNOTATION_POD_SUSPENDED`].
+pub fn mutate_suspended(
+    pod: &Pod,
+    cfg: &InjectConfig,
+    mode: SidecarMode,
+    suspended_until: Option<Timestamp>,
+) -> Mutation {
     if let Some(reason) = skip_reason(pod) {
-        return Decision::Skip(reason);
+        return Mutation::Skip(reason);
     }
-    Decision::Inject {
+    if let Some(until) = suspended_until {
+        return Mutation::Suspended {
+            until,
+            patch: suspended_patch(pod, until),
+        };
+    }
+    Mutation::Inject {
         mode,
         patch: build_patch(pod, cfg, mode),
+    }
+}
+
+fn suspended_patch(pod: &Pod, until: Timestamp) -> Patch {
+    Patch(vec![add_annotation(
+        pod,
+        names::ANNOTATION_POD_SUSPENDED,
+        Value::String(until.to_string()),
+    )])
+}
+
+/// Adds one annotation: into the existing map, or the map itself when the
+/// pod has none (a JSON patch cannot add a key to a missing object).
+fn add_annotation(pod: &Pod, key: &str, value: Value) -> PatchOperation {
+    if pod.metadata.annotations.is_some() {
+        add(ptr(&["metadata", "annotations", key]), value)
+    } else {
+        let mut annotations = serde_json::Map::new();
+        annotations.insert(key.to_owned(), value);
+        add(
+            ptr(&["metadata", "annotations"]),
+            Value::Object(annotations),
+        )
     }
 }
 
@@ -241,9 +300,37 @@ fn ptr(tokens: &[&str]) -> PointerBuf {
     PointerBuf::from_tokens(tokens.iter().copied())
 }
 
+/// The UID of the AutoscalingListener that owns `pod`, when it has one of
+/// the shape Kubernetes gives UIDs.
+pub fn listener_uid(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|r| {
+            r.kind == names::AUTOSCALING_LISTENER_KIND
+                && r.api_version == names::AUTOSCALING_LISTENER_API_VERSION
+        })
+        .map(|r| r.uid.as_str())
+        .filter(|uid| {
+            !uid.is_empty()
+                && uid.len() <= 64
+                && uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+        })
+}
+
 fn build_patch(pod: &Pod, cfg: &InjectConfig, mode: SidecarMode) -> Patch {
     let spec = pod.spec.as_ref();
-    let container = to_value(&watchdog_container(cfg, mode));
+    let mut watchdog = watchdog_container(cfg, mode);
+    // The watchdog's history belongs to this AutoscalingListener: a Lease
+    // left by an earlier listener of the same name is not its own.
+    if let Some(uid) = listener_uid(pod) {
+        watchdog
+            .args
+            .get_or_insert_with(Vec::new)
+            .push(format!("--listener-uid={uid}"));
+    }
+    let container = to_value(&watchdog);
     let mut ops = Vec::with_capacity(3);
 
     match mode {
@@ -275,20 +362,11 @@ fn build_patch(pod: &Pod, cfg: &InjectConfig, mode: SidecarMode) -> Patch {
         }
     }
 
-    let mode_value = Value::String(mode.as_str().to_owned());
-    if pod.metadata.annotations.is_some() {
-        ops.push(add(
-            ptr(&["metadata", "annotations", names::ANNOTATION_INJECTED]),
-            mode_value,
-        ));
-    } else {
-        let mut annotations = serde_json::Map::new();
-        annotations.insert(names::ANNOTATION_INJECTED.to_owned(), mode_value);
-        ops.push(add(
-            ptr(&["metadata", "annotations"]),
-            Value::Object(annotations),
-        ));
-    }
+    ops.push(add_annotation(
+        pod,
+        names::ANNOTATION_INJECTED,
+        Value::String(mode.as_str().to_owned()),
+    ));
     Patch(ops)
 }
 
@@ -616,6 +694,51 @@ mod tests {
         assert_eq!(
             p.as_str(),
             "/metadata/annotations/arc-watchdog.dev~1injected"
+        );
+    }
+
+    #[test]
+    fn host_network_and_suspended_pods_are_skipped_and_the_suspension_only_marks() {
+        let listener = || -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "l", "labels": {names::LISTENER_COMPONENT_LABEL: names::LISTENER_COMPONENT_VALUE}},
+                "spec": {"containers": [{"name": "listener"}]},
+            }))
+            .unwrap()
+        };
+        let cfg = InjectConfig::new("img");
+        assert!(matches!(
+            mutate(&listener(), &cfg, SidecarMode::Native),
+            Mutation::Inject { .. }
+        ));
+        let mut host = listener();
+        host.spec.as_mut().unwrap().host_network = Some(true);
+        assert_eq!(skip_reason(&host), Some(SkipReason::HostNetwork));
+        assert_eq!(
+            mutate(&host, &cfg, SidecarMode::Native),
+            Mutation::Skip(SkipReason::HostNetwork)
+        );
+        let until: Timestamp = "2025-01-01T01:00:00Z".parse().unwrap();
+        let Mutation::Suspended { until: got, patch } =
+            mutate_suspended(&listener(), &cfg, SidecarMode::Native, Some(until))
+        else {
+            panic!("not suspended");
+        };
+        assert_eq!(got, until);
+        assert_eq!(
+            serde_json::to_value(&patch).unwrap(),
+            serde_json::json!([{"op": "add", "path": "/metadata/annotations",
+                "value": {names::ANNOTATION_POD_SUSPENDED: "2025-01-01T01:00:00Z"}}])
+        );
+        // A pod so marked needs nothing: not even the coverage report.
+        let mut marked = listener();
+        marked.metadata.annotations =
+            Some([(names::ANNOTATION_POD_SUSPENDED.to_owned(), "x".to_owned())].into());
+        assert_eq!(skip_reason(&marked), Some(SkipReason::InjectionSuspended));
+        // Opted-out or not-a-listener pods stay skipped for their own reason.
+        assert_eq!(
+            mutate_suspended(&host, &cfg, SidecarMode::Native, Some(until)),
+            Mutation::Skip(SkipReason::HostNetwork)
         );
     }
 }

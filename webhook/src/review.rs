@@ -1,18 +1,22 @@
 //! The review handler: bytes of an AdmissionReview in, status and bytes of
-//! the answer out. Pure (no I/O, no clock), so the HTTP layer stays thin
-//! and the fuzz target can drive it directly.
+//! the answer out. Pure (no I/O, no clock: the time and the suspensions
+//! are passed in), so the HTTP layer stays thin and the fuzz target can
+//! drive it directly.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use k8s_openapi::api::authentication::v1::UserInfo;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
 use kube::core::admission::Operation;
 use kube::core::{GroupVersionKind, GroupVersionResource};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use serde_json::value::RawValue;
 
-use crate::mutation::{self, Decision, InjectConfig, SidecarMode, SkipReason};
+use crate::mutation::{self, InjectConfig, Mutation, SidecarMode, SkipReason};
+use crate::suspension::{NoSuspensions, Suspensions};
 
 /// API version of the AdmissionReview this webhook speaks.
 pub const ADMISSION_API_VERSION: &str = "admission.k8s.io/v1";
@@ -51,6 +55,12 @@ pub enum ErrorReason {
     NoRequest,
     /// The body is larger than `--max-body-bytes` (HTTP 413).
     TooLarge,
+    /// The body did not arrive, or the review was not handled, within
+    /// `--request-timeout` (HTTP 408).
+    Timeout,
+    /// Buffering the body would have gone over `--max-buffered-bytes`
+    /// (HTTP 503).
+    Overloaded,
     /// The object is not a valid Pod. Allowed without a patch: the API
     /// server will judge the pod itself, and the webhook fails open.
     InvalidPod,
@@ -77,21 +87,11 @@ impl Outcome {
             Self::Error(ErrorReason::InvalidJson) => "invalid_json",
             Self::Error(ErrorReason::NoRequest) => "no_request",
             Self::Error(ErrorReason::TooLarge) => "too_large",
+            Self::Error(ErrorReason::Timeout) => "timeout",
+            Self::Error(ErrorReason::Overloaded) => "overloaded",
             Self::Error(ErrorReason::InvalidPod) => "invalid_pod",
         }
     }
-}
-
-/// The pod whose per-listener RBAC the webhook should ensure (an injected,
-/// non-dry-run CREATE).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RbacTarget {
-    /// The listener pod's namespace.
-    pub namespace: String,
-    /// The listener pod's name (fixed across generations).
-    pub pod_name: String,
-    /// The pod's service account (`default` when unset).
-    pub service_account: String,
 }
 
 /// The answer to one HTTP request on `/mutate`.
@@ -105,8 +105,6 @@ pub struct ReviewResult {
     pub outcome: Outcome,
     /// Request uid, when there was one (for logs).
     pub uid: Option<String>,
-    /// Set when RBAC should be ensured for the admitted pod.
-    pub rbac: Option<RbacTarget>,
 }
 
 /// An `{"error": message}` answer.
@@ -116,7 +114,6 @@ pub fn error_result(status: u16, reason: ErrorReason, message: &str) -> ReviewRe
         body: json!({ "error": message }).to_string().into_bytes(),
         outcome: Outcome::Error(reason),
         uid: None,
-        rbac: None,
     }
 }
 
@@ -145,14 +142,14 @@ struct ReviewIn<O> {
 struct RequestIn<O> {
     uid: String,
     kind: GroupVersionKind,
+    /// The namespace of the object (a pod being created may leave its own
+    /// `metadata.namespace` empty).
+    #[serde(default)]
+    namespace: Option<String>,
     #[serde(rename = "resource")]
     _resource: GroupVersionResource,
     #[serde(default)]
     sub_resource: Option<String>,
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    namespace: Option<String>,
     operation: Operation,
     #[serde(rename = "userInfo")]
     _user_info: UserInfo,
@@ -160,8 +157,6 @@ struct RequestIn<O> {
     /// Never looked at: skipped without being built.
     #[serde(rename = "oldObject")]
     _old_object: Option<IgnoredAny>,
-    #[serde(default)]
-    dry_run: bool,
 }
 
 /// The answer, admission.k8s.io/v1 `AdmissionReview` with a `response`.
@@ -199,7 +194,6 @@ struct Answer {
     patch: Option<String>,
     warnings: Option<Vec<String>>,
     outcome: Outcome,
-    rbac: Option<RbacTarget>,
 }
 
 impl Answer {
@@ -208,7 +202,6 @@ impl Answer {
             patch: None,
             warnings: None,
             outcome,
-            rbac: None,
         }
     }
 
@@ -239,7 +232,6 @@ fn answer(uid: String, answer: Answer) -> ReviewResult {
             body,
             outcome: answer.outcome,
             uid: Some(uid),
-            rbac: answer.rbac,
         },
         // Not reachable with these types; answered rather than panicking.
         Err(err) => error_result(
@@ -250,22 +242,84 @@ fn answer(uid: String, answer: Answer) -> ReviewResult {
     }
 }
 
-/// Handles one `/mutate` body; `mode` is the sidecar mode in force.
-pub fn handle(body: &[u8], cfg: &InjectConfig, mode: SidecarMode) -> ReviewResult {
-    // Fast path: the object read straight into a Pod. Any failure (not
-    // JSON, not a review, an object that is not a valid Pod) is sorted out
-    // by the slow path, which reads the object as a `Value` so that only an
-    // object the checks below reach is judged as a Pod.
-    if let Ok(review) = serde_json::from_slice::<ReviewIn<Pod>>(body) {
-        return review_answer(review, Ok, cfg, mode);
+/// What a review is judged against besides the body and the configuration.
+#[derive(Clone, Copy)]
+pub struct Context<'a> {
+    /// The sidecar mode in force.
+    pub mode: SidecarMode,
+    /// Listeners whose injection is suspended.
+    pub suspensions: &'a dyn Suspensions,
+    /// The time of the review.
+    pub now: Timestamp,
+}
+
+impl std::fmt::Debug for Context<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("mode", &self.mode)
+            .field("now", &self.now)
+            .finish_non_exhaustive()
     }
-    match serde_json::from_slice::<ReviewIn<serde_json::Value>>(body) {
-        Ok(review) => review_answer(review, serde_json::from_value, cfg, mode),
-        Err(err) => error_result(
-            400,
-            ErrorReason::InvalidJson,
-            &format!("body is not an AdmissionReview: {err}"),
+}
+
+/// Handles one `/mutate` body; `mode` is the sidecar mode in force. No
+/// listener is suspended: [`handle_with`] for the webhook's own view.
+pub fn handle(body: &[u8], cfg: &InjectConfig, mode: SidecarMode) -> ReviewResult {
+    handle_with(
+        body,
+        cfg,
+        Context {
+            mode,
+            suspensions: &NoSuspensions,
+            now: Timestamp::UNIX_EPOCH,
+        },
+    )
+}
+
+/// Handles one `/mutate` body in `ctx`.
+pub fn handle_with(body: &[u8], cfg: &InjectConfig, ctx: Context<'_>) -> ReviewResult {
+    // Fast path: the object read straight into a Pod.
+    let err = match serde_json::from_slice::<ReviewIn<Pod>>(body) {
+        Ok(review) => return review_answer(review, Ok, cfg, ctx),
+        Err(err) => err,
+    };
+    // Not JSON, or cut short: a second reading could not change the answer,
+    // so a malformed body costs one pass only.
+    if !err.is_data() {
+        return not_a_review(&err);
+    }
+    // Well-formed JSON that did not fit: either the review itself is wrong
+    // or its object is not a valid Pod. The object is kept as borrowed raw
+    // text, never built into a tree (a `Value` of a crafted body can take
+    // many times the body's size), and only an object the checks below
+    // reach is judged as a Pod.
+    match serde_json::from_slice::<ReviewIn<&RawValue>>(body) {
+        Ok(review) => review_answer(
+            review,
+            |raw: &RawValue| serde_json::from_str(raw.get()),
+            cfg,
+            ctx,
         ),
+        Err(err) => not_a_review(&err),
+    }
+}
+
+fn not_a_review(err: &serde_json::Error) -> ReviewResult {
+    error_result(
+        400,
+        ErrorReason::InvalidJson,
+        &format!("body is not an AdmissionReview: {err}"),
+    )
+}
+
+/// The message of `err` without its position: the position is counted from
+/// the start of the object, not of the body, so it would mislead.
+fn message_without_position(err: &serde_json::Error) -> String {
+    let text = err.to_string();
+    let suffix = format!(" at line {} column {}", err.line(), err.column());
+    match text.strip_suffix(&suffix) {
+        Some(message) => message.to_owned(),
+        None => text,
     }
 }
 
@@ -273,7 +327,7 @@ fn review_answer<O>(
     review: ReviewIn<O>,
     into_pod: impl FnOnce(O) -> Result<Pod, serde_json::Error>,
     cfg: &InjectConfig,
-    mode: SidecarMode,
+    ctx: Context<'_>,
 ) -> ReviewResult {
     let Some(request) = review.request else {
         return error_result(
@@ -305,32 +359,77 @@ fn review_answer<O>(
                 request.uid,
                 Answer::warning(
                     Outcome::Error(ErrorReason::InvalidPod),
-                    format!("arc-watchdog: object is not a valid Pod ({err}); not injected"),
+                    format!(
+                        "arc-watchdog: object is not a valid Pod ({}); not injected",
+                        message_without_position(&err)
+                    ),
                 ),
             );
         }
     };
 
-    match mutation::mutate(&pod, cfg, mode) {
-        Decision::Skip(reason) => answer(
+    // ARC names the listener pod after its AutoscalingListener, and the
+    // suspension is kept per listener.
+    let namespace = pod
+        .metadata
+        .namespace
+        .as_deref()
+        .or(request.namespace.as_deref())
+        .unwrap_or_default();
+    let suspended_until = pod
+        .metadata
+        .name
+        .as_deref()
+        .filter(|name| !name.is_empty() && !namespace.is_empty())
+        .and_then(|name| ctx.suspensions.suspended_until(namespace, name, ctx.now));
+
+    match mutation::mutate_suspended(&pod, cfg, ctx.mode, suspended_until) {
+        Mutation::Skip(SkipReason::HostNetwork) => answer(
+            request.uid,
+            Answer::warning(
+                Outcome::Skipped(Skip::Pod(SkipReason::HostNetwork)),
+                "arc-watchdog: not injected into a hostNetwork listener pod (the watchdog's port \
+                 would be the node's); this listener runs without the watchdog"
+                    .to_owned(),
+            ),
+        ),
+        Mutation::Skip(reason) => answer(
             request.uid,
             Answer::plain(Outcome::Skipped(Skip::Pod(reason))),
         ),
-        Decision::Inject { mode, patch } => match serde_json::to_vec(&patch) {
-            Ok(patch) => {
-                let rbac = (!request.dry_run)
-                    .then(|| rbac_target(&request.name, request.namespace.as_deref(), &pod))
-                    .flatten();
-                answer(
-                    request.uid,
-                    Answer {
-                        patch: Some(BASE64.encode(patch)),
-                        warnings: None,
-                        outcome: Outcome::Injected(mode),
-                        rbac,
-                    },
-                )
-            }
+        Mutation::Suspended { until, patch } => match serde_json::to_vec(&patch) {
+            Ok(patch) => answer(
+                request.uid,
+                Answer {
+                    patch: Some(BASE64.encode(patch)),
+                    warnings: Some(vec![format!(
+                        "arc-watchdog: injection is suspended for this listener until {until} \
+                         (its watchdog kept an earlier pod from starting; see the Lease \
+                         {lease}); admitted without the watchdog",
+                        lease = arc_watchdog_core::names::lease_name(
+                            pod.metadata.name.as_deref().unwrap_or_default()
+                        ),
+                    )]),
+                    outcome: Outcome::Skipped(Skip::Pod(SkipReason::InjectionSuspended)),
+                },
+            ),
+            Err(err) => answer(
+                request.uid,
+                Answer::warning(
+                    Outcome::Error(ErrorReason::InvalidPod),
+                    format!("arc-watchdog: patch not serialisable: {err}"),
+                ),
+            ),
+        },
+        Mutation::Inject { mode, patch } => match serde_json::to_vec(&patch) {
+            Ok(patch) => answer(
+                request.uid,
+                Answer {
+                    patch: Some(BASE64.encode(patch)),
+                    warnings: None,
+                    outcome: Outcome::Injected(mode),
+                },
+            ),
             Err(err) => answer(
                 request.uid,
                 Answer::warning(
@@ -340,38 +439,6 @@ fn review_answer<O>(
             ),
         },
     }
-}
-
-fn rbac_target(
-    request_name: &str,
-    request_namespace: Option<&str>,
-    pod: &Pod,
-) -> Option<RbacTarget> {
-    let pod_name = pod
-        .metadata
-        .name
-        .clone()
-        .filter(|n| !n.is_empty())
-        .or_else(|| Some(request_name.to_owned()).filter(|n| !n.is_empty()))?;
-    let namespace = request_namespace
-        .map(str::to_owned)
-        .filter(|n| !n.is_empty())
-        .or_else(|| pod.metadata.namespace.clone().filter(|n| !n.is_empty()))?;
-    let spec = pod.spec.as_ref();
-    #[allow(deprecated)] // `serviceAccount` is the old alias the API server still fills.
-    let service_account = spec
-        .and_then(|s| {
-            s.service_account_name
-                .clone()
-                .or_else(|| s.service_account.clone())
-        })
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "default".to_owned());
-    Some(RbacTarget {
-        namespace,
-        pod_name,
-        service_account,
-    })
 }
 
 #[cfg(test)]
@@ -425,12 +492,159 @@ mod tests {
             Outcome::Skipped(Skip::Pod(SkipReason::NotListener)),
             Outcome::Skipped(Skip::Pod(SkipReason::OptedOut)),
             Outcome::Skipped(Skip::Pod(SkipReason::AlreadyInjected)),
+            Outcome::Skipped(Skip::Pod(SkipReason::HostNetwork)),
+            Outcome::Skipped(Skip::Pod(SkipReason::InjectionSuspended)),
             Outcome::Error(ErrorReason::InvalidJson),
             Outcome::Error(ErrorReason::NoRequest),
             Outcome::Error(ErrorReason::TooLarge),
+            Outcome::Error(ErrorReason::Timeout),
+            Outcome::Error(ErrorReason::Overloaded),
             Outcome::Error(ErrorReason::InvalidPod),
         ];
         let reasons: std::collections::BTreeSet<_> = all.iter().map(Outcome::reason).collect();
         assert_eq!(reasons.len(), all.len());
+    }
+
+    mod suspended {
+        use super::*;
+        use crate::suspension::{FixedSuspensions, Suspension};
+        use arc_watchdog_core::names;
+        use std::time::Duration;
+
+        const LISTENER_REVIEW: &str = include_str!("../tests/golden/inputs/listener-0.14.2.json");
+        const LISTENER: &str = "arc-runner-set-754b578d-listener";
+
+        fn at(s: &str) -> Timestamp {
+            s.parse().unwrap()
+        }
+
+        fn view(namespace: &str, until: &str) -> FixedSuspensions {
+            FixedSuspensions {
+                by_listener: [(
+                    (namespace.to_owned(), LISTENER.to_owned()),
+                    Suspension {
+                        until: at(until),
+                        reason: "ImagePullBackOff".to_owned(),
+                    },
+                )]
+                .into(),
+                max: Duration::from_secs(3600),
+            }
+        }
+
+        fn review(body: &[u8], suspensions: &dyn Suspensions, now: &str) -> ReviewResult {
+            handle_with(
+                body,
+                &cfg(),
+                Context {
+                    mode: SidecarMode::Native,
+                    suspensions,
+                    now: at(now),
+                },
+            )
+        }
+
+        fn response(r: &ReviewResult) -> serde_json::Value {
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            v["response"].clone()
+        }
+
+        fn patch(r: &ReviewResult) -> serde_json::Value {
+            let b64 = response(r)["patch"].as_str().unwrap().to_owned();
+            serde_json::from_slice(&BASE64.decode(b64).unwrap()).unwrap()
+        }
+
+        #[test]
+        fn a_suspended_listener_is_admitted_without_the_watchdog_marked_and_warned() {
+            let suspensions = view("arc-systems", "2025-01-01T01:00:00Z");
+            let r = review(
+                LISTENER_REVIEW.as_bytes(),
+                &suspensions,
+                "2025-01-01T00:10:00Z",
+            );
+            assert_eq!(r.status, 200);
+            assert_eq!(
+                r.outcome,
+                Outcome::Skipped(Skip::Pod(SkipReason::InjectionSuspended))
+            );
+            assert_eq!(r.outcome.reason(), "injection_suspended");
+            // The only change: the marking annotation.
+            assert_eq!(
+                patch(&r),
+                json!([{
+                    "op": "add",
+                    "path": "/metadata/annotations",
+                    "value": {"arc-watchdog.dev/injection-suspended": "2025-01-01T01:00:00Z"},
+                }])
+            );
+            let warnings = response(&r)["warnings"].clone();
+            let warning = warnings[0].as_str().unwrap();
+            assert!(warning.contains("suspended"), "{warning}");
+            assert!(warning.contains("2025-01-01T01:00:00Z"), "{warning}");
+            assert!(warning.contains(&names::lease_name(LISTENER)), "{warning}");
+        }
+
+        #[test]
+        fn an_ended_or_unrelated_suspension_changes_nothing() {
+            let injected = handle(LISTENER_REVIEW.as_bytes(), &cfg(), SidecarMode::Native);
+            assert_eq!(injected.outcome, Outcome::Injected(SidecarMode::Native));
+            for (suspensions, now) in [
+                // Ended.
+                (
+                    view("arc-systems", "2025-01-01T01:00:00Z"),
+                    "2025-01-01T01:00:00Z",
+                ),
+                // Further away than --suspend-injection-for: not ours.
+                (
+                    view("arc-systems", "2030-01-01T00:00:00Z"),
+                    "2025-01-01T00:00:00Z",
+                ),
+                // Another namespace's listener of the same name.
+                (
+                    view("other", "2025-01-01T01:00:00Z"),
+                    "2025-01-01T00:10:00Z",
+                ),
+            ] {
+                let r = review(LISTENER_REVIEW.as_bytes(), &suspensions, now);
+                assert_eq!(r.outcome, Outcome::Injected(SidecarMode::Native));
+                assert_eq!(r.body, injected.body);
+            }
+        }
+
+        #[test]
+        fn the_requests_namespace_counts_when_the_pod_has_none() {
+            let mut v: serde_json::Value = serde_json::from_str(LISTENER_REVIEW).unwrap();
+            v["request"]["object"]["metadata"]
+                .as_object_mut()
+                .unwrap()
+                .remove("namespace");
+            let body = serde_json::to_vec(&v).unwrap();
+            let suspensions = view("arc-systems", "2025-01-01T01:00:00Z");
+            let r = review(&body, &suspensions, "2025-01-01T00:10:00Z");
+            assert_eq!(
+                r.outcome,
+                Outcome::Skipped(Skip::Pod(SkipReason::InjectionSuspended))
+            );
+        }
+
+        #[test]
+        fn a_host_network_listener_is_skipped_with_a_warning() {
+            let mut v: serde_json::Value = serde_json::from_str(LISTENER_REVIEW).unwrap();
+            v["request"]["object"]["spec"]["hostNetwork"] = json!(true);
+            let body = serde_json::to_vec(&v).unwrap();
+            let r = review(&body, &NoSuspensions, "2025-01-01T00:00:00Z");
+            assert_eq!(
+                r.outcome,
+                Outcome::Skipped(Skip::Pod(SkipReason::HostNetwork))
+            );
+            let resp = response(&r);
+            assert!(resp.get("patch").is_none());
+            assert!(
+                resp["warnings"][0]
+                    .as_str()
+                    .unwrap()
+                    .contains("hostNetwork")
+            );
+        }
     }
 }

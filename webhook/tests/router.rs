@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use arc_watchdog_certs::{Ca, Options, ServingCert};
 use arc_watchdog_webhook::metrics::Metrics;
 use arc_watchdog_webhook::mutation::{InjectConfig, SidecarMode};
-use arc_watchdog_webhook::server::{self, AppState};
+use arc_watchdog_webhook::server::{self, AppState, ServerLimits};
 use arc_watchdog_webhook::tls::{self, CertReloader};
 use arc_watchdog_webhook::version::ModeCell;
 use bytes::Bytes;
@@ -94,6 +94,19 @@ struct Server {
 }
 
 async fn start(secret: &SecretDir, ca: &Ca, max_body: usize) -> Server {
+    let limits = ServerLimits {
+        shutdown_grace: Duration::from_secs(3),
+        ..ServerLimits::default()
+    };
+    start_with(secret, ca, limits, |state| state.max_body_bytes = max_body).await
+}
+
+async fn start_with(
+    secret: &SecretDir,
+    ca: &Ca,
+    limits: ServerLimits,
+    configure: impl FnOnce(&mut AppState),
+) -> Server {
     let metrics = Arc::new(Metrics::new());
     let (reloader, store) = CertReloader::load(&secret.cert(), &secret.key(), &metrics).unwrap();
     tokio::spawn(reloader.run(Duration::from_millis(50), Arc::clone(&metrics)));
@@ -103,7 +116,7 @@ async fn start(secret: &SecretDir, ca: &Ca, max_body: usize) -> Server {
         Arc::new(ModeCell::new(SidecarMode::Native)),
         Arc::clone(&metrics),
     );
-    state.max_body_bytes = max_body;
+    configure(&mut state);
     let app = server::mutate_router(Arc::new(state));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -112,10 +125,11 @@ async fn start(secret: &SecretDir, ca: &Ca, max_body: usize) -> Server {
         listener,
         config,
         app,
+        limits,
+        Arc::clone(&metrics),
         async move {
             let _ = rx.await;
         },
-        Duration::from_secs(3),
     ));
     Server {
         addr,
@@ -433,5 +447,272 @@ async fn certificate_rotation_under_load_drops_nothing() {
         Some(1.0)
     );
     let server = Arc::into_inner(server).expect("clients still hold the server");
+    server.stop().await;
+}
+
+/// A TLS connection to the server, handshake done, nothing sent yet.
+async fn open_tls(
+    server: &Server,
+    alpn: &[&[u8]],
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(server.ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = TcpStream::connect(server.addr).await?;
+    TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+}
+
+/// Waits (bounded) until the metric starting with `line_start` reads `want`.
+async fn await_metric(server: &Server, line_start: &str, want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(server, line_start).unwrap_or(0.0) != want {
+        assert!(
+            Instant::now() < deadline,
+            "{line_start} stayed at {:?}, want {want}",
+            metric(server, line_start)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn limits() -> ServerLimits {
+    ServerLimits {
+        shutdown_grace: Duration::from_secs(3),
+        ..ServerLimits::default()
+    }
+}
+
+#[tokio::test]
+async fn a_request_head_sent_byte_by_byte_is_cut_after_the_header_read_timeout() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let ca = Ca::new(1).unwrap();
+    let secret = SecretDir::new(&ca.issue(&opts()).unwrap());
+    let limits = ServerLimits {
+        header_read_timeout: Duration::from_millis(300),
+        ..limits()
+    };
+    let server = start_with(&secret, &ca, limits, |_| {}).await;
+    let tls = open_tls(&server, &[]).await.unwrap();
+    let (mut read, mut write) = tokio::io::split(tls);
+    let started = Instant::now();
+    // A head that never ends, one byte every 20 ms (slowloris).
+    let dribble = tokio::spawn(async move {
+        let head = b"POST /mutate HTTP/1.1\r\nHost: localhost\r\n";
+        for byte in head.iter().cycle() {
+            if write.write_all(&[*byte]).await.is_err() || write.flush().await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    // The server closes the connection: end of stream or an error.
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), read.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "the slow head was never cut");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(5),
+        "closed after {took:?}"
+    );
+    dribble.abort();
+    assert_eq!(
+        metric(
+            &server,
+            "arc_watchdog_webhook_connection_timeouts_total{phase=\"header\"}"
+        ),
+        Some(1.0)
+    );
+    // Still serving.
+    let a = post(&server, sample("listener-0.14.2.json")).await.unwrap();
+    assert_eq!(a.status, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_refused_and_reviews_resume_after() {
+    let ca = Ca::new(1).unwrap();
+    let secret = SecretDir::new(&ca.issue(&opts()).unwrap());
+    let limits = ServerLimits {
+        max_connections: 4,
+        ..limits()
+    };
+    let server = start_with(&secret, &ca, limits, |_| {}).await;
+    // A finished handshake means the server accepted the connection and
+    // gave it a slot.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(open_tls(&server, &[]).await.unwrap());
+    }
+    await_metric(&server, "arc_watchdog_webhook_open_connections ", 4.0).await;
+    for refused in 1..=3 {
+        let err = post(&server, sample("listener-0.14.2.json"))
+            .await
+            .err()
+            .expect("a connection over the limit was served");
+        assert!(err.contains("handshake"), "{err}");
+        assert_eq!(
+            metric(&server, "arc_watchdog_webhook_connections_refused_total"),
+            Some(f64::from(refused))
+        );
+    }
+    // One client leaves; its slot comes back once the server saw it go.
+    drop(held.pop());
+    await_metric(&server, "arc_watchdog_webhook_open_connections ", 3.0).await;
+    let a = post(&server, sample("listener-0.14.2.json")).await.unwrap();
+    assert_eq!(a.status, 200);
+    let v: Value = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(v["response"]["patchType"], "JSONPatch");
+    drop(held);
+    server.stop().await;
+}
+
+/// A body that sends `chunk` every `every`, `count` times (forever with
+/// `usize::MAX`).
+fn trickle(
+    chunk: &'static [u8],
+    every: Duration,
+    count: usize,
+) -> StreamBody<impl futures::Stream<Item = Result<Frame<Bytes>, std::convert::Infallible>>> {
+    let frames = futures::stream::unfold(0usize, move |sent| async move {
+        if sent == count {
+            return None;
+        }
+        if sent > 0 {
+            tokio::time::sleep(every).await;
+        }
+        Some((Ok(Frame::data(Bytes::from_static(chunk))), sent + 1))
+    });
+    StreamBody::new(frames)
+}
+
+#[tokio::test]
+async fn a_slow_body_is_cut_after_the_request_timeout() {
+    let ca = Ca::new(1).unwrap();
+    let secret = SecretDir::new(&ca.issue(&opts()).unwrap());
+    let server = start_with(&secret, &ca, limits(), |state| {
+        state.request_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let started = Instant::now();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        request(
+            &server,
+            "POST",
+            trickle(b"{", Duration::from_millis(20), usize::MAX),
+        ),
+    )
+    .await
+    .expect("the slow body was never cut")
+    .unwrap();
+    let took = started.elapsed();
+    assert_eq!(answer.status, 408);
+    assert!(took < Duration::from_secs(5), "cut after {took:?}");
+    let v: Value = serde_json::from_slice(&answer.body).unwrap();
+    assert!(v["error"].as_str().unwrap().contains("not complete"), "{v}");
+    assert_eq!(
+        metric(
+            &server,
+            "arc_watchdog_webhook_reviews_total{outcome=\"error\",reason=\"timeout\"}"
+        ),
+        Some(1.0)
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn large_bodies_beyond_the_buffer_budget_get_503_and_reviews_still_pass() {
+    let ca = Ca::new(1).unwrap();
+    let secret = SecretDir::new(&ca.issue(&opts()).unwrap());
+    // 32 KiB for small bodies, 96 KiB for the others.
+    let server = Arc::new(
+        start_with(&secret, &ca, limits(), |state| {
+            state.max_body_bytes = 64 * 1024;
+            state.body_budget = server::BodyBudget::new(128 * 1024);
+            state.request_timeout = Duration::from_secs(3);
+        })
+        .await,
+    );
+    // 40 KiB at once, then nothing: its buffer (64 KiB) stays taken until
+    // the request timeout cuts it.
+    static CHUNK: [u8; 40 * 1024] = [b' '; 40 * 1024];
+    let hog = {
+        let server = Arc::clone(&server);
+        tokio::spawn(async move {
+            request(
+                &server,
+                "POST",
+                trickle(&CHUNK, Duration::from_secs(3600), 2),
+            )
+            .await
+        })
+    };
+    // Another such body finds no room once the first holds its share.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let refused = loop {
+        let a = request(&server, "POST", trickle(&CHUNK, Duration::ZERO, 1))
+            .await
+            .unwrap();
+        if a.status == 503 {
+            break a;
+        }
+        assert_eq!(a.status, 400, "40 KiB of spaces is no review");
+        assert!(Instant::now() < deadline, "the budget was never taken");
+    };
+    let v: Value = serde_json::from_slice(&refused.body).unwrap();
+    assert!(v["error"].as_str().unwrap().contains("buffered"), "{v}");
+    assert_eq!(
+        metric(
+            &server,
+            "arc_watchdog_webhook_reviews_total{outcome=\"error\",reason=\"overloaded\"}"
+        ),
+        Some(1.0)
+    );
+    // A real review meanwhile: small bodies have their own share.
+    let a = post(&server, sample("listener-0.14.2.json")).await.unwrap();
+    assert_eq!(a.status, 200);
+    assert!(!hog.is_finished(), "the hog ended before the review");
+    // The hog is cut at the request timeout and gives its room back.
+    let cut = hog.await.unwrap().unwrap();
+    assert_eq!(cut.status, 408);
+    let a = request(&server, "POST", trickle(&CHUNK, Duration::ZERO, 1))
+        .await
+        .unwrap();
+    assert_eq!(a.status, 400);
+    let server = Arc::into_inner(server).unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn http2_advertises_the_configured_stream_limit() {
+    let ca = Ca::new(1).unwrap();
+    let secret = SecretDir::new(&ca.issue(&opts()).unwrap());
+    let limits = ServerLimits {
+        max_concurrent_streams: 3,
+        ..limits()
+    };
+    let server = start_with(&secret, &ca, limits, |_| {}).await;
+    let tls = open_tls(&server, &[b"h2"]).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (client, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    // One answered request: the server's SETTINGS came before it.
+    let req = http::Request::get("https://localhost/mutate")
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(req, true).unwrap();
+    assert_eq!(response.await.unwrap().status(), 405);
+    assert_eq!(client.current_max_send_streams(), 3);
+    drop(client);
     server.stop().await;
 }

@@ -83,6 +83,12 @@ pub struct RunState {
     pub high_water: Option<Timestamp>,
     /// Content hashes of the lines seen at exactly `high_water`.
     pub seen: Vec<u64>,
+    /// When a watchdog first looked at this run after its start (the first
+    /// input after it): `--established-after` counts from here, so a run
+    /// that started long before anyone watched it is not taken for one
+    /// that held its session all along.
+    #[serde(default)]
+    pub watched_since: Option<Timestamp>,
 }
 
 /// An eviction decided for later (when the backoff ends or the budget frees).
@@ -149,9 +155,90 @@ impl History {
         serde_json::to_string(self).unwrap_or_else(|_| "{}".to_owned())
     }
 
-    /// Removes one eviction recorded at `at`; whether there was one.
-    pub fn remove_eviction(&mut self, at: Timestamp) -> bool {
-        remove_one(&mut self.evictions, at)
+    /// The merge of the `stored` history (another writer's) and `ours`.
+    ///
+    /// Two writers meet on one Lease when an old pod generation's watchdog
+    /// still writes while the new one starts. Nothing either saw may be
+    /// lost: counted conflicts, failed starts and evictions are united (an
+    /// eviction forgotten would overspend the budget), the newer loop state
+    /// wins, and whatever an established session cleared stays cleared.
+    pub fn merge(stored: &History, ours: &History) -> History {
+        let last_established = stored.last_established.max(ours.last_established);
+        let after_session = |t: &Timestamp| last_established.is_none_or(|e| *t > e);
+
+        let mut conflicts = union_sorted(&stored.conflicts, &ours.conflicts);
+        conflicts.retain(after_session);
+        let mut failed: Vec<_> = stored
+            .failed_starts
+            .iter()
+            .chain(ours.failed_starts.iter())
+            .copied()
+            .collect();
+        failed.sort_by_key(|f| (f.at, f.cause.as_str()));
+        failed.dedup();
+        failed.retain(|f| after_session(&f.at));
+        let evictions = union_sorted(&stored.evictions, &ours.evictions);
+
+        let loop_state = match (stored.loop_state, ours.loop_state) {
+            (Some(a), Some(b)) => Some(
+                if (a.last_failure, a.not_before) > (b.last_failure, b.not_before) {
+                    a
+                } else {
+                    b
+                },
+            ),
+            // A loop ended by an established session stays ended.
+            (Some(a), None) | (None, Some(a)) => Some(a).filter(|l| after_session(&l.last_failure)),
+            (None, None) => None,
+        };
+        let run = match (&stored.run, &ours.run) {
+            (Some(a), Some(b)) if a.started > b.started => Some(a.clone()),
+            (_, Some(b)) => Some(b.clone()),
+            (a, None) => a.clone(),
+        };
+        History {
+            version: ours.version.max(stored.version),
+            conflicts,
+            failed_starts: failed,
+            evictions,
+            loop_state,
+            last_established,
+            run,
+            pending_eviction: ours.pending_eviction.or(stored.pending_eviction),
+        }
+    }
+
+    /// Clamps every stored deadline to `now + max_delay` (and the delay to
+    /// `max_delay`). A stored deadline is only as good as the clock of the
+    /// node that wrote it and the `--backoff-max` in force then, and the
+    /// Lease can be written by anything running as the listener's
+    /// ServiceAccount: none of that may hold the start gate longer than
+    /// this watchdog's own longest delay from now. Returns whether anything
+    /// changed.
+    pub fn clamp_deadlines(&mut self, now: Timestamp, max_delay: std::time::Duration) -> bool {
+        let max_ms = u64::try_from(max_delay.as_millis()).unwrap_or(u64::MAX);
+        let latest = jiff::SignedDuration::try_from(max_delay)
+            .ok()
+            .and_then(|d| now.checked_add(d).ok())
+            .unwrap_or(Timestamp::MAX);
+        let mut changed = false;
+        if let Some(l) = &mut self.loop_state {
+            if l.not_before > latest {
+                l.not_before = latest;
+                changed = true;
+            }
+            if l.delay_ms > max_ms {
+                l.delay_ms = max_ms;
+                changed = true;
+            }
+        }
+        if let Some(p) = &mut self.pending_eviction
+            && p.at > latest
+        {
+            p.at = latest;
+            changed = true;
+        }
+        changed
     }
 
     /// Caps every list (a history from an older or foreign writer may be
@@ -171,13 +258,61 @@ impl History {
     }
 }
 
+fn union_sorted<T: Ord + Clone>(a: &[T], b: &[T]) -> Vec<T> {
+    let mut v: Vec<T> = a.iter().chain(b.iter()).cloned().collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
 /// Removes the first `at` from `list`; whether there was one.
-pub(crate) fn remove_one(list: &mut Vec<Timestamp>, at: Timestamp) -> bool {
+pub(super) fn remove_one(list: &mut Vec<Timestamp>, at: Timestamp) -> bool {
     match list.iter().position(|t| *t == at) {
         Some(i) => {
             list.remove(i);
             true
         }
         None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).unwrap()
+    }
+
+    #[test]
+    fn merge_unites_counts_and_keeps_what_a_session_cleared() {
+        let stored = History {
+            conflicts: vec![t(1), t(2)],
+            evictions: vec![t(3)],
+            failed_starts: vec![FailedStart {
+                at: t(2),
+                cause: Cause::SessionConflict,
+            }],
+            ..History::default()
+        };
+        let ours = History {
+            conflicts: vec![t(2), t(5)],
+            evictions: vec![t(6)],
+            ..History::default()
+        };
+        let m = History::merge(&stored, &ours);
+        assert_eq!(m.conflicts, vec![t(1), t(2), t(5)]);
+        assert_eq!(m.evictions, vec![t(3), t(6)]);
+        assert_eq!(m.failed_starts.len(), 1);
+
+        let ours = History {
+            last_established: Some(t(4)),
+            conflicts: vec![t(5)],
+            ..History::default()
+        };
+        let m = History::merge(&stored, &ours);
+        assert_eq!(m.conflicts, vec![t(5)]);
+        assert!(m.failed_starts.is_empty());
+        assert_eq!(m.evictions, vec![t(3)]);
     }
 }

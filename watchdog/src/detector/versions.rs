@@ -56,7 +56,7 @@ pub struct VersionWarning {
 /// `gha-runner-scale-set-0.9.2`) or an image reference
 /// (`ghcr.io/actions/gha-runner-scale-set-controller:0.9.2`, with or
 /// without `@sha256:...`). Pre-release suffixes are ignored.
-pub fn parse_version(s: &str) -> Option<(u32, u32, u32)> {
+pub fn parse_arc_version(s: &str) -> Option<(u32, u32, u32)> {
     let s = s.trim();
     let s = s.split('@').next().unwrap_or(s);
     // An image reference: the tag follows the last ':' after the last '/'.
@@ -85,7 +85,7 @@ pub fn parse_version(s: &str) -> Option<(u32, u32, u32)> {
 /// `None` when there are none or the version cannot be read (`latest`, a
 /// digest only, a custom build): an unknown version is not warned about.
 pub fn version_warning(version_or_image: &str) -> Option<VersionWarning> {
-    let v = parse_version(version_or_image)?;
+    let v = parse_arc_version(version_or_image)?;
     let mut gaps = Vec::new();
     if v.0 == 0 && v.1 == 8 && v.2 <= 1 {
         gaps.push(KnownGap::NoSessionDeleteOnExit);
@@ -115,19 +115,22 @@ mod tests {
 
     #[test]
     fn parses_labels_and_images() {
-        assert_eq!(parse_version("0.9.2"), Some((0, 9, 2)));
-        assert_eq!(parse_version("v0.14.2"), Some((0, 14, 2)));
-        assert_eq!(parse_version("gha-runner-scale-set-0.8.1"), Some((0, 8, 1)));
+        assert_eq!(parse_arc_version("0.9.2"), Some((0, 9, 2)));
+        assert_eq!(parse_arc_version("v0.14.2"), Some((0, 14, 2)));
         assert_eq!(
-            parse_version("ghcr.io/actions/gha-runner-scale-set-controller:0.10.1"),
+            parse_arc_version("gha-runner-scale-set-0.8.1"),
+            Some((0, 8, 1))
+        );
+        assert_eq!(
+            parse_arc_version("ghcr.io/actions/gha-runner-scale-set-controller:0.10.1"),
             Some((0, 10, 1))
         );
         assert_eq!(
-            parse_version("registry:5000/arc/controller:0.9.0-rc1@sha256:abc"),
+            parse_arc_version("registry:5000/arc/controller:0.9.0-rc1@sha256:abc"),
             Some((0, 9, 0))
         );
-        assert_eq!(parse_version("registry:5000/arc/controller"), None);
-        assert_eq!(parse_version("latest"), None);
+        assert_eq!(parse_arc_version("registry:5000/arc/controller"), None);
+        assert_eq!(parse_arc_version("latest"), None);
     }
 
     #[test]

@@ -27,6 +27,40 @@ pub struct EntryKey {
     pub hash: u64,
 }
 
+impl EntryKey {
+    /// Whether this line is seen for the first time, given the newest line
+    /// time seen so far (`high_water`) and the hashes of the lines seen at
+    /// exactly that time (`seen`, at most `max_seen` kept); records it if
+    /// so. A line older than the high-water mark was seen (log streams are
+    /// in time order; a resumed one starts again at a timestamp seen).
+    pub fn first_sighting(
+        self,
+        high_water: &mut Option<Timestamp>,
+        seen: &mut Vec<u64>,
+        max_seen: usize,
+    ) -> bool {
+        match *high_water {
+            Some(hw) if self.at < hw => false,
+            Some(hw) if self.at == hw => {
+                if seen.contains(&self.hash) {
+                    return false;
+                }
+                seen.push(self.hash);
+                if seen.len() > max_seen {
+                    seen.remove(0);
+                }
+                true
+            }
+            _ => {
+                *high_water = Some(self.at);
+                seen.clear();
+                seen.push(self.hash);
+                true
+            }
+        }
+    }
+}
+
 /// One physical line of listener output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry<'a> {

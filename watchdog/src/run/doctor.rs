@@ -14,10 +14,10 @@ use kube::api::{ListParams, LogParams, PostParams, WatchParams};
 use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 
-use super::Identity;
+use super::args::Identity;
 use super::evict::{EvictOutcome, EvictRetry, evict_pod};
 use super::lease::{HISTORY_ANNOTATION, with_history};
-use super::logs::error_text;
+use super::logs::{LogError, error_text};
 use super::pod::{ListenerState, PodView};
 use crate::detector::History;
 use crate::names;
@@ -170,16 +170,21 @@ pub async fn checks(client: &Client, args: &DoctorArgs) -> Vec<Check> {
             timestamps: true,
             ..LogParams::default()
         };
-        let mut stream = pods.log_stream(&id.pod_name, &lp).await?;
+        let mut stream = pods
+            .log_stream(&id.pod_name, &lp)
+            .await
+            .map_err(|e| LogError::from_kube(&e))?;
         let mut buf = Vec::new();
         let _ = stream.read_until(b'\n', &mut buf).await;
-        Ok("log readable".to_owned())
+        Ok::<_, LogError>("log readable".to_owned())
     };
-    let log = match timed(log).await {
-        // 400: the container has not started (the start gate, image pull):
-        // the permission is there.
-        Err(e) if e.starts_with("400 ") => Ok(format!("permitted; container not started: {e}")),
-        other => other,
+    let log = match tokio::time::timeout(STEP_TIMEOUT, log).await {
+        Ok(Ok(v)) => Ok(v),
+        // The container has not started (the start gate, image pull): the
+        // permission is there.
+        Ok(Err(LogError::NotRunning(e))) => Ok(format!("permitted; container not started: {e}")),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {STEP_TIMEOUT:?}")),
     };
     out.push(check("read listener log", log));
 

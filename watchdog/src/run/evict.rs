@@ -8,12 +8,23 @@
 
 use std::time::Duration;
 
-use kube::Client;
+use k8s_openapi::api::core::v1::Pod;
 use kube::core::Status;
+use kube::{Api, Client};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use super::RunArgs;
 use super::backoff::Backoff;
+use super::gate;
+use super::http::Shared;
+use super::pod::{ListenerState, PodView};
+use crate::detector::EvictCause;
+
+/// The log message of an eviction request being sent (logged once per
+/// eviction sent, never for one decided and then found moot or blocked
+/// before sending: tools count it).
+pub const EVICTING_LOG: &str = "evicting the own pod";
 
 /// How a 429 is retried.
 #[derive(Debug, Clone)]
@@ -142,4 +153,127 @@ pub async fn evict_pod(
         }
     }
     EvictOutcome::Blocked { attempts, last }
+}
+
+/// Why a fresh look forbids an eviction.
+pub(crate) enum Fresh {
+    /// The reason is gone (the pod is terminating or replaced, the
+    /// listener runs again): nothing to do.
+    Moot(String),
+    /// The pod could not be read: no eviction on a guess.
+    Unknown(String),
+}
+
+/// Why an eviction for a hung run or a restart during the backoff is moot:
+/// the run the detector judged is not the pod's current listener run (a run
+/// of an earlier pod left open in the Lease, or one that has been replaced).
+pub(crate) fn judged_elsewhere(
+    view: &PodView,
+    cause: EvictCause,
+    judged_run: Option<&str>,
+) -> Option<String> {
+    if !matches!(cause, EvictCause::Hung | EvictCause::RestartedDuringBackoff) {
+        return None;
+    }
+    let current = view
+        .listener
+        .as_ref()
+        .and_then(|l| l.container_id.as_deref());
+    match (judged_run, current) {
+        (Some(judged), Some(current)) if judged == current => None,
+        (judged, current) => Some(format!(
+            "the run judged ({}) is not the pod's current listener run ({})",
+            judged.unwrap_or("none"),
+            current.unwrap_or("none")
+        )),
+    }
+}
+
+/// Re-reads the own pod right before an eviction: an eviction needs a
+/// fresh observation, never a guess. Ok when the pod is still this
+/// generation, not terminating, (for a dead listener) the listener still
+/// dead, and (for a hung run or a restart during the backoff) the run the
+/// detector judged, `judged_run`, is the pod's current listener run.
+pub(crate) async fn fresh_check(
+    pods: &Api<Pod>,
+    args: &RunArgs,
+    listener_container: &str,
+    cause: EvictCause,
+    judged_run: Option<&str>,
+    shared: &Shared,
+) -> Result<(), Fresh> {
+    let pod = match pods.get(&args.identity.pod_name).await {
+        Ok(p) => p,
+        Err(e) => {
+            shared.metrics.api_error(gate::OP_POD_GET);
+            return Err(Fresh::Unknown(format!(
+                "re-reading the pod before evicting: {}",
+                super::logs::error_text(&e)
+            )));
+        }
+    };
+    let view = PodView::from_pod(&pod, listener_container);
+    if args.identity.pod_uid.is_some() && view.uid != args.identity.pod_uid {
+        return Err(Fresh::Moot("the pod is another generation".to_owned()));
+    }
+    if view.terminating {
+        return Err(Fresh::Moot("the pod is already terminating".to_owned()));
+    }
+    if let Some(why) = judged_elsewhere(&view, cause, judged_run) {
+        return Err(Fresh::Moot(why));
+    }
+    if cause == EvictCause::ListenerDead {
+        let dead = view
+            .listener
+            .as_ref()
+            .is_some_and(|l| matches!(l.state, ListenerState::Terminated { .. }));
+        if !dead || !view.alive() {
+            return Err(Fresh::Moot(
+                "the listener is no longer dead in a living pod".to_owned(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::pod::{ListenerState, ListenerView};
+
+    fn view(container_id: Option<&str>) -> PodView {
+        PodView {
+            listener: Some(ListenerView {
+                container_id: container_id.map(str::to_owned),
+                restart_count: 0,
+                state: ListenerState::Running { started_at: None },
+                last_terminated: None,
+                image: None,
+            }),
+            ..PodView::default()
+        }
+    }
+
+    #[test]
+    fn a_hung_or_restarted_run_must_be_the_pods_current_run() {
+        let current = view(Some("containerd://new"));
+        for cause in [EvictCause::Hung, EvictCause::RestartedDuringBackoff] {
+            assert_eq!(
+                judged_elsewhere(&current, cause, Some("containerd://new")),
+                None
+            );
+            let why = judged_elsewhere(&current, cause, Some("containerd://old")).unwrap();
+            assert!(
+                why.contains("containerd://old") && why.contains("containerd://new"),
+                "{why}"
+            );
+            assert!(judged_elsewhere(&current, cause, None).is_some());
+            assert!(judged_elsewhere(&view(None), cause, Some("containerd://old")).is_some());
+        }
+        // A dead listener is checked by its state, not its run.
+        assert_eq!(
+            judged_elsewhere(&current, EvictCause::ListenerDead, Some("containerd://old")),
+            None
+        );
+    }
 }

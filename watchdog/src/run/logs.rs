@@ -7,7 +7,6 @@
 //! last timestamp seen (rounded down to the second, the API's precision),
 //! so lines at or before that timestamp come again and are skipped.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use futures::AsyncBufReadExt;
@@ -27,26 +26,14 @@ use crate::parser::{EntryKey, ListenerEvent, Parser};
 #[derive(Debug, Default, Clone)]
 pub struct ResumeFilter {
     last: Option<Timestamp>,
-    at_last: HashSet<u64>,
+    at_last: Vec<u64>,
 }
 
 impl ResumeFilter {
     /// Whether the line with dedupe `key` is new; records it if so. Lines
     /// without a timestamp cannot be recognised and always pass.
     pub fn accept(&mut self, key: Option<EntryKey>) -> bool {
-        let Some(key) = key else {
-            return true;
-        };
-        match self.last {
-            Some(last) if key.at < last => false,
-            Some(last) if key.at == last => self.at_last.insert(key.hash),
-            _ => {
-                self.last = Some(key.at);
-                self.at_last.clear();
-                self.at_last.insert(key.hash);
-                true
-            }
-        }
+        key.is_none_or(|key| key.first_sighting(&mut self.last, &mut self.at_last, usize::MAX))
     }
 
     /// `sinceTime` for resuming: the last timestamp seen, rounded down to
@@ -84,13 +71,38 @@ pub enum FollowerMsg {
     /// The log call succeeded (the stream is open).
     Connected,
     /// A log call failed; the follower retries after a backoff.
-    Error(String),
+    Error(LogError),
     /// The run's log is complete (the container ended, or another run
     /// replaced it); the follower has stopped.
     Ended {
         /// Container ID of the run.
         container_id: String,
     },
+}
+
+/// Why reading the listener's log failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogError {
+    /// The API server answered 400: the container is not running (not
+    /// started yet, or no longer). Not an API failure.
+    #[error("{0}")]
+    NotRunning(String),
+    /// The log call failed otherwise.
+    #[error("{0}")]
+    Api(String),
+    /// Reading the opened stream failed.
+    #[error("{0}")]
+    Read(String),
+}
+
+impl LogError {
+    /// The failure of a log call.
+    pub fn from_kube(e: &kube::Error) -> Self {
+        match e {
+            kube::Error::Api(s) if s.code == 400 => LogError::NotRunning(error_text(e)),
+            _ => LogError::Api(error_text(e)),
+        }
+    }
 }
 
 /// Settings of a follower.
@@ -204,7 +216,11 @@ pub async fn follow_run(
                 }
             }
             Err(e) => {
-                if tx.send(FollowerMsg::Error(error_text(&e))).await.is_err() {
+                if tx
+                    .send(FollowerMsg::Error(LogError::from_kube(&e)))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -240,7 +256,7 @@ async fn read_stream(
     container_id: &str,
     filter: &mut ResumeFilter,
     tx: &mpsc::Sender<FollowerMsg>,
-) -> Result<usize, String> {
+) -> Result<usize, LogError> {
     let mut stream = stream;
     // A fresh parser per stream: an unfinished line of a dropped stream is
     // sent again in full after the reconnect.
@@ -249,7 +265,7 @@ async fn read_stream(
     loop {
         let chunk = match stream.fill_buf().await {
             Ok(c) => c,
-            Err(e) => return Err(format!("reading the log stream: {e}")),
+            Err(e) => return Err(LogError::Read(format!("reading the log stream: {e}"))),
         };
         if chunk.is_empty() {
             return Ok(sent);
@@ -290,7 +306,7 @@ pub async fn read_log_once(
     container_id: &str,
     since: Option<Timestamp>,
     tail_lines: i64,
-) -> Result<Vec<LogLine>, String> {
+) -> Result<Vec<LogLine>, LogError> {
     let params = LogParams {
         container: Some(container.to_owned()),
         follow: false,
@@ -302,7 +318,7 @@ pub async fn read_log_once(
     let mut stream = api
         .log_stream(pod, &params)
         .await
-        .map_err(|e| error_text(&e))?;
+        .map_err(|e| LogError::from_kube(&e))?;
     let mut parser = Parser::new();
     let mut lines = Vec::new();
     let to_line = |entry: crate::parser::Entry<'_>| LogLine {
@@ -316,7 +332,7 @@ pub async fn read_log_once(
         let chunk = stream
             .fill_buf()
             .await
-            .map_err(|e| format!("reading the log: {e}"))?;
+            .map_err(|e| LogError::Read(format!("reading the log: {e}")))?;
         if chunk.is_empty() {
             break;
         }

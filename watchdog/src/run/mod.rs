@@ -7,6 +7,7 @@
 //! next wake-up and shutdown. Everything that waits on the API server runs
 //! in its own task, so the loop never blocks and `/healthz` stays honest.
 
+mod args;
 pub mod backoff;
 pub mod doctor;
 pub mod events;
@@ -15,109 +16,29 @@ pub mod gate;
 pub mod http;
 pub mod lease;
 pub mod logs;
-pub mod merge;
 pub mod metrics;
 pub mod pod;
 pub mod sidecar;
 
-use std::net::SocketAddr;
-use std::time::Duration;
-
-use clap::{Args, ValueEnum};
-
 use crate::names;
-use crate::settings::{Thresholds, parse_duration};
 
+pub use args::{Identity, LogOutput, RunArgs};
 pub use doctor::{DoctorArgs, doctor};
 pub use sidecar::{Started, start};
 
-/// Who the sidecar is: its own pod (from the downward API).
-#[derive(Debug, Clone, PartialEq, Eq, Args)]
-pub struct Identity {
-    /// Name of the own pod (the listener pod). Required: without it `run`
-    /// only serves its endpoints and fails open.
-    #[arg(long, env = names::ENV_POD_NAME, default_value = "")]
-    pub pod_name: String,
-
-    /// Namespace of the own pod. Required, like `--pod-name`.
-    #[arg(long, env = names::ENV_POD_NAMESPACE, default_value = "")]
-    pub pod_namespace: String,
-
-    /// UID of the own pod: evictions carry it as a precondition, so a newer
-    /// pod with the same name is never evicted by mistake.
-    #[arg(long, env = names::ENV_POD_UID)]
-    pub pod_uid: Option<String>,
-}
-
-/// Format of the sidecar's own logs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// One JSON object per line (default).
-    Json,
-    /// Human-readable text.
-    Text,
-}
-
-/// Flags of `arc-watchdog run`.
-#[derive(Debug, Clone, Args)]
-pub struct RunArgs {
-    /// The own pod.
-    #[command(flatten)]
-    pub identity: Identity,
-
-    /// The detector's thresholds.
-    #[command(flatten)]
-    pub thresholds: Thresholds,
-
-    /// Address of the HTTP endpoints (/healthz, /readyz, /startz, /metrics).
-    #[arg(long, env = "ARC_WATCHDOG_LISTEN", default_value = "0.0.0.0:9102")]
-    pub listen: SocketAddr,
-
-    /// Name of the listener container to follow.
-    #[arg(long, env = "ARC_WATCHDOG_LISTENER_CONTAINER", default_value = names::LISTENER_CONTAINER)]
-    pub listener_container: String,
-
-    /// How long the watchdog may be blind (API server unreachable, RBAC
-    /// missing, history not loaded) before it opens the start gate anyway.
-    #[arg(long, env = "ARC_WATCHDOG_FAIL_OPEN_GRACE", default_value = "20s", value_parser = parse_duration)]
-    pub fail_open_grace: Duration,
-
-    /// Lease holding the history [default: arc-watchdog-$POD_NAME].
-    #[arg(long, env = "ARC_WATCHDOG_LEASE_NAME")]
-    pub lease_name: Option<String>,
-
-    /// Format of the watchdog's own logs (stdout).
-    #[arg(
-        long,
-        env = "ARC_WATCHDOG_LOG_FORMAT",
-        value_enum,
-        default_value = "json"
-    )]
-    pub log_format: LogFormat,
-}
-
-impl RunArgs {
-    /// The Lease name in force.
-    pub fn lease_name(&self) -> String {
-        self.lease_name
-            .clone()
-            .unwrap_or_else(|| names::lease_name(&self.identity.pod_name))
-    }
-}
-
 /// Installs the tracing subscriber (JSON or text on stdout, filter from
 /// `RUST_LOG`, default `info`). A second call is a no-op.
-pub fn init_logging(format: LogFormat) {
+pub fn init_logging(format: LogOutput) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let _ = match format {
-        LogFormat::Json => builder
+        LogOutput::Json => builder
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogOutput::Text => builder.try_init(),
     };
 }
 
@@ -163,8 +84,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let started = start(args, client, cancel.clone()).await?;
     tracing::info!(addr = %started.addr, "listening");
-    shutdown_signal().await;
-    tracing::info!("shutting down");
+    tokio::select! {
+        () = shutdown_signal() => tracing::info!("shutting down"),
+        // The sidecar ends itself only to step aside (see
+        // `pod::run_as_plain_init`): exit 0, so that the listener starts.
+        () = cancel.cancelled() => tracing::info!("stepping aside"),
+    }
     cancel.cancel();
     // Everything watches `cancel`; do not let a slow task hold the exit.
     let _ = tokio::time::timeout(sidecar::SHUTDOWN_BUDGET, started.task).await;

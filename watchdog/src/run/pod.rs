@@ -61,6 +61,12 @@ pub struct PodView {
     pub owner: Option<ObjectReference>,
     /// The listener container, if present in the spec or status.
     pub listener: Option<ListenerView>,
+    /// The watchdog was admitted as a native sidecar: an init container
+    /// with `restartPolicy: Always`.
+    pub native_sidecar: bool,
+    /// The listener waits for the init containers to finish (`waiting`,
+    /// reason `PodInitializing`).
+    pub listener_initializing: bool,
 }
 
 impl PodView {
@@ -101,7 +107,18 @@ impl PodView {
             }),
             None => None,
         };
+        let native_sidecar = pod.spec.as_ref().is_some_and(|s| {
+            s.init_containers.iter().flatten().any(|c| {
+                c.name == names::CONTAINER_NAME && c.restart_policy.as_deref() == Some("Always")
+            })
+        });
+        let listener_initializing = cs
+            .and_then(|c| c.state.as_ref())
+            .and_then(|s| s.waiting.as_ref())
+            .is_some_and(|w| w.reason.as_deref() == Some("PodInitializing"));
         Self {
+            native_sidecar,
+            listener_initializing,
             uid: meta.uid.clone(),
             phase: status.and_then(|s| s.phase.clone()),
             terminating: meta.deletion_timestamp.is_some(),
@@ -123,6 +140,24 @@ impl PodView {
             && !matches!(self.phase.as_deref(), Some("Succeeded") | Some("Failed"))
             && self.reason.as_deref() != Some("Evicted")
     }
+}
+
+/// Whether the kubelet runs the watchdog as a plain init container: it was
+/// admitted as a native sidecar, its start gate has been open for `bound`,
+/// and the listener still waits for the init containers. A kubelet that
+/// runs native sidecars starts the listener within seconds of the gate
+/// opening; one that does not (older than 1.29, or 1.28 without the
+/// `SidecarContainers` gate) waits for the watchdog to exit, forever.
+pub fn run_as_plain_init(
+    view: &PodView,
+    gate_open_since: Option<Timestamp>,
+    now: Timestamp,
+    bound: std::time::Duration,
+) -> bool {
+    view.native_sidecar
+        && view.listener_initializing
+        && view.alive()
+        && gate_open_since.is_some_and(|since| super::gate::elapsed(since, now) >= bound)
 }
 
 fn state_of(s: Option<&k8s_openapi::api::core::v1::ContainerState>) -> ListenerState {

@@ -13,6 +13,21 @@ pub const ANNOTATION_INJECT: &str = "arc-watchdog.dev/inject";
 /// (`native` or `classic`).
 pub const ANNOTATION_INJECTED: &str = "arc-watchdog.dev/injected";
 
+/// Annotation on a per-listener Lease while the webhook injects no watchdog
+/// into that listener's pods: the RFC 3339 time the suspension ends. Set by
+/// the webhook when a watchdog kept its listener from starting.
+pub const ANNOTATION_SUSPENDED_UNTIL: &str = "arc-watchdog.dev/injection-suspended-until";
+
+/// Annotation beside [`ANNOTATION_SUSPENDED_UNTIL`] on the Lease: why
+/// injection is suspended (what kept the watchdog from starting).
+pub const ANNOTATION_SUSPENDED_REASON: &str = "arc-watchdog.dev/injection-suspended-reason";
+
+/// Annotation the webhook adds to a listener pod it admitted without the
+/// watchdog because injection is suspended for its listener: the RFC 3339
+/// time the suspension ends. Marks the pod for good, so that nothing takes
+/// it for a missed injection.
+pub const ANNOTATION_POD_SUSPENDED: &str = "arc-watchdog.dev/injection-suspended";
+
 /// Name of the injected container (init container in native mode).
 pub const CONTAINER_NAME: &str = "arc-watchdog";
 
@@ -68,15 +83,59 @@ pub const ENV_POD_NAMESPACE: &str = "POD_NAMESPACE";
 /// See [`ENV_POD_NAME`].
 pub const ENV_POD_UID: &str = "POD_UID";
 
+/// Prefix of the per-listener objects' names. arc-watchdog's own objects
+/// (from `manifests/`) never contain a dot, so a per-listener name cannot
+/// be one of them, whatever the listener is called.
+pub const PER_LISTENER_PREFIX: &str = "arc-watchdog.";
+
+/// Label on the per-listener objects naming their listener (the
+/// AutoscalingListener and its pod share the name).
+pub const LISTENER_LABEL: &str = "arc-watchdog.dev/listener";
+
 /// Name of the per-listener Lease that remembers conflicts, evictions and
-/// the current backoff across pod generations. ARC keeps the listener pod's
-/// name fixed across generations, so the Lease name is stable too.
+/// the current backoff across pod generations. ARC names the listener pod
+/// after its AutoscalingListener and keeps the name across generations, so
+/// the Lease name is stable too.
 pub fn lease_name(listener_pod: &str) -> String {
-    format!("arc-watchdog-{listener_pod}")
+    format!("{PER_LISTENER_PREFIX}{listener_pod}")
 }
 
 /// Name of the per-listener Role and RoleBinding that let the watchdog read,
 /// watch and evict its own pod and update its own Lease.
 pub fn rbac_name(listener_pod: &str) -> String {
-    format!("arc-watchdog-{listener_pod}")
+    format!("{PER_LISTENER_PREFIX}{listener_pod}")
+}
+
+/// The listener a per-listener object belongs to, from its name; `None`
+/// for any other name.
+pub fn listener_of(object_name: &str) -> Option<&str> {
+    object_name
+        .strip_prefix(PER_LISTENER_PREFIX)
+        .filter(|l| !l.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_listener_names_round_trip_and_never_name_own_objects() {
+        assert_eq!(
+            lease_name("set-abc-listener"),
+            "arc-watchdog.set-abc-listener"
+        );
+        assert_eq!(
+            rbac_name("set-abc-listener"),
+            lease_name("set-abc-listener")
+        );
+        assert_eq!(listener_of(&lease_name("x-listener")), Some("x-listener"));
+        assert_eq!(listener_of("arc-watchdog-webhook"), None);
+        assert_eq!(listener_of(PER_LISTENER_PREFIX), None);
+        // Whatever a listener is called, its objects' names hold a dot and
+        // arc-watchdog's own names do not.
+        for own in ["arc-watchdog", "arc-watchdog-webhook", "arc-watchdog-ca"] {
+            assert_ne!(rbac_name("webhook"), own);
+            assert!(!own.contains('.'));
+        }
+    }
 }

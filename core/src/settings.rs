@@ -73,6 +73,14 @@ pub struct Thresholds {
     #[arg(long, env = "ARC_WATCHDOG_EVICTION_WINDOW", default_value = "1h", value_parser = parse_duration)]
     pub eviction_window: Duration,
 
+    /// A run that has been up this long without failing counts as having
+    /// its session, whatever it logged: a listener at log level `warn` never
+    /// prints the info line that marks its session, and its loop would
+    /// otherwise never end. Longer than any listener takes to fail a start
+    /// (the legacy listener retries a conflict in place for up to 7.5 min).
+    #[arg(long, env = "ARC_WATCHDOG_ESTABLISHED_AFTER", default_value = "10m", value_parser = parse_duration)]
+    pub established_after: Duration,
+
     /// Opt-in: a listener that writes nothing for this long is hung and is
     /// evicted. Off unless set.
     #[arg(long, env = "ARC_WATCHDOG_HUNG_AFTER", value_parser = parse_duration)]
@@ -94,6 +102,7 @@ impl Default for Thresholds {
             duplicate_after_caps: 3,
             eviction_budget: 3,
             eviction_window: Duration::from_secs(60 * 60),
+            established_after: Duration::from_secs(10 * 60),
             hung_after: None,
             dry_run: false,
         }
@@ -118,6 +127,9 @@ impl Thresholds {
         }
         if self.eviction_window.is_zero() {
             return Err("--eviction-window must be greater than zero".to_owned());
+        }
+        if self.established_after.is_zero() {
+            return Err("--established-after must be greater than zero".to_owned());
         }
         Ok(())
     }
@@ -146,6 +158,10 @@ impl Thresholds {
             format!(
                 "--eviction-window={}",
                 format_duration(self.eviction_window)
+            ),
+            format!(
+                "--established-after={}",
+                format_duration(self.established_after)
             ),
         ];
         if let Some(hung) = self.hung_after {

@@ -1,0 +1,173 @@
+//! Every text the detector puts in a decision (the Kubernetes Event's
+//! message and the log's `detail`), each written once.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+use super::{Cause, EvictCause, FailedStart};
+use crate::settings::format_duration;
+
+fn fmt_ms(ms: u64) -> String {
+    format_duration(Duration::from_millis(ms))
+}
+
+/// `SessionConflict`: one more conflict of the current streak.
+pub(super) fn session_conflict(n: usize, threshold: u32, window: Duration) -> String {
+    format!(
+        "session conflict: {n} of {threshold} within {} with no session in between",
+        format_duration(window)
+    )
+}
+
+/// `ConflictLoopDetected`.
+pub(super) fn conflict_loop(conflicts: usize, window: Duration) -> String {
+    format!(
+        "session-conflict loop: {conflicts} session conflicts within {} with no session in between; {}",
+        format_duration(window),
+        Cause::SessionConflict.advice()
+    )
+}
+
+/// `CrashLoopDetected`: `fails` died before their session, the latest of `cause`.
+pub(super) fn crash_loop(fails: &[FailedStart], cause: Cause, window: Duration) -> String {
+    let mut causes = String::new();
+    for (i, f) in fails.iter().enumerate() {
+        let _ = write!(
+            causes,
+            "{}{}",
+            if i > 0 { ", " } else { "" },
+            f.cause.as_str()
+        );
+    }
+    format!(
+        "start-up crash loop ({}): {} runs within {} died before getting a session (causes: {causes}); {}",
+        cause.as_str(),
+        fails.len(),
+        format_duration(window),
+        cause.advice()
+    )
+}
+
+/// A loop's Event when it was found in a merged history.
+pub(super) fn found_in_merge(message: &str, since: Timestamp, until: Timestamp) -> String {
+    format!(
+        "{message} (found in the merged history: the loop began at {since}, its delay runs until {until})"
+    )
+}
+
+/// `DuplicateScaleSetSuspected`.
+pub(super) fn duplicate_suspected(waited_ms: u64, max_ms: u64, newly: bool) -> String {
+    format!(
+        "the session conflict persisted through {} of delayed starts (up to {} apart){}: \
+         likely the same scale set name is registered by a second installation (another \
+         cluster or namespace in the same runner group), or GitHub has an incident; \
+         restarting cannot fix either, so the watchdog keeps the capped delay and stops evicting",
+        fmt_ms(waited_ms),
+        fmt_ms(max_ms),
+        if newly { "" } else { " (still)" }
+    )
+}
+
+/// `ListenerRecovered`.
+pub(super) fn recovered(cause: Cause, since: Timestamp) -> String {
+    format!(
+        "the listener got its message session; the {} loop (since {since}) is over and the backoff is reset",
+        cause.as_str()
+    )
+}
+
+/// `ListenerStartDelayed`.
+pub(super) fn delay_start(cause: Cause, delay_ms: u64, until: Timestamp) -> String {
+    format!(
+        "{} loop: delaying the listener's next start by {} (until {until})",
+        cause.as_str(),
+        fmt_ms(delay_ms)
+    )
+}
+
+/// `DryRunStartDelay`, `DryRunEviction`: what would have been done.
+pub(super) fn dry_run(message: &str) -> String {
+    format!("dry run, not acting: {message}")
+}
+
+/// The eviction of a listener that restarted in place during the backoff.
+pub(super) fn restarted_during_backoff(not_before: Timestamp) -> String {
+    format!(
+        "the listener restarted in place during the backoff (next start was due at {not_before}): \
+         evicting so that a new pod waits at the start gate"
+    )
+}
+
+fn exit_code(code: Option<i32>) -> String {
+    code.map_or_else(|| "unknown".to_owned(), |c| c.to_string())
+}
+
+/// `ListenerDead`: evicted when the backoff ends at `at`, if still dead.
+pub(super) fn dead_until_backoff_ends(code: Option<i32>, at: Timestamp) -> String {
+    format!(
+        "the listener terminated (exit code {}) while its pod lives on; \
+         the pod is to be evicted when the backoff ends at {at}, if the listener is still dead then",
+        exit_code(code)
+    )
+}
+
+/// The eviction of a dead listener whose pod lives on.
+pub(super) fn dead_evicted_now(code: Option<i32>) -> String {
+    format!(
+        "the listener terminated (exit code {}) while its pod lives on \
+         (nothing else would replace it): evicting the pod",
+        exit_code(code)
+    )
+}
+
+/// An eviction decided earlier whose time has come.
+pub(super) fn pending_eviction_due(cause: EvictCause) -> String {
+    match cause {
+        EvictCause::ListenerDead => {
+            "the listener terminated earlier while its pod lives on; the wait is over: evicting the pod"
+                .to_owned()
+        }
+        other => format!("evicting the pod ({})", other.as_str()),
+    }
+}
+
+fn hung(after: Duration, since: Timestamp) -> String {
+    format!(
+        "the listener wrote nothing for {} (since {since}): hung",
+        format_duration(after)
+    )
+}
+
+/// `ListenerHung`. Published at once: it must not claim an eviction that
+/// may still be refused, found moot or over budget (only the accepted
+/// eviction's `ListenerEvicted` says it happened).
+pub(super) fn hung_report(after: Duration, since: Timestamp) -> String {
+    format!("{}; the pod is to be evicted", hung(after, since))
+}
+
+/// The eviction of a hung listener.
+pub(super) fn hung_evicted(after: Duration, since: Timestamp) -> String {
+    format!("{}, evicting the pod", hung(after, since))
+}
+
+/// `EvictionBudgetExhausted`.
+pub(super) fn budget_exhausted(
+    cause: EvictCause,
+    evictions: usize,
+    budget: usize,
+    window: Duration,
+    free_at: Timestamp,
+) -> String {
+    let next = if budget == 0 {
+        "evictions are disabled (budget 0)".to_owned()
+    } else {
+        format!("next possible at {free_at}")
+    };
+    format!(
+        "not evicting ({}): {evictions} evictions within {} already (budget {budget}); {next}",
+        cause.as_str(),
+        format_duration(window)
+    )
+}
