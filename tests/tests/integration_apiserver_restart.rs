@@ -1,7 +1,8 @@
-//! Scenario S5 against the real kube-apiserver and etcd: the API
-//! server goes away while the watchdog follows its listener's log through it
-//! (pods/log, follow, from the fake node's kubelet endpoint) and comes back
-//! on the same address with the same etcd.
+//! The watchdog through API server outages, on the real kube-apiserver
+//! and etcd: the API server goes away while the watchdog follows its
+//! listener's log through it (pods/log, follow, from the fake node's
+//! kubelet endpoint) and comes back on the same address with the same
+//! etcd.
 //!
 //! - A short outage (shorter than `--fail-open-grace`): nothing is evicted,
 //!   the watchdog never fails open, and it resumes following: the conflict
@@ -30,6 +31,7 @@ use arc_watchdog_tests::control_plane::{
     metric_value,
 };
 use arc_watchdog_tests::node::{FakeNode, LogQuery};
+use arc_watchdog_tests::per_listener;
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
@@ -181,6 +183,7 @@ impl Listener {
             .create_listener(LISTENER_NAMESPACE, scale_set)
             .await
             .unwrap();
+        per_listener::wait_for_pod(&client, &pod).await.unwrap();
         let name = pod.metadata.name.clone().unwrap();
         let uid = pod.metadata.uid.clone().unwrap();
         node.run_pod(LISTENER_NAMESPACE, &name).await.unwrap();

@@ -30,7 +30,7 @@ async fn manifests_apply_server_side_and_are_stored() {
     let hooks = mwc.webhooks.unwrap();
     assert_eq!(hooks.len(), 1);
     assert_eq!(hooks[0].failure_policy.as_deref(), Some("Ignore"));
-    assert_eq!(hooks[0].side_effects, "NoneOnDryRun");
+    assert_eq!(hooks[0].side_effects, "None");
     let deploy = Api::<Deployment>::namespaced(client.clone(), WEBHOOK_NAMESPACE)
         .get("arc-watchdog-webhook")
         .await

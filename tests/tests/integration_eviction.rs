@@ -11,6 +11,7 @@ use std::time::Duration;
 use arc_watchdog::run::evict::{EvictOutcome, EvictRetry, evict_pod};
 use arc_watchdog_tests::control_plane::{ControlPlane, LISTENER_NAMESPACE, eventually};
 use arc_watchdog_tests::node::FakeNode;
+use arc_watchdog_tests::per_listener;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, Patch, PatchParams};
@@ -55,6 +56,8 @@ async fn eviction_is_retried_while_a_pdb_blocks_and_succeeds_when_it_allows() {
         .await
         .unwrap();
     let pod = cp.create_listener(ns, "evict-me").await.unwrap();
+    // The watchdog's rights come from its AutoscalingListener.
+    per_listener::wait_for_pod(&admin, &pod).await.unwrap();
     let name = pod.metadata.name.clone().unwrap();
     let uid = pod.metadata.uid.clone().unwrap();
     node.run_pod(ns, &name).await.unwrap();

@@ -10,11 +10,13 @@ use std::time::{Duration, Instant};
 
 use arc_watchdog::names;
 use arc_watchdog_tests::control_plane::{
-    ControlPlane, LISTENER_NAMESPACE, Webhook, listener_name, listener_pod, watchdog_container,
+    ControlPlane, LISTENER_NAMESPACE, Webhook, eventually, listener_name, listener_pod,
+    metric_value, watchdog_container,
 };
+use arc_watchdog_tests::per_listener;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Container, Pod};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::core::v1::{Container, Node, Pod};
+use k8s_openapi::api::rbac::v1::Role;
 use kube::Resource as _;
 use kube::api::{Api, PostParams};
 use tokio::sync::{Mutex, MutexGuard};
@@ -195,35 +197,30 @@ fn assert_listener_untouched(pod: &Pod, sent: &Pod) {
 async fn assert_per_listener_rbac(cp: &ControlPlane, pod: &Pod) {
     let client = cp.admin_client().await.unwrap();
     let ns = pod.metadata.namespace.as_deref().unwrap();
-    let name = names::rbac_name(pod.metadata.name.as_deref().unwrap());
-    let owner_uid = cp.webhook_config_uid().await.unwrap();
-    let role = Api::<Role>::namespaced(client.clone(), ns)
-        .get(&name)
+    let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(owner.kind, "AutoscalingListener");
+    let objects = per_listener::wait_for_objects(&client, ns, &owner.name, &owner.uid)
         .await
         .unwrap();
-    let binding = Api::<RoleBinding>::namespaced(client.clone(), ns)
-        .get(&name)
-        .await
-        .unwrap();
-    let lease = Api::<Lease>::namespaced(client.clone(), ns)
-        .get(&names::lease_name(pod.metadata.name.as_deref().unwrap()))
-        .await
-        .unwrap();
+    let (role, binding, lease) = (objects.role, objects.binding, objects.lease);
     for meta in [role.meta(), binding.meta(), lease.meta()] {
         let labels = meta.labels.clone().unwrap_or_default();
         assert_eq!(
             labels.get(names::MANAGED_BY_LABEL).map(String::as_str),
             Some(names::MANAGED_BY_VALUE)
         );
-        let owners = meta.owner_references.clone().unwrap_or_default();
-        assert!(
-            owners
-                .iter()
-                .any(|o| o.uid == owner_uid && o.kind == "MutatingWebhookConfiguration"),
-            "{:?} owned by the webhook configuration: {owners:?}",
-            meta.name
+        assert_eq!(
+            meta.name.as_deref(),
+            Some(names::rbac_name(pod.metadata.name.as_deref().unwrap()).as_str()),
+            "named after the listener, which the pod is named after"
         );
     }
+    assert_eq!(
+        role.rules,
+        Some(arc_watchdog_webhook::rbac::role_rules(
+            pod.metadata.name.as_deref().unwrap()
+        ))
+    );
     let sa = pod
         .spec
         .as_ref()
@@ -339,11 +336,49 @@ async fn listener_pod_gets_a_classic_sidecar_when_asked() {
     assert_per_listener_rbac(cp, &pod).await;
 }
 
+/// Registers a Linux Node whose kubelet reports `kubelet_version` (no
+/// kubelet runs behind it: only its status is read).
+async fn register_node(cp: &ControlPlane, name: &str, kubelet_version: &str) {
+    let node: Node = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {"kubernetes.io/os": "linux"}},
+        "status": {"nodeInfo": {
+            "kubeletVersion": kubelet_version, "operatingSystem": "linux", "architecture": "amd64",
+            "bootID": "", "containerRuntimeVersion": "", "kernelVersion": "", "kubeProxyVersion": "",
+            "machineID": "", "osImage": "", "systemUUID": "",
+        }},
+    }))
+    .unwrap();
+    let nodes: Api<Node> = Api::all(cp.admin_client().await.unwrap());
+    if nodes.get_opt(name).await.unwrap().is_none() {
+        nodes.create(&PostParams::default(), &node).await.unwrap();
+    }
+}
+
+/// Waits until the webhook's `native_sidecars` gauge reads `native`.
+async fn mode_becomes(webhook: &Webhook, native: bool) {
+    let want = f64::from(u8::from(native));
+    eventually(
+        Duration::from_secs(30),
+        "the webhook's sidecar mode",
+        || async {
+            let text = webhook.metrics().await.ok()?;
+            (metric_value(&text, "arc_watchdog_webhook_native_sidecars", &[])? == want)
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn auto_mode_picks_native_on_a_1_34_api_server_and_the_stored_pod_keeps_it() {
     // `auto` starts out classic and turns native only when the API server's
-    // /version says 1.29 or newer: a native pod here proves it asked.
-    let (cp, _guard) = setup(Some(&["--sidecar-mode=auto"])).await;
+    // /version and every Linux node's kubelet say 1.29 or newer: a native
+    // pod here proves it asked both.
+    let (cp, guard) = setup(Some(&["--sidecar-mode=auto"])).await;
+    register_node(cp, "auto-kubelet-1-34", "v1.34.4").await;
+    mode_becomes(&guard.as_ref().unwrap().2, true).await;
     let created = cp
         .create_listener(LISTENER_NAMESPACE, "auto-native")
         .await
@@ -357,6 +392,34 @@ async fn auto_mode_picks_native_on_a_1_34_api_server_and_the_stored_pod_keeps_it
         .await
         .unwrap();
     assert_native(&stored);
+}
+
+#[tokio::test]
+async fn auto_mode_is_classic_while_a_linux_kubelet_is_older_than_1_29() {
+    // A 1.34 API server with a 1.28 node (upgrades do the control plane
+    // first): a native sidecar on that node would never let its listener
+    // start, so every listener gets a classic one until the node is gone.
+    let (cp, guard) = setup(Some(&["--sidecar-mode=auto"])).await;
+    let webhook = &guard.as_ref().unwrap().2;
+    register_node(cp, "auto-kubelet-1-34", "v1.34.4").await;
+    register_node(cp, "auto-kubelet-1-28", "v1.28.15").await;
+    mode_becomes(webhook, false).await;
+    let pod = cp
+        .create_listener(LISTENER_NAMESPACE, "auto-old-node")
+        .await
+        .unwrap();
+    assert_classic(&pod);
+
+    Api::<Node>::all(cp.admin_client().await.unwrap())
+        .delete("auto-kubelet-1-28", &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+    mode_becomes(webhook, true).await;
+    let pod = cp
+        .create_listener(LISTENER_NAMESPACE, "auto-node-gone")
+        .await
+        .unwrap();
+    assert_native(&pod);
 }
 
 #[tokio::test]

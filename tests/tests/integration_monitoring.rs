@@ -7,7 +7,10 @@
 //!   field validation, next to the rest of the install;
 //! - and every `arc_watchdog_*` series an alert reads (as Prometheus's PromQL
 //!   parser finds them) is one the running watchdog or webhook exports on
-//!   `/metrics`.
+//!   `/metrics`;
+//! - Grafana: every query of the dashboard (panels and variables) is PromQL
+//!   that Prometheus's parser accepts and reads only series the binaries'
+//!   registries export (and Prometheus's own `up`).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is the failure report
 
 use std::collections::BTreeSet;
@@ -21,6 +24,7 @@ use arc_watchdog_tests::control_plane::{
     eventually, go_tool, metric_value, workspace_root,
 };
 use arc_watchdog_tests::node::FakeNode;
+use arc_watchdog_tests::per_listener;
 use arc_watchdog_webhook::mutation::SidecarMode;
 use arc_watchdog_webhook::review::Outcome;
 use kube::api::{Api, DynamicObject};
@@ -122,6 +126,215 @@ fn prometheus_rejects_broken_rules() {
     }
 }
 
+/// The Grafana dashboard of the monitoring component.
+fn dashboard() -> Value {
+    let path = workspace_root().join("manifests/monitoring/dashboard/arc-watchdog.json");
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+/// Series a dashboard may read besides the binaries' own: Prometheus's
+/// scrape health of the webhook.
+const PROMETHEUS_SERIES: &[&str] = &["up"];
+
+/// Grafana's interval variables, replaced by a duration a range selector
+/// takes; any other `$__` variable is refused.
+const INTERVAL_VARIABLES: &[&str] = &["__rate_interval", "__interval", "__range"];
+
+/// `expr` as Grafana hands it to Prometheus: each `$var` / `${var}` of a
+/// declared template variable or an interval variable replaced by a value
+/// of its kind. Errs on a variable the dashboard does not declare.
+fn substitute(expr: &str, declared: &BTreeSet<String>) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let (name, len) = if let Some(braced) = after.strip_prefix('{') {
+            let end = braced
+                .find('}')
+                .ok_or_else(|| format!("unclosed ${{ in {expr}"))?;
+            (&braced[..end], end + 2)
+        } else {
+            let end = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            (&after[..end], end)
+        };
+        if INTERVAL_VARIABLES.contains(&name) {
+            out.push_str("5m");
+        } else if declared.contains(name) {
+            out.push_str("any");
+        } else {
+            return Err(format!(
+                "${name} is not a variable of the dashboard: {expr}"
+            ));
+        }
+        rest = &after[len..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Every PromQL query of `dash`, named by where it is: each panel target's
+/// `expr` (rows' nested panels included) and the series selector of each
+/// `label_values(SELECTOR, label)` variable.
+fn dashboard_queries(dash: &Value) -> Vec<(String, String)> {
+    fn panels<'a>(list: &'a Value, out: &mut Vec<&'a Value>) {
+        for p in list.as_array().into_iter().flatten() {
+            out.push(p);
+            panels(&p["panels"], out);
+        }
+    }
+    let mut all = Vec::new();
+    panels(&dash["panels"], &mut all);
+    let mut queries = Vec::new();
+    for p in all {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let name = format!(
+                "panel {:?} {}",
+                p["title"].as_str().unwrap_or_default(),
+                t["refId"].as_str().unwrap_or_default()
+            );
+            queries.push((name, t["expr"].as_str().unwrap_or_default().to_owned()));
+        }
+    }
+    for v in dash["templating"]["list"].as_array().unwrap() {
+        if v["type"] != "query" {
+            continue;
+        }
+        let query = v["query"]["query"]
+            .as_str()
+            .or(v["query"].as_str())
+            .unwrap();
+        let selector = query
+            .strip_prefix("label_values(")
+            .and_then(|q| q.strip_suffix(')'))
+            .and_then(|q| q.rsplit_once(','))
+            .map_or(query, |(selector, _label)| selector);
+        queries.push((
+            format!("variable {}", v["name"].as_str().unwrap_or_default()),
+            selector.to_owned(),
+        ));
+    }
+    queries
+}
+
+/// What `promrules -exprs` says of `queries`: the metrics each reads, or
+/// everything it could not parse.
+fn promexprs(queries: &[(String, String)]) -> Result<Vec<Value>, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("exprs.json");
+    let json: Vec<Value> = queries
+        .iter()
+        .map(|(name, expr)| serde_json::json!({"name": name, "expr": expr}))
+        .collect();
+    std::fs::write(&file, serde_json::to_vec(&json).unwrap()).unwrap();
+    let out = Command::new(go_tool("promrules").unwrap())
+        .arg("-exprs")
+        .arg(&file)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Checks every query of `dash` with Prometheus's parser against the
+/// series the binaries export: the number of queries checked, or every
+/// problem found.
+fn check_dashboard(dash: &Value) -> Result<usize, String> {
+    let declared: BTreeSet<String> = dash["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap().to_owned())
+        .collect();
+    let mut problems = Vec::new();
+    let mut queries = Vec::new();
+    for (name, expr) in dashboard_queries(dash) {
+        match substitute(&expr, &declared) {
+            Ok(expr) if !expr.trim().is_empty() => queries.push((name, expr)),
+            Ok(_) => problems.push(format!("{name}: no expr")),
+            Err(e) => problems.push(format!("{name}: {e}")),
+        }
+    }
+    let parsed = promexprs(&queries).map_err(|e| {
+        problems.push(format!("Prometheus's parser refuses:\n{e}"));
+        problems.join("\n")
+    })?;
+    let exported: BTreeSet<String> = watchdog_series()
+        .into_iter()
+        .chain(webhook_series())
+        .chain(PROMETHEUS_SERIES.iter().map(|s| (*s).to_owned()))
+        .collect();
+    for query in &parsed {
+        let name = &query["name"];
+        let metrics = query["metrics"].as_array().unwrap();
+        if metrics.is_empty() {
+            problems.push(format!("{name} reads no metric by name"));
+        }
+        for metric in metrics {
+            let metric = metric.as_str().unwrap();
+            if !exported.contains(metric) {
+                problems.push(format!("{name} reads {metric}, which no binary exports"));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(parsed.len())
+    } else {
+        Err(problems.join("\n"))
+    }
+}
+
+#[test]
+fn dashboard_queries_parse_and_read_metrics_the_binaries_export() {
+    let dash = dashboard();
+    let checked = check_dashboard(&dash).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(checked, dashboard_queries(&dash).len());
+    assert!(checked >= 25, "{checked} queries");
+}
+
+/// The check above can fail: on an unknown metric, PromQL that does not
+/// parse, a variable the dashboard does not declare.
+#[test]
+fn dashboard_check_refuses_what_grafana_or_prometheus_would_not_show() {
+    let text = serde_json::to_string(&dashboard()).unwrap();
+    for (what, from, to, says) in [
+        (
+            "unknown metric",
+            "arc_watchdog_session_conflicts_total",
+            "arc_watchdog_session_conflict_total",
+            "arc_watchdog_session_conflict_total, which no binary exports",
+        ),
+        (
+            "another system's metric",
+            "arc_watchdog_webhook_uninjected_listeners",
+            "kube_pod_info",
+            "kube_pod_info, which no binary exports",
+        ),
+        (
+            "PromQL",
+            "histogram_quantile(0.99, sum by (le) (",
+            "histogram_quantile(0.99, sum by (le) ((",
+            "parse error",
+        ),
+        (
+            "undeclared variable",
+            "=~\\\"$scale_set\\\"",
+            "=~\\\"$scaleset\\\"",
+            "$scaleset is not a variable",
+        ),
+    ] {
+        assert!(text.contains(from), "{what}: the dashboard has {from}");
+        let broken: Value = serde_json::from_str(&text.replace(from, to)).unwrap();
+        let err = check_dashboard(&broken).expect_err(what);
+        assert!(err.contains(says), "{what}: {err}");
+    }
+}
+
 /// The series the running binaries export on `/metrics`: the webhook
 /// installed as [`ControlPlane::install_arc_watchdog`] runs it, a listener
 /// created through it (so it managed the listener's RBAC) and that
@@ -132,11 +345,14 @@ fn prometheus_rejects_broken_rules() {
 async fn scraped_series(cp: &ControlPlane) -> (BTreeSet<String>, BTreeSet<String>) {
     let webhook = cp.install_arc_watchdog(&[]).await.unwrap();
     let client = cp.admin_client().await.unwrap();
-    let node = FakeNode::start(client, "monitoring-node").await.unwrap();
+    let node = FakeNode::start(client.clone(), "monitoring-node")
+        .await
+        .unwrap();
     let pod = cp
         .create_listener(LISTENER_NAMESPACE, "monitoring")
         .await
         .unwrap();
+    per_listener::wait_for_pod(&client, &pod).await.unwrap();
     let name = pod.metadata.name.clone().unwrap();
     node.run_pod(LISTENER_NAMESPACE, &name).await.unwrap();
     let wd = WatchdogProcess::start(cp, &pod, &[]).await.unwrap();
@@ -276,6 +492,7 @@ fn webhook_series() -> BTreeSet<String> {
     metrics.cert_reload("ok");
     metrics.rbac_ensure("ok");
     metrics.uninjected_report("created");
+    metrics.connection_timeout("idle");
     metrics.observe_review(&Outcome::Injected(SidecarMode::Native), Duration::ZERO);
     series_names(&metrics.encode().unwrap())
 }

@@ -1,6 +1,6 @@
 //! RBAC on the real API server, with a real token for the
 //! listener's ServiceAccount (TokenRequest, bound to the pod, as the kubelet
-//! mounts it). The per-listener Role the webhook created lets the watchdog
+//! mounts it). The per-listener Role the webhook's controller keeps lets the watchdog
 //! read and watch its own pod, read its log, evict it and update its Lease;
 //! it gets 403 for another listener's pod, log, eviction and Lease, for the
 //! ARC controller's pod, and for listing pods.
@@ -9,6 +9,7 @@
 use arc_watchdog::names;
 use arc_watchdog_tests::control_plane::{ControlPlane, LISTENER_NAMESPACE};
 use arc_watchdog_tests::node::FakeNode;
+use arc_watchdog_tests::per_listener;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, EvictParams, ListParams, LogParams, PostParams, WatchParams};
@@ -44,6 +45,12 @@ async fn the_watchdog_identity_reaches_only_its_own_pod_log_eviction_and_lease()
         a.metadata.name.clone().unwrap(),
         b.metadata.name.clone().unwrap(),
     );
+    for pod in [&a, &b] {
+        let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
+        per_listener::wait_for_objects(&admin, ns, &owner.name, &owner.uid)
+            .await
+            .unwrap();
+    }
     for p in [&a_name, &b_name] {
         node.run_pod(ns, p).await.unwrap();
         node.log(ns, p, "listener", &format!("hello from {p}"));

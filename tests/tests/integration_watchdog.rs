@@ -17,6 +17,7 @@ use arc_watchdog_tests::control_plane::{
     workspace_root,
 };
 use arc_watchdog_tests::node::FakeNode;
+use arc_watchdog_tests::per_listener;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Api, DeleteParams, ListParams};
@@ -115,6 +116,8 @@ async fn conflicting_generation(
 ) -> (Pod, WatchdogProcess) {
     let ns = LISTENER_NAMESPACE;
     let pod = cp.create_listener(ns, scale_set).await.unwrap();
+    let admin = cp.admin_client().await.unwrap();
+    per_listener::wait_for_pod(&admin, &pod).await.unwrap();
     let name = pod.metadata.name.clone().unwrap();
     node.run_pod(ns, &name).await.unwrap();
     let wd = WatchdogProcess::start(cp, &pod, &[]).await.unwrap();
@@ -241,8 +244,8 @@ async fn conflict_loop_across_generations_is_delayed_and_evicted() {
     assert_eq!(history.conflicts.len(), 3, "{history:?}");
     assert_eq!(history.evictions.len(), 3, "{history:?}");
     assert!(history.loop_state.is_some(), "{history:?}");
-    // The watchdog's saves keep the webhook's owner: uninstalling still
-    // garbage-collects the Lease (integration_uninstall).
+    // The watchdog's saves keep the AutoscalingListener as the owner: the
+    // Lease still goes with its scale set.
     let lease = Api::<Lease>::namespaced(client.clone(), LISTENER_NAMESPACE)
         .get(&names::lease_name(&name))
         .await
@@ -251,7 +254,7 @@ async fn conflict_loop_across_generations_is_delayed_and_evicted() {
     assert!(
         owners
             .iter()
-            .any(|o| o.kind == "MutatingWebhookConfiguration" && o.name == "arc-watchdog"),
+            .any(|o| o.kind == "AutoscalingListener" && o.name == name),
         "{owners:?}"
     );
 

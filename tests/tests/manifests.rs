@@ -1,4 +1,6 @@
 //! The install manifests, as `kubectl kustomize manifests/` renders them.
+//! (One concern, the install contract, over 800 lines: each check needs the
+//! same rendering, done once per binary.)
 //!
 //! Every point of the install contract is checked on the rendered objects:
 //! the webhook configuration can never block ARC (failurePolicy Ignore, CREATE
@@ -228,8 +230,9 @@ fn webhook_configuration_never_blocks_arc_and_targets_only_listener_pods() {
     assert_eq!(hook["failurePolicy"], "Ignore");
     let timeout = hook["timeoutSeconds"].as_u64().unwrap();
     assert!((1..=5).contains(&timeout), "timeoutSeconds {timeout}");
-    // It creates per-listener RBAC and a Lease on admission, never on dryRun.
-    assert_eq!(hook["sideEffects"], "NoneOnDryRun");
+    // Admission writes nothing (the per-listener objects come from a
+    // controller), so the API server may call it for dry runs too.
+    assert_eq!(hook["sideEffects"], "None");
     assert_eq!(hook["reinvocationPolicy"], "IfNeeded");
     assert_eq!(hook["admissionReviewVersions"], json!(["v1"]));
 
@@ -619,7 +622,10 @@ fn rbac_is_least_privilege() {
         );
     }
 
-    // Cluster-wide: its own MutatingWebhookConfiguration and /version, nothing else.
+    // Cluster-wide: its own MutatingWebhookConfiguration, /version, the
+    // nodes (kubelet versions, Ready) and ARC's scale sets (read only), and
+    // creating Events (a missing listener's, on its scale set, in the scale
+    // set's namespace), nothing else.
     let cluster = r.get("ClusterRole", None, WEBHOOK).unwrap();
     assert_eq!(
         cluster["rules"],
@@ -628,7 +634,11 @@ fn rbac_is_least_privilege() {
              "resources": ["mutatingwebhookconfigurations"],
              "resourceNames": [WEBHOOK_CONFIG],
              "verbs": ["get"]},
-            {"nonResourceURLs": ["/version"], "verbs": ["get"]}
+            {"nonResourceURLs": ["/version"], "verbs": ["get"]},
+            {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]},
+            {"apiGroups": ["actions.github.com"], "resources": ["autoscalingrunnersets"],
+             "verbs": ["list", "watch"]},
+            {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]}
         ])
     );
     assert_eq!(
@@ -636,17 +646,30 @@ fn rbac_is_least_privilege() {
         json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": WEBHOOK})
     );
 
-    // In the listener namespace: manage the per-listener objects, and hold
-    // exactly what it grants (RBAC's escalation check).
+    // In the listener namespace: read ARC's AutoscalingListeners, keep the
+    // per-listener objects (never delete them: the garbage collector does),
+    // and hold exactly what it grants (RBAC's escalation check).
     let role = r.get("Role", Some(LISTENER_NAMESPACE), WEBHOOK).unwrap();
     for (group, resource) in [
         ("rbac.authorization.k8s.io", "roles"),
         ("rbac.authorization.k8s.io", "rolebindings"),
         ("coordination.k8s.io", "leases"),
     ] {
-        for verb in ["get", "create", "update"] {
+        for verb in ["get", "list", "watch", "create", "update"] {
             assert!(allows(role, group, resource, verb), "{verb} {resource}");
         }
+        assert!(
+            !allows(role, group, resource, "delete"),
+            "delete {resource}"
+        );
+    }
+    for verb in ["get", "list", "watch"] {
+        assert!(allows(
+            role,
+            "actions.github.com",
+            "autoscalinglisteners",
+            verb
+        ));
     }
     let mut granted = BTreeSet::new();
     let per_listener = per_listener_rules();
@@ -665,8 +688,10 @@ fn rbac_is_least_privilege() {
         for group in strings(&rule["apiGroups"]) {
             for resource in strings(&rule["resources"]) {
                 for verb in strings(&rule["verbs"]) {
-                    let manage = matches!(resource, "roles" | "rolebindings" | "leases")
-                        && matches!(verb, "get" | "create" | "update");
+                    let manage = (matches!(resource, "roles" | "rolebindings" | "leases")
+                        && matches!(verb, "get" | "list" | "watch" | "create" | "update"))
+                        || (resource == "autoscalinglisteners"
+                            && matches!(verb, "get" | "list" | "watch"));
                     assert!(
                         manage
                             || granted.contains(&(
@@ -813,6 +838,8 @@ fn monitoring_component_scrapes_webhook_and_watchdogs() {
             + r.all("PodMonitor").len()
             + r.all("ServiceMonitor").len()
             + r.all("PrometheusRule").len()
+            + r.all("ConfigMap").len()
+            - base.all("ConfigMap").len()
     );
 
     let monitors = r.all("PodMonitor");
@@ -912,6 +939,28 @@ fn monitoring_component_alerts_on_every_failure_the_issue_names() {
         expr_of("ArcWatchdogWebhookCannotWatchListeners")
             .contains("arc_watchdog_webhook_coverage_watch_errors_total")
     );
+    // A watchdog that cannot start: the listeners released without it, and
+    // those the webhook fails to release.
+    assert!(
+        expr_of("ArcWatchdogInjectionSuspended")
+            .contains("arc_watchdog_webhook_suspended_listeners")
+    );
+    assert!(
+        expr_of("ArcWatchdogListenerHeldByWatchdog")
+            .contains("arc_watchdog_webhook_blocked_listeners")
+    );
+    // Scale sets without a running listener, by reason, from the webhook's
+    // own watch; and that watch failing.
+    let missing = expr_of("ArcWatchdogListenerMissing");
+    assert!(
+        missing.contains("arc_watchdog_webhook_missing_listeners"),
+        "{missing}"
+    );
+    assert!(missing.contains("by (reason)"), "{missing}");
+    assert!(
+        expr_of("ArcWatchdogWebhookCannotWatchScaleSets")
+            .contains("arc_watchdog_webhook_missing_watch_errors_total")
+    );
     let without = expr_of("ArcWatchdogListenerWithoutWatchdog");
     assert!(without.contains("kube_pod_labels"));
     assert!(without.contains(&format!("container=\"{}\"", names::CONTAINER_NAME)));
@@ -924,6 +973,164 @@ fn monitoring_component_alerts_on_every_failure_the_issue_names() {
             "{name}: unbalanced {{}}"
         );
     }
+}
+
+/// Whether `expr` reads `metric` (a selector of that exact name, not a longer
+/// one it is the start of).
+fn reads(expr: &str, metric: &str) -> bool {
+    expr.match_indices(metric).any(|(at, _)| {
+        let before = expr[..at].chars().next_back();
+        let after = expr[at + metric.len()..].chars().next();
+        let ident = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        !ident(before) && !ident(after)
+    })
+}
+
+#[test]
+fn monitoring_component_ships_the_dashboard_for_the_grafana_sidecar() {
+    let (_, r) = with_monitoring().unwrap();
+    let cm = r
+        .get("ConfigMap", Some(NAMESPACE), "arc-watchdog-dashboard")
+        .unwrap();
+    assert_eq!(
+        cm["metadata"]["labels"]["grafana_dashboard"], "1",
+        "the Grafana sidecar's default label"
+    );
+    let data = cm["data"].as_object().unwrap();
+    assert_eq!(data.len(), 1, "one dashboard: {:?}", data.keys());
+    let (file, text) = data.iter().next().unwrap();
+    assert!(file.ends_with(".json"), "{file}");
+    let source = std::fs::read_to_string(
+        repo_root()
+            .join("manifests/monitoring/dashboard")
+            .join(file),
+    )
+    .unwrap();
+    assert_eq!(text.as_str().unwrap(), source);
+    let dash: Value = serde_json::from_str(&source).unwrap();
+
+    assert_eq!(dash["uid"], "arc-watchdog");
+    assert!(
+        dash["schemaVersion"].as_u64().unwrap() >= 36,
+        "datasource variables by uid"
+    );
+    let variables = dash["templating"]["list"].as_array().unwrap();
+    let variable = |name: &str| {
+        variables
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no variable {name}"))
+    };
+    let ds = variable("datasource");
+    assert_eq!(
+        (&ds["type"], &ds["query"]),
+        (&json!("datasource"), &json!("prometheus"))
+    );
+    // Scale sets as the sidecars' PodMonitor labels their series.
+    for name in ["namespace", "scale_set"] {
+        let v = variable(name);
+        assert_eq!(v["type"], "query", "{name}");
+        assert!(
+            v["definition"]
+                .as_str()
+                .unwrap()
+                .contains(&format!(", {name})")),
+            "{name}: {}",
+            v["definition"]
+        );
+    }
+    let relabel = &r
+        .all("PodMonitor")
+        .into_iter()
+        .find(|m| m["spec"]["namespaceSelector"]["any"] == true)
+        .unwrap()["spec"]["podMetricsEndpoints"][0]["relabelings"];
+    assert!(
+        relabel
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["targetLabel"] == "scale_set"),
+        "{relabel}"
+    );
+
+    let mut panels: Vec<&Value> = Vec::new();
+    for p in dash["panels"].as_array().unwrap() {
+        panels.push(p);
+        panels.extend(p["panels"].as_array().into_iter().flatten());
+    }
+    let ids: BTreeSet<u64> = panels.iter().map(|p| p["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids.len(), panels.len(), "panel ids are unique");
+    let titles: BTreeSet<&str> = panels
+        .iter()
+        .map(|p| p["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(titles.len(), panels.len(), "panel titles are unique");
+    let mut exprs = Vec::new();
+    for p in panels.iter().filter(|p| p["type"] != "row") {
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "{}", p["title"]);
+        for key in ["x", "y", "w", "h"] {
+            assert!(p["gridPos"][key].is_u64(), "{}: gridPos.{key}", p["title"]);
+        }
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{}", p["title"]);
+        for t in targets {
+            assert_eq!(t["datasource"]["uid"], "${datasource}", "{}", p["title"]);
+            exprs.push((p["title"].as_str().unwrap(), t["expr"].as_str().unwrap()));
+        }
+    }
+    // What an operator needs during an incident (issue #12), each read by a
+    // panel; that these are metrics the binaries export, and that Prometheus
+    // parses every query, is integration_monitoring's check.
+    for metric in [
+        "arc_watchdog_session_conflicts_total",
+        "arc_watchdog_loop_active",
+        "arc_watchdog_start_delay_seconds",
+        "arc_watchdog_evictions_total",
+        "arc_watchdog_evictions_not_accepted_total",
+        "arc_watchdog_fail_open",
+        "arc_watchdog_decisions_total",
+        "arc_watchdog_webhook_uninjected_listeners",
+        "arc_watchdog_webhook_blocked_listeners",
+        "arc_watchdog_webhook_suspended_listeners",
+        "arc_watchdog_webhook_reviews_total",
+        "arc_watchdog_webhook_review_duration_seconds_bucket",
+        "arc_watchdog_webhook_certificate_expiry_timestamp_seconds",
+        "arc_watchdog_webhook_rbac_ensures_total",
+        "arc_watchdog_webhook_coverage_watch_errors_total",
+        "arc_watchdog_webhook_connections_refused_total",
+        "arc_watchdog_webhook_connection_timeouts_total",
+    ] {
+        assert!(
+            exprs.iter().any(|(_, e)| reads(e, metric)),
+            "no panel reads {metric}"
+        );
+    }
+    let by = |metric: &str, label: &str| {
+        exprs
+            .iter()
+            .any(|(_, e)| reads(e, metric) && e.contains(label))
+    };
+    assert!(by("arc_watchdog_evictions_total", "reason"));
+    assert!(by("arc_watchdog_evictions_not_accepted_total", "outcome"));
+    assert!(by("arc_watchdog_decisions_total", "reason"));
+    assert!(by("arc_watchdog_webhook_reviews_total", "outcome, reason"));
+    assert!(by("arc_watchdog_webhook_rbac_ensures_total", "by (result)"));
+    assert!(by(
+        "arc_watchdog_webhook_review_duration_seconds_bucket",
+        "histogram_quantile(0.99, sum by (le)"
+    ));
+    // Per scale set: every watchdog query follows the variables.
+    for (title, e) in &exprs {
+        if e.contains("arc_watchdog_webhook_") || !e.contains("arc_watchdog_") {
+            continue;
+        }
+        assert!(
+            e.contains("namespace=~\"$namespace\", scale_set=~\"$scale_set\""),
+            "{title}: {e}"
+        );
+    }
+    assert!(reads("rate(x_total[5m])", "x_total"));
+    assert!(!reads("x_total_more", "x_total"));
 }
 
 /// The webhook container's args and env, as the command line the webhook
@@ -978,6 +1185,13 @@ fn deployment_speaks_the_webhook_flags() {
         .filter_map(|role| role["metadata"]["namespace"].as_str())
         .collect();
     assert_eq!(cli.listener_namespaces, role_namespaces);
+    // Missing listeners are reported for the scale sets of every namespace,
+    // which is where the ClusterRole lets the webhook read them; acting on
+    // them is opt-in.
+    assert!(!cli.report_missing_after.is_zero());
+    assert!(cli.runner_namespaces.is_empty());
+    assert!(cli.delete_stuck_terminating_after.is_zero());
+    assert!(cli.missing_actions_dry_run);
     cli.validate().unwrap();
 
     let port = |name: &str| {
@@ -992,16 +1206,10 @@ fn deployment_speaks_the_webhook_flags() {
     assert_eq!(u64::from(cli.listen.port()), port("https"));
     assert_eq!(u64::from(cli.admin_listen.port()), port("admin"));
 
-    // The RBAC ensure fits into the API server's call to the webhook.
-    let hook = &r
-        .get("MutatingWebhookConfiguration", None, WEBHOOK_CONFIG)
-        .unwrap()["webhooks"][0];
-    let timeout = hook["timeoutSeconds"].as_u64().unwrap();
-    assert!(
-        cli.rbac_timeout.as_secs_f64() < timeout as f64 - 1.0,
-        "--rbac-timeout {:?} leaves no room in timeoutSeconds {timeout}",
-        cli.rbac_timeout
-    );
+    // The per-listener RBAC is reconciled in the namespaces the listener
+    // namespace component grants rights in.
+    assert!(cli.manage_rbac);
+    assert_eq!(cli.listener_namespaces, vec![LISTENER_NAMESPACE.to_owned()]);
 
     // The certificate files are where the Secret is mounted.
     let mount = container["volumeMounts"]

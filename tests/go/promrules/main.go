@@ -5,11 +5,19 @@
 // really exports.
 //
 //	promrules RULE_FILE
+//	promrules -exprs EXPR_FILE
+//
+// With -exprs, EXPR_FILE is a JSON array of {"name", "expr"} (a Grafana
+// dashboard's queries, their variables already substituted): each expr is
+// parsed as a bare PromQL expression, and the output is the same JSON, one
+// {"name", "metrics"} per entry, in order. Dashboards have no rule file
+// around their queries, so the rule loader cannot check them.
 //
 // Exit 0 with the JSON on stdout; exit 1 with every problem on stderr.
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -28,11 +36,61 @@ type rule struct {
 	Metrics []string `json:"metrics"`
 }
 
+type query struct {
+	Name string `json:"name"`
+	Expr string `json:"expr"`
+}
+
+type parsed struct {
+	Name    string   `json:"name"`
+	Metrics []string `json:"metrics"`
+}
+
 func main() {
-	if len(os.Args) != 2 {
-		fmt.Fprintln(os.Stderr, "usage: promrules RULE_FILE")
+	switch {
+	case len(os.Args) == 3 && os.Args[1] == "-exprs":
+		exprs(os.Args[2])
+	case len(os.Args) == 2 && os.Args[1] != "-exprs":
+		rules()
+	default:
+		fmt.Fprintln(os.Stderr, "usage: promrules RULE_FILE | promrules -exprs EXPR_FILE")
 		os.Exit(2)
 	}
+}
+
+// exprs parses every expression of the JSON array in path, reporting every
+// one that does not parse, not just the first.
+func exprs(path string) {
+	content, err := os.ReadFile(path)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	var queries []query
+	dec := json.NewDecoder(bytes.NewReader(content))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&queries); err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", path, err)
+		os.Exit(1)
+	}
+	out := []parsed{}
+	failed := false
+	for _, q := range queries {
+		expr, err := parser.ParseExpr(q.Expr)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "%s: %q: %v\n", path, q.Name, err)
+			failed = true
+			continue
+		}
+		out = append(out, parsed{Name: q.Name, Metrics: metricNames(expr)})
+	}
+	if failed {
+		os.Exit(1)
+	}
+	emit(out)
+}
+
+func rules() {
 	content, err := os.ReadFile(os.Args[1])
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -60,9 +118,13 @@ func main() {
 			out = append(out, rule{Group: g.Name, Name: name, Kind: kind, Metrics: metricNames(expr)})
 		}
 	}
+	emit(out)
+}
+
+func emit(v any) {
 	enc := json.NewEncoder(os.Stdout)
 	enc.SetIndent("", "  ")
-	if err := enc.Encode(out); err != nil {
+	if err := enc.Encode(v); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}

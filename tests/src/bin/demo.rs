@@ -5,7 +5,8 @@
 //! sidecar, then plays a stale-session conflict loop through a fake node's
 //! container logs: the watchdog follows the listener through the API server,
 //! evicts, detects the loop across pod generations and delays the next
-//! start. Shows the Events, metrics and the Lease, and cleans up.
+//! start. Shows the Events, metrics, the Lease and `arc-watchdog status`,
+//! and cleans up.
 
 use std::time::Duration;
 
@@ -13,9 +14,11 @@ use anyhow::{Context as _, Result, bail};
 use arc_watchdog::detector::{HISTORY_ANNOTATION, History};
 use arc_watchdog::names;
 use arc_watchdog_tests::control_plane::{
-    ControlPlane, LISTENER_NAMESPACE, WatchdogProcess, eventually, metric_value, workspace_root,
+    ControlPlane, LISTENER_NAMESPACE, WatchdogProcess, eventually, metric_value, workspace_bin,
+    workspace_root,
 };
 use arc_watchdog_tests::node::FakeNode;
+use arc_watchdog_tests::per_listener;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Api, ListParams};
@@ -75,6 +78,25 @@ async fn run() -> Result<()> {
         webhook.url()
     );
 
+    // A node for the listener. `--sidecar-mode auto` injects native
+    // sidecars only once every Linux node's kubelet is known to run them.
+    let node = FakeNode::start(client.clone(), "demo-node").await?;
+    node.finish_deletions();
+    arc_watchdog_tests::control_plane::eventually(
+        std::time::Duration::from_secs(30),
+        "the webhook to see the node's kubelet",
+        || async {
+            let text = webhook.metrics().await.ok()?;
+            (arc_watchdog_tests::control_plane::metric_value(
+                &text,
+                "arc_watchdog_webhook_native_sidecars",
+                &[],
+            )? == 1.0)
+                .then_some(())
+        },
+    )
+    .await?;
+
     step(
         3,
         "ARC creates a listener pod; the webhook injects the watchdog",
@@ -82,13 +104,14 @@ async fn run() -> Result<()> {
     let pod = cp.create_listener(LISTENER_NAMESPACE, SCALE_SET).await?;
     let name = pod.metadata.name.clone().unwrap_or_default();
     show_injection(&pod);
+    // The webhook's controller gives the watchdog its Role and Lease from
+    // the AutoscalingListener.
+    per_listener::wait_for_pod(&client, &pod).await?;
 
     step(
         4,
         "A stale session on GitHub: every listener generation gets 409 and exits",
     );
-    let node = FakeNode::start(client.clone(), "demo-node").await?;
-    node.finish_deletions();
     let pods: Api<Pod> = Api::namespaced(client.clone(), LISTENER_NAMESPACE);
     let lines: Vec<String> = std::fs::read_to_string(
         workspace_root().join("watchdog/tests/samples/conflict-0.14.2-json/gen1.log"),
@@ -179,12 +202,61 @@ async fn run() -> Result<()> {
 
     step(
         7,
+        "ARC makes the next generation; the operator's view: `kubectl arc-watchdog status -A`",
+    );
+    show_status(&cp).await?;
+
+    step(
+        8,
         "Clean up: every process ended by its pid, temporary files removed",
     );
     drop(webhook);
     drop(node);
     drop(cp);
     println!("    done. `make test` runs the same scenario as an integration test.");
+    Ok(())
+}
+
+/// Creates what the status reads beyond the listener (its
+/// AutoscalingRunnerSet, and the next listener pod, held by the start gate),
+/// then runs `arc-watchdog status -A` as a user would and prints it.
+async fn show_status(cp: &ControlPlane) -> Result<()> {
+    cp.create_namespace("arc-runners").await?;
+    cp.apply_yaml(
+        &format!(
+            r#"
+apiVersion: actions.github.com/v1alpha1
+kind: AutoscalingRunnerSet
+metadata:
+  name: {SCALE_SET}
+  namespace: arc-runners
+  labels: {{app.kubernetes.io/version: "0.14.2"}}
+spec:
+  githubConfigUrl: https://github.com/example-org
+  githubConfigSecret: {SCALE_SET}-secret
+  template: {{spec: {{containers: [{{name: runner, image: ghcr.io/actions/actions-runner:latest}}]}}}}
+"#
+        ),
+        None,
+    )
+    .await?;
+    cp.create_listener(LISTENER_NAMESPACE, SCALE_SET).await?;
+    let bin = workspace_bin("arc-watchdog", "arc-watchdog")?;
+    let out = std::process::Command::new(&bin)
+        .args(["status", "-A"])
+        .env("KUBECONFIG", cp.kubeconfig())
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    println!("    $ kubectl arc-watchdog status -A");
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        println!("    {l}");
+    }
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    println!(
+        "    (exit status {}: a scale set is not healthy)",
+        out.status.code().unwrap_or(-1)
+    );
     Ok(())
 }
 

@@ -7,12 +7,9 @@
 
 use std::time::Duration;
 
+use arc_watchdog_core::settings::parse_duration;
 use arc_watchdog_tests::fake_github::{FakeGithub, FakeGithubConfig};
 use clap::Parser;
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
-}
 
 /// The fake GitHub Actions service.
 #[derive(Debug, Parser)]

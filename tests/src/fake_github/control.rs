@@ -99,7 +99,7 @@ pub enum Control {
         count: Option<u32>,
     },
     /// Message polls answer 200 with an empty body: the listener fails with
-    /// `EOF` (ARC issues 4285, 4356).
+    /// `EOF` (actions/actions-runner-controller#4285, #4356).
     EmptyMessageBody {
         /// Polls to answer so; absent: all.
         #[serde(default)]
@@ -124,8 +124,9 @@ pub enum Control {
         endpoint: TokenEndpoint,
     },
     /// The scale set is deleted on GitHub's side (not through ARC): session
-    /// creates answer 404 `RunnerScaleSetNotFoundException` (ARC issues
-    /// 3935, 4656). Its session goes with it. Permanent.
+    /// creates answer 404 `RunnerScaleSetNotFoundException`
+    /// (actions/actions-runner-controller#3935, #4656). Its session goes
+    /// with it. Permanent.
     DeleteScaleSet {
         /// Scale set id.
         scale_set_id: i64,

@@ -119,7 +119,7 @@ pub(super) async fn session_refresh(
 
 /// `DELETE .../sessions/{sid}`: exactly 204 for an active session; 400
 /// `RunnerScaleSetSessionExpiredException` for one that expired or is
-/// unknown, as GitHub answers (ARC issue 4285).
+/// unknown, as GitHub answers (actions/actions-runner-controller#4285).
 pub(super) async fn session_delete(
     State(sh): State<Shared>,
     headers: HeaderMap,

@@ -12,21 +12,21 @@ use super::ScaleSet;
 pub const SESSION_CONFLICT_TYPE: &str = "GitHub.Actions.Runtime.WebApi.RunnerScaleSetSessionConflictException, GitHub.Actions.Runtime.WebApi";
 
 /// The exception type GitHub names when a session that is gone is deleted
-/// (HTTP 400; seen in ARC issue 4285:
+/// (HTTP 400; seen in actions/actions-runner-controller#4285:
 /// `StatusCode 400 ... RunnerScaleSetSessionExpiredException, GitHub.Actions.Runtime.WebApi:
 /// The session identifier <id> is not valid.`).
 pub const SESSION_EXPIRED_TYPE: &str = "GitHub.Actions.Runtime.WebApi.RunnerScaleSetSessionExpiredException, GitHub.Actions.Runtime.WebApi";
 
-/// The exception type of a scale set unknown to GitHub (HTTP 404; ARC
-/// issues 3935, 4370, 4656).
+/// The exception type of a scale set unknown to GitHub (HTTP 404;
+/// actions/actions-runner-controller#3935, #4370, #4656).
 pub const SCALE_SET_NOT_FOUND_TYPE: &str =
     "GitHub.Actions.Runtime.WebApi.RunnerScaleSetNotFoundException, GitHub.Actions.Runtime.WebApi";
 
 /// The exception type of a session refresh for a session the service no
 /// longer knows (HTTP 404). Reported as `RunnerAdminException: runner
 /// referenced a session ID that doesn't exist in redis` against the scaleset
-/// client 0.4 used by ARC 0.14.2 (actions/scaleset pull request 123); the
-/// namespace is assumed to be the one of GitHub's other exceptions.
+/// client 0.4 used by ARC 0.14.2 (actions/scaleset#123); the namespace is
+/// assumed to be the one of GitHub's other exceptions.
 pub const SESSION_UNKNOWN_TYPE: &str =
     "GitHub.Actions.Runtime.WebApi.RunnerAdminException, GitHub.Actions.Runtime.WebApi";
 

@@ -23,7 +23,10 @@ mod s4;
 mod s5;
 mod s6;
 mod s7;
+mod s8;
+mod s9;
 mod stack;
+mod status;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -32,6 +35,8 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
+use arc_watchdog_core::reasons::Reason;
+use arc_watchdog_core::settings::parse_duration;
 use arc_watchdog_tests::control_plane;
 use arc_watchdog_tests::kubelet::DEFAULT_POD_START_LATENCY;
 use clap::Parser;
@@ -43,7 +48,7 @@ use crate::stack::{Binaries, arc_dir};
 pub(crate) const CONTROLLER_NS: &str = "arc-systems";
 pub(crate) const RUNNER_NS: &str = "arc-runners";
 /// Reason of the webhook's Event about a listener pod without the watchdog.
-pub(crate) const UNINJECTED_REASON: &str = "ListenerNotInjected";
+pub(crate) const UNINJECTED_REASON: &str = Reason::ListenerNotInjected.as_str();
 pub(crate) const SCALE_SET: &str = "arc-e2e";
 pub(crate) const ORG: &str = "acme";
 /// A user's own sidecar image in S3 (mapped to `sleep`).
@@ -51,14 +56,10 @@ pub(crate) const IDLE_IMAGE: &str = "registry.invalid/e2e/idle-sidecar:1";
 /// Every ARC version the scenarios know (pinned in `tests/arc/SOURCES`).
 pub(crate) const ARC_VERSIONS: [&str; 4] = ["0.8.1", "0.9.2", "0.10.1", "0.14.2"];
 /// The scenarios, in the order `all` runs and reports them.
-const SCENARIOS: [&str; 7] = ["S1", "S2", "S3", "S4", "S5", "S6", "S7"];
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
-}
+const SCENARIOS: [&str; 9] = ["S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9"];
 
 /// A known ARC version, as the `'static` name the stacks use.
-fn parse_version(s: &str) -> Result<&'static str, String> {
+fn known_arc_version(s: &str) -> Result<&'static str, String> {
     ARC_VERSIONS
         .iter()
         .find(|v| **v == s.trim())
@@ -106,14 +107,14 @@ pub(crate) struct Args {
     #[arg(long, env = "ARC_WATCHDOG_E2E_STALE_TTLS", default_value = "120s,600s", value_delimiter = ',', value_parser = parse_duration)]
     stale_ttls: Vec<Duration>,
     /// ARC versions S2 runs on.
-    #[arg(long, env = "ARC_WATCHDOG_E2E_S2_VERSIONS", default_value = "0.14.2", value_delimiter = ',', value_parser = parse_version)]
+    #[arg(long, env = "ARC_WATCHDOG_E2E_S2_VERSIONS", default_value = "0.14.2", value_delimiter = ',', value_parser = known_arc_version)]
     s2_versions: Vec<&'static str>,
     /// ARC versions S2 also runs on with the legacy listener
     /// (`github-runnerscaleset-listener`, ARC 0.8 to 0.10).
-    #[arg(long, env = "ARC_WATCHDOG_E2E_S2_LEGACY_VERSIONS", value_delimiter = ',', value_parser = parse_version)]
+    #[arg(long, env = "ARC_WATCHDOG_E2E_S2_LEGACY_VERSIONS", value_delimiter = ',', value_parser = known_arc_version)]
     s2_legacy_versions: Vec<&'static str>,
     /// ARC versions S3 runs on.
-    #[arg(long, env = "ARC_WATCHDOG_E2E_S3_VERSIONS", default_value = "0.9.2", value_delimiter = ',', value_parser = parse_version)]
+    #[arg(long, env = "ARC_WATCHDOG_E2E_S3_VERSIONS", default_value = "0.9.2", value_delimiter = ',', value_parser = known_arc_version)]
     s3_versions: Vec<&'static str>,
     /// How long the fake GitHub holds a message poll before answering 202.
     #[arg(long, env = "ARC_WATCHDOG_E2E_POLL_HOLD", default_value = "10s", value_parser = parse_duration)]
@@ -182,7 +183,7 @@ fn run<'a>(
 /// The scenarios from the longest to the shortest: stacks are handed out in
 /// the plan's order, and the longest runs decide how long the whole run
 /// takes.
-const LONGEST_FIRST: [&str; 7] = ["S2", "S7", "S5", "S4", "S3", "S1", "S6"];
+const LONGEST_FIRST: [&str; 9] = ["S2", "S7", "S5", "S4", "S9", "S8", "S3", "S1", "S6"];
 
 /// The scenario runs, longest first (see [`LONGEST_FIRST`]).
 fn plan<'a>(wanted: &[String], bins: &'a Binaries, args: &'a Args) -> Result<Vec<ScenarioRun<'a>>> {
@@ -225,6 +226,8 @@ fn plan<'a>(wanted: &[String], bins: &'a Binaries, args: &'a Args) -> Result<Vec
             "S5" => runs.push(run("S5-apiserver-restart", "0.14.2", s5::s5(bins, args))),
             "S6" => runs.push(run("S6-webhook-down", "0.14.2", s6::s6(bins, args))),
             "S7" => runs.push(run("S7-startup-failure", "0.14.2", s7::s7(bins, args))),
+            "S8" => runs.push(run("S8-watchdog-unpullable", "0.14.2", s8::s8(bins, args))),
+            "S9" => runs.push(run("S9-old-kubelet", "0.14.2", s9::s9(bins, args))),
             other => bail!(
                 "unknown scenario {other:?} (known: {}, all)",
                 SCENARIOS.join(", ")

@@ -12,7 +12,7 @@ use arc_watchdog_tests::fake_github::Control;
 
 use crate::outcome::Outcome;
 use crate::stack::{Binaries, Stack, StackOpts, finish};
-use crate::{Args, SCALE_SET};
+use crate::{Args, SCALE_SET, status};
 
 /// The watchdog's default `--eviction-budget`: more evictions than this in
 /// one loop would be a storm.
@@ -66,7 +66,27 @@ async fn leg(bins: &Binaries, opts: StackOpts, ttl: Duration, o: &mut Outcome) -
         let planted_ms = stack.fake.now_ms();
         stack.create_runner_set(&opts).await?;
         let timeout = ttl + Duration::from_secs(if watchdog { 900 } else { 180 });
-        stack.await_session(timeout).await?;
+        // With the watchdog, `status` must show the loop while it lasts:
+        // read alongside the wait for the session.
+        let session = stack.await_session(timeout);
+        let loop_shown = status::await_row(
+            &bins.watchdog,
+            stack.cp.kubeconfig(),
+            timeout,
+            "status to show the loop",
+            |r| status::LOOP_STATES.contains(&status::state(r)),
+        );
+        tokio::pin!(session, loop_shown);
+        let mut shown = None;
+        loop {
+            tokio::select! {
+                r = &mut session => {
+                    r?;
+                    break;
+                }
+                s = &mut loop_shown, if watchdog && shown.is_none() => shown = Some(s),
+            };
+        }
         let st = stack.fake.stats();
         let creates: Vec<_> = st
             .session_events
@@ -89,6 +109,34 @@ async fn leg(bins: &Binaries, opts: StackOpts, ttl: Duration, o: &mut Outcome) -
         };
         if watchdog {
             o.notes.push(stack.watchdog_events_note("with").await);
+            let looped = stack.watchdog_events().await?.iter().any(|e| {
+                e.starts_with("ConflictLoopDetected") || e.starts_with("CrashLoopDetected")
+            });
+            match (&shown, looped) {
+                (Some(Ok(r)), _) => o.check(
+                    true,
+                    format!(
+                        "status showed the loop while it lasted ({})",
+                        status::state(r)
+                    ),
+                ),
+                (_, true) => o.check(false, "status showed the loop the watchdog detected"),
+                (_, false) => o.notes.push(
+                    "no loop detected (listener retries in process): none to show".to_owned(),
+                ),
+            }
+            let healthy = status::await_row(
+                &bins.watchdog,
+                stack.cp.kubeconfig(),
+                Duration::from_secs(60),
+                "status healthy after the session",
+                |r| status::state(r) == "healthy",
+            )
+            .await;
+            o.check(
+                healthy.is_ok(),
+                "status shows the scale set healthy once the listener has its session",
+            );
         }
         anyhow::Ok(leg)
     }

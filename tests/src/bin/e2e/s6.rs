@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use crate::outcome::Outcome;
 use crate::stack::{Binaries, Stack, StackOpts, conclude};
-use crate::{Args, CONTROLLER_NS, UNINJECTED_REASON};
+use crate::{Args, CONTROLLER_NS, UNINJECTED_REASON, status};
 
 /// S6: the webhook is down when ARC creates the listener: the pod is created
 /// without the watchdog (failurePolicy Ignore) and the listener works.
@@ -26,6 +26,18 @@ pub(crate) async fn s6(bins: &Binaries, args: &Args) -> Result<Outcome> {
         let pod = stack.listener_pod().await.ok_or_else(|| anyhow!("no listener pod"))?;
         let injected = control_plane::watchdog_container(&pod).is_some();
         o.check(!injected, "listener pod created without the watchdog while the webhook is down");
+        let shown = status::await_row(
+            &bins.watchdog,
+            stack.cp.kubeconfig(),
+            Duration::from_secs(60),
+            "status to show the listener without the watchdog",
+            |r| r["watchdog"] == "none" && status::state(r) == "healthy",
+        )
+        .await;
+        o.check(
+            shown.is_ok(),
+            "status shows the listener running without the watchdog (watchdog none, healthy)",
+        );
 
         // The webhook comes back (same registration, its own identity): it
         // reports the listener that runs without the watchdog.

@@ -5,13 +5,13 @@
 //!   set deleted on GitHub's side (session creates answer 404
 //!   `RunnerScaleSetNotFoundException`) fail every listener at start-up;
 //!   restarting never heals them. ARC 0.14.2 recreates the pod at once,
-//!   forever (ARC issue 4656). With arc-watchdog the loop must be backed off
-//!   (at least 10x fewer listener starts over the same window) and reported
-//!   as `CrashLoopDetected` naming its cause.
+//!   forever (actions/actions-runner-controller#4656). With arc-watchdog
+//!   the loop must be backed off (at least 10x fewer listener starts over
+//!   the same window) and reported as `CrashLoopDetected` naming its cause.
 //! - A listener whose session refresh fails dies after its session was
-//!   established (reported every ~50 minutes: actions/scaleset pull request
-//!   123). That is not a start-up loop: no `CrashLoopDetected`, no start
-//!   delay. The fake's queue tokens live [`QUEUE_TOKEN_TTL`] here, so those
+//!   established (reported every ~50 minutes: actions/scaleset#123). That
+//!   is not a start-up loop: no `CrashLoopDetected`, no start delay. The
+//!   fake's queue tokens live [`QUEUE_TOKEN_TTL`] here, so those
 //!   deaths come every 20 s or so.
 //!
 //! The two legs (without, with) run side by side, each on its own stack.

@@ -81,6 +81,8 @@ pub(crate) struct StackOpts {
     pub(crate) fake: FakeGithubConfig,
     /// The process kubelet's pod start latency.
     pub(crate) pod_start_latency: Duration,
+    /// The kubelet runs native sidecars (1.29+); `false`: an older one.
+    pub(crate) native_sidecars: bool,
 }
 
 pub(crate) struct Stack {
@@ -168,6 +170,7 @@ impl Stack {
                 work_dir: cp.dir().join("kubelet"),
                 pid_dir: Some(cp.dir().to_path_buf()),
                 pod_start_latency: o.pod_start_latency,
+                native_sidecars: o.native_sidecars,
             },
         )?;
         let watchdog_port = o.watchdog.map(|_| control_plane::free_port()).transpose()?;
@@ -264,7 +267,65 @@ impl Stack {
         self.cp
             .apply_yaml(&serde_json::to_string(&ars)?, None)
             .await?;
-        Ok(())
+        self.settle_runner_set().await
+    }
+
+    /// Waits until ARC's AutoscalingListener names an EphemeralRunnerSet
+    /// that exists. ARC's AutoscalingRunnerSet reconciler can create two
+    /// EphemeralRunnerSets in one burst (its cache has not seen the first)
+    /// and then delete, as "old", the one the listener was given: every
+    /// listener then gets its session and dies patching a runner set that
+    /// is gone, for ever. An operator deletes the AutoscalingListener, and
+    /// ARC makes it again with the runner set that exists; so does this,
+    /// and says so, since that failure is ARC's, not the scenario's.
+    async fn settle_runner_set(&self) -> Result<()> {
+        let dynamic = |kind: &str, plural: &str, ns: &str| {
+            let ar = kube::discovery::ApiResource::from_gvk_with_plural(
+                &kube::core::GroupVersionKind::gvk("actions.github.com", "v1alpha1", kind),
+                plural,
+            );
+            Api::<kube::core::DynamicObject>::namespaced_with(self.client.clone(), ns, &ar)
+        };
+        let listeners = dynamic("AutoscalingListener", "autoscalinglisteners", CONTROLLER_NS);
+        let runner_sets = dynamic("EphemeralRunnerSet", "ephemeralrunnersets", RUNNER_NS);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut gone_since: Option<Instant> = None;
+        while Instant::now() < deadline {
+            let al = listeners
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .next();
+            if let Some(al) = al {
+                let ers = al.data["spec"]["ephemeralRunnerSetName"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                let live = runner_sets
+                    .get_opt(&ers)
+                    .await?
+                    .is_some_and(|r| r.metadata.deletion_timestamp.is_none());
+                if live {
+                    return Ok(());
+                }
+                let since = *gone_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= Duration::from_secs(3) {
+                    eprintln!(
+                        "[e2e] ARC's listener {} names EphemeralRunnerSet {ers}, which ARC deleted (its own race): deleting the listener so that ARC makes it again",
+                        al.name_any()
+                    );
+                    listeners
+                        .delete(&al.name_any(), &kube::api::DeleteParams::background())
+                        .await?;
+                    gone_since = None;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        Err(anyhow!(
+            "ARC's AutoscalingListener did not come to name an existing EphemeralRunnerSet within 60 s"
+        ))
     }
 
     pub(crate) async fn listener_pods(&self) -> Result<Vec<Pod>> {
@@ -588,6 +649,7 @@ impl StackOpts {
             listener_template: None,
             fake: fake_config(args),
             pod_start_latency: *args.pod_start_latency,
+            native_sidecars: true,
         }
     }
 }
