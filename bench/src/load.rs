@@ -25,7 +25,7 @@ use crate::{Figure, TlsArgs};
 /// (the webhook's golden input), compacted as the API server sends it.
 const REVIEW: &[u8] = include_bytes!("../../webhook/tests/golden/inputs/listener-0.14.2.json");
 
-fn compact_review() -> anyhow::Result<Bytes> {
+pub(crate) fn compact_review() -> anyhow::Result<Bytes> {
     let value: serde_json::Value =
         serde_json::from_slice(REVIEW).context("the golden review is not JSON")?;
     Ok(Bytes::from(serde_json::to_vec(&value)?))
@@ -74,7 +74,7 @@ impl LoadResult {
 }
 
 /// Client TLS trusting only `ca_pem`.
-fn client_config(ca_pem: &str) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+pub(crate) fn client_config(ca_pem: &str) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(cert.context("reading the CA certificate")?)?;
@@ -276,35 +276,16 @@ pub async fn admission_tls(args: &TlsArgs) -> anyhow::Result<Vec<Figure>> {
     let listen = proc::free_addr().await?;
     let admin = proc::free_addr().await?;
     let webhook_log = dir.path().join("webhook.log");
-    let mut webhook = Command::new(&webhook_bin);
     // No cluster: neither a kubeconfig nor any ARC_WATCHDOG_ setting of the
     // caller's environment.
-    webhook.env_remove("KUBECONFIG");
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("ARC_WATCHDOG_") {
-            webhook.env_remove(k);
-        }
-    }
-    let mut webhook = webhook
-        .arg("--listen")
-        .arg(listen.to_string())
-        .arg("--admin-listen")
-        .arg(admin.to_string())
-        .arg("--tls-cert")
-        .arg(&cert)
-        .arg("--tls-key")
-        .arg(&key)
-        .args([
-            "--watchdog-image=ghcr.io/example/arc-watchdog:bench",
-            "--sidecar-mode=native",
-            "--manage-rbac=false",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&webhook_log)?)
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {}", webhook_bin.display()))?;
-    let pid = webhook.id().context("the webhook has no pid")?;
+    let files = proc::WebhookFiles {
+        listen,
+        admin,
+        cert: &cert,
+        key: &key,
+        log: &webhook_log,
+    };
+    let (mut webhook, pid) = proc::spawn_webhook(&webhook_bin, &files, &[])?;
     let started = async {
         proc::wait_ok(
             admin,

@@ -10,12 +10,12 @@
 //! the README. The release binaries (`--bin-dir`) and the criterion
 //! estimates (`--criterion-dir`) are built by `make bench` beforehand.
 
+mod abuse;
 mod admission;
 mod load;
 mod parse;
 mod proc;
 mod sizes;
-mod stand_in;
 mod watchdog_rss;
 
 use std::net::SocketAddr;
@@ -40,6 +40,9 @@ enum Command {
     AdmissionVsFloor(CriterionArgs),
     /// Requests/s and p99 of the webhook over TLS, and its peak RSS.
     AdmissionTls(TlsArgs),
+    /// Peak RSS of the webhook and p99 of real reviews while slow and
+    /// oversized requests hammer it.
+    WebhookUnderAbuse(AbuseArgs),
     /// MB/s of the log parser against `grep -c` on the same file.
     ParseThroughput(ParseArgs),
     /// Peak RSS of `arc-watchdog run`, idle and following a busy log.
@@ -85,11 +88,46 @@ struct TlsArgs {
     #[arg(long, env = "ARC_WATCHDOG_BENCH_REQUESTS", default_value_t = 20_000)]
     requests: u64,
     /// Longest measurement per target (after the warm-up).
-    #[arg(long, env = "ARC_WATCHDOG_BENCH_DURATION", default_value = "10s", value_parser = arc_watchdog::settings::parse_duration)]
+    #[arg(long, env = "ARC_WATCHDOG_BENCH_DURATION", default_value = "10s", value_parser = arc_watchdog_core::settings::parse_duration)]
     duration: std::time::Duration,
     /// Warm-up before measuring (not counted).
-    #[arg(long, env = "ARC_WATCHDOG_BENCH_WARMUP", default_value = "1s", value_parser = arc_watchdog::settings::parse_duration)]
+    #[arg(long, env = "ARC_WATCHDOG_BENCH_WARMUP", default_value = "1s", value_parser = arc_watchdog_core::settings::parse_duration)]
     warmup: std::time::Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+struct AbuseArgs {
+    #[command(flatten)]
+    bins: BinArgs,
+    #[command(flatten)]
+    load: AbuseLoadArgs,
+}
+
+/// The abuse in `webhook-under-abuse` (and `all`).
+#[derive(Debug, Clone, Args)]
+struct AbuseLoadArgs {
+    /// Connections sending a request head one byte every 500 ms, never
+    /// ending it (each reconnects when cut).
+    #[arg(
+        long,
+        env = "ARC_WATCHDOG_BENCH_SLOW_CONNECTIONS",
+        default_value_t = 200
+    )]
+    slow: usize,
+    /// Connections streaming 2 MiB chunked bodies, twice `--max-body-bytes`
+    /// (each reconnects when answered).
+    #[arg(
+        long,
+        env = "ARC_WATCHDOG_BENCH_OVERSIZED_CONNECTIONS",
+        default_value_t = 200
+    )]
+    oversized: usize,
+    /// Clients sending real reviews, one fresh connection each, every 50 ms.
+    #[arg(long, env = "ARC_WATCHDOG_BENCH_REVIEWERS", default_value_t = 2)]
+    reviewers: usize,
+    /// How long reviews are measured, without and then with the abuse.
+    #[arg(long = "abuse-duration", env = "ARC_WATCHDOG_BENCH_ABUSE_DURATION", default_value = "10s", value_parser = arc_watchdog::settings::parse_duration)]
+    duration: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -114,7 +152,7 @@ struct RssArgs {
 #[derive(Debug, Clone, Args)]
 struct RssLoadArgs {
     /// Idle time before the idle figure is read.
-    #[arg(long, env = "ARC_WATCHDOG_BENCH_IDLE", default_value = "5s", value_parser = arc_watchdog::settings::parse_duration)]
+    #[arg(long, env = "ARC_WATCHDOG_BENCH_IDLE", default_value = "5s", value_parser = arc_watchdog_core::settings::parse_duration)]
     idle: std::time::Duration,
     /// Listener lines per second streamed to the watchdog.
     #[arg(
@@ -124,7 +162,7 @@ struct RssLoadArgs {
     )]
     lines_per_second: u64,
     /// How long the busy log is streamed.
-    #[arg(long, env = "ARC_WATCHDOG_BENCH_FOLLOW", default_value = "10s", value_parser = arc_watchdog::settings::parse_duration)]
+    #[arg(long, env = "ARC_WATCHDOG_BENCH_FOLLOW", default_value = "10s", value_parser = arc_watchdog_core::settings::parse_duration)]
     follow: std::time::Duration,
 }
 
@@ -138,6 +176,8 @@ struct AllArgs {
     parse: ParseArgs,
     #[command(flatten)]
     rss: RssLoadArgs,
+    #[command(flatten)]
+    abuse: AbuseLoadArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -218,6 +258,7 @@ fn main() -> anyhow::Result<()> {
             Command::All(args) => {
                 print_all(&admission::vs_floor(&args.criterion.criterion_dir)?);
                 print_all(&load::admission_tls(&args.tls).await?);
+                print_all(&abuse::measure(&args.tls.bins.bin_dir, &args.abuse).await?);
                 print_all(&parse::throughput(&args.parse)?);
                 let rss = RssArgs {
                     bins: args.tls.bins.clone(),
@@ -230,6 +271,9 @@ fn main() -> anyhow::Result<()> {
                 print_all(&admission::vs_floor(&args.criterion_dir)?);
             }
             Command::AdmissionTls(args) => print_all(&load::admission_tls(&args).await?),
+            Command::WebhookUnderAbuse(args) => {
+                print_all(&abuse::measure(&args.bins.bin_dir, &args.load).await?);
+            }
             Command::ParseThroughput(args) => print_all(&parse::throughput(&args)?),
             Command::WatchdogRss(args) => print_all(&watchdog_rss::measure(&args).await?),
             Command::BinarySize(args) => print_all(&sizes::binary_sizes(&args.bin_dir)?),

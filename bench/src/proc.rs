@@ -141,3 +141,61 @@ pub fn binary(bin_dir: &Path, name: &str) -> anyhow::Result<std::path::PathBuf> 
     }
     Ok(path)
 }
+
+/// Where a benchmarked webhook serves and keeps its certificate and log.
+#[derive(Debug)]
+pub struct WebhookFiles<'a> {
+    /// `--listen` (TLS).
+    pub listen: SocketAddr,
+    /// `--admin-listen`.
+    pub admin: SocketAddr,
+    /// The serving certificate and key.
+    pub cert: &'a Path,
+    /// See [`WebhookFiles::cert`].
+    pub key: &'a Path,
+    /// Its stderr.
+    pub log: &'a Path,
+}
+
+/// Starts the webhook binary `bin` without a cluster (no kubeconfig, no
+/// `ARC_WATCHDOG_*` setting of the caller's environment: its defaults),
+/// injecting native sidecars of a bench image, with `extra` flags. Returns
+/// the child and its pid.
+pub fn spawn_webhook(
+    bin: &Path,
+    files: &WebhookFiles<'_>,
+    extra: &[&str],
+) -> anyhow::Result<(tokio::process::Child, u32)> {
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.env_remove("KUBECONFIG");
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("ARC_WATCHDOG_") {
+            cmd.env_remove(k);
+        }
+    }
+    let child = cmd
+        .arg("--listen")
+        .arg(files.listen.to_string())
+        .arg("--admin-listen")
+        .arg(files.admin.to_string())
+        .arg("--tls-cert")
+        .arg(files.cert)
+        .arg("--tls-key")
+        .arg(files.key)
+        .args([
+            "--watchdog-image=ghcr.io/example/arc-watchdog:bench",
+            "--sidecar-mode=native",
+            "--manage-rbac=false",
+        ])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(
+            std::fs::File::create(files.log)
+                .with_context(|| format!("creating {}", files.log.display()))?,
+        )
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let pid = child.id().context("the webhook has no pid")?;
+    Ok((child, pid))
+}

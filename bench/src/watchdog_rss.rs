@@ -13,12 +13,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use arc_watchdog::parser::{classify, sample_log};
+use arc_watchdog::stand_in::{NS, POD, POD_UID, StandIn};
 use bytes::Bytes;
 use jiff::Timestamp;
+use serde_json::{Value, json};
 use tokio::process::Command;
 
 use crate::proc::{self, mib};
-use crate::stand_in::{self, StandIn};
 use crate::{Figure, RssArgs};
 
 /// The last line: a 0.14 fatal session conflict.
@@ -40,6 +41,76 @@ fn busy_lines() -> Vec<String> {
         .collect()
 }
 
+/// Container ID of the listener's running container.
+const CONTAINER_ID: &str = "containerd://bench-listener-1";
+
+/// The listener pod: a 0.14.2 listener owned by its AutoscalingListener,
+/// with the watchdog as a native sidecar, the listener running.
+fn pod_json(started: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": POD,
+            "namespace": NS,
+            "uid": POD_UID,
+            "resourceVersion": "1",
+            "labels": {
+                "app.kubernetes.io/component": "runner-scale-set-listener",
+                "app.kubernetes.io/part-of": "gha-runner-scale-set",
+                "app.kubernetes.io/version": "0.14.2",
+                "actions.github.com/scale-set-name": "bench",
+            },
+            "ownerReferences": [{
+                "apiVersion": "actions.github.com/v1alpha1",
+                "kind": "AutoscalingListener",
+                "name": POD,
+                "uid": "6f1c2d3e-0000-4b00-9c00-00000000a11c",
+                "controller": true,
+                "blockOwnerDeletion": true,
+            }],
+        },
+        "spec": {
+            "serviceAccountName": "bench-listener",
+            "restartPolicy": "Never",
+            "initContainers": [{
+                "name": "arc-watchdog",
+                "image": "ghcr.io/example/arc-watchdog:bench",
+                "restartPolicy": "Always",
+                "args": ["run"],
+            }],
+            "containers": [{
+                "name": "listener",
+                "image": "ghcr.io/actions/gha-runner-scale-set-controller:0.14.2",
+                "command": ["/ghalistener"],
+            }],
+        },
+        "status": {
+            "phase": "Running",
+            "initContainerStatuses": [{
+                "name": "arc-watchdog",
+                "image": "ghcr.io/example/arc-watchdog:bench",
+                "imageID": "",
+                "ready": true,
+                "started": true,
+                "restartCount": 0,
+                "containerID": "containerd://bench-watchdog-1",
+                "state": {"running": {"startedAt": started}},
+            }],
+            "containerStatuses": [{
+                "name": "listener",
+                "image": "ghcr.io/actions/gha-runner-scale-set-controller:0.14.2",
+                "imageID": "",
+                "ready": true,
+                "started": true,
+                "restartCount": 0,
+                "containerID": CONTAINER_ID,
+                "state": {"running": {"startedAt": started}},
+            }],
+        },
+    })
+}
+
 fn stamp(at: Timestamp) -> String {
     at.strftime("%Y-%m-%dT%H:%M:%S%.9fZ").to_string()
 }
@@ -56,7 +127,12 @@ pub async fn measure(args: &RssArgs) -> anyhow::Result<Vec<Figure>> {
     }
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let started = Timestamp::now();
-    let api = StandIn::start(&stamp(started)).await?;
+    let api = StandIn::start()
+        .await
+        .context("starting the stand-in API server")?;
+    api.with(|s| s.log_feed = true);
+    api.set_pod(pod_json(&stamp(started)));
+    api.set_lease(None);
     let kubeconfig = api.kubeconfig(dir.path())?;
     let listen = proc::free_addr().await?;
     let log = dir.path().join("watchdog.log");
@@ -73,9 +149,9 @@ pub async fn measure(args: &RssArgs) -> anyhow::Result<Vec<Figure>> {
         .arg(listen.to_string())
         .arg("--dry-run")
         .env("KUBECONFIG", &kubeconfig)
-        .env("POD_NAME", stand_in::POD)
-        .env("POD_NAMESPACE", stand_in::NS)
-        .env("POD_UID", stand_in::POD_UID)
+        .env("POD_NAME", POD)
+        .env("POD_NAMESPACE", NS)
+        .env("POD_UID", POD_UID)
         .env_remove("RUST_LOG")
         .stdout(std::fs::File::create(&log)?)
         .stderr(std::fs::File::create(dir.path().join("watchdog.stderr"))?)
@@ -86,7 +162,13 @@ pub async fn measure(args: &RssArgs) -> anyhow::Result<Vec<Figure>> {
 
     let result = async {
         proc::wait_ok(listen, "/healthz", &mut child, Duration::from_secs(30), &log).await?;
-        api.wait_log_open(Duration::from_secs(30)).await?;
+        let open_within = Duration::from_secs(30);
+        if !api.wait_log_open(open_within).await {
+            bail!(
+                "the watchdog did not open the listener's log within {open_within:?}; requests seen: {:?}",
+                api.request_counts()
+            );
+        }
         // Idle: what the watchdog holds while nothing happens (a fixed
         // observation window, not a synchronisation).
         tokio::time::sleep(args.load.idle).await;
@@ -163,7 +245,7 @@ pub async fn measure(args: &RssArgs) -> anyhow::Result<Vec<Figure>> {
         "watchdog-rss: {sent} lines ({:.1} MB) sent at {rate:.0} lines/s, all processed after {:.1} s; stand-in requests: {:?}",
         bytes as f64 / 1e6,
         drained.as_secs_f64(),
-        api.requests()
+        api.request_counts()
     );
     Ok(vec![
         Figure::new("watchdog-rss-idle", format!("{:.1}", mib(idle_kib)), "MiB"),
