@@ -11,6 +11,7 @@ help:
 	@echo "make lint   - cargo fmt --check and clippy -D warnings"
 	@echo "make mutants - mutation testing of the pure core (hours)"
 	@echo "make image  - static binaries, checked in an empty root; the image too when buildah is installed"
+	@echo "make chart  - the Helm chart as target/chart/arc-watchdog-<version>.tgz"
 
 lint:
 	cargo fmt --all -- --check
@@ -36,8 +37,18 @@ test:
 demo: go-tools
 	cargo run -q -p arc-watchdog-tests --bin demo
 
+.PHONY: chart
+# The Helm chart as target/chart/arc-watchdog-<version>.tgz, linted first, with
+# the helm `make go-tools` builds. Publish it with
+# `helm push target/chart/arc-watchdog-<version>.tgz oci://REGISTRY/charts`.
+HELM = $(shell ARC_WATCHDOG_PRINT_DIRS=1 tests/scripts/build-go-tools.sh helm | cut -d= -f2)/helm
+chart:
+	tests/scripts/build-go-tools.sh helm
+	$(HELM) lint --strict charts/arc-watchdog
+	$(HELM) package charts/arc-watchdog -d target/chart
+
 .PHONY: go-tools test-integration
-# etcd, kube-apiserver, kube-controller-manager and kubectl built from their Go
+# etcd, kube-apiserver, kube-controller-manager, kubectl, promrules and helm built from their Go
 # modules (tests/go/), cached in ~/.cache/arc-watchdog (ARC_WATCHDOG_CACHE).
 go-tools:
 	tests/scripts/build-go-tools.sh

@@ -56,7 +56,7 @@ stage arc tests/scripts/build-arc.sh 0.14.2 0.9.2 || exit 1
 stage lint make --no-print-directory lint || exit 1
 stage build cargo test --workspace --all-targets --no-run || exit 1
 stage build-bins cargo build -p arc-watchdog-tests -p arc-watchdog -p arc-watchdog-webhook --bins || exit 1
-stage unit bash -c 'cargo test --workspace --all-targets --exclude arc-watchdog-tests && cargo test -p arc-watchdog-tests --lib --bins --test manifests' || exit 1
+stage unit bash -c 'cargo test --workspace --all-targets --exclude arc-watchdog-tests && cargo test -p arc-watchdog-tests --lib --bins --test manifests --test chart' || exit 1
 stage integration cargo test -p arc-watchdog-tests --test 'integration_*' || exit 1
 stage e2e "${CARGO_TARGET_DIR:-target}/debug/e2e" || exit 1
 echo "==> all stages passed in $(( $(now) - t_all ))s"
