@@ -70,6 +70,11 @@ pub const WATCHDOG_PORT: u16 = 9102;
 pub const PATH_HEALTHZ: &str = "/healthz";
 /// Readiness endpoint of webhook and watchdog.
 pub const PATH_READYZ: &str = "/readyz";
+/// The watchdog's single readiness check "watching": 503 only while it
+/// fails open (blind to its listener for longer than the grace). The
+/// injected readiness probe asks it, so a failing-open watchdog shows as a
+/// not-ready container in the pod's status, where `status` reads it.
+pub const PATH_READYZ_WATCHING: &str = "/readyz/watching";
 /// The watchdog's start gate: 200 only when the listener may start.
 pub const PATH_STARTZ: &str = "/startz";
 /// Prometheus metrics endpoint.

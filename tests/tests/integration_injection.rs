@@ -173,6 +173,14 @@ fn assert_hardened(c: &Container) {
         .and_then(|p| p.http_get.as_ref())
         .expect("liveness probe");
     assert_eq!(probe.path.as_deref(), Some(names::PATH_HEALTHZ));
+    // Stored by the real API server: the readiness probe that makes a
+    // failing-open watchdog a not-ready container.
+    let probe = c
+        .readiness_probe
+        .as_ref()
+        .and_then(|p| p.http_get.as_ref())
+        .expect("readiness probe");
+    assert_eq!(probe.path.as_deref(), Some(names::PATH_READYZ_WATCHING));
 }
 
 /// The listener container is exactly what ARC asked for (the webhook never
@@ -191,7 +199,11 @@ fn assert_listener_untouched(pod: &Pod, sent: &Pod) {
     assert_eq!(got.command, want.command);
     assert_eq!(got.env, want.env);
     assert_eq!(got.args, want.args);
-    assert!(got.startup_probe.is_none() && got.liveness_probe.is_none());
+    assert!(
+        got.startup_probe.is_none()
+            && got.liveness_probe.is_none()
+            && got.readiness_probe.is_none()
+    );
 }
 
 async fn assert_per_listener_rbac(cp: &ControlPlane, pod: &Pod) {

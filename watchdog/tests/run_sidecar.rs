@@ -46,6 +46,10 @@ async fn api_unreachable_gate_opens_after_the_grace() {
     let (code, body) = http_get(started.addr, "/startz").await;
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("remaining_seconds="), "{body}");
+    // Inside the grace it is not failing open yet: the readiness probe's
+    // check still passes.
+    let (code, body) = http_get(started.addr, "/readyz/watching").await;
+    assert_eq!(code, 200, "{body}");
     let (_, metrics) = http_get(started.addr, "/metrics").await;
     assert_eq!(
         metric(&metrics, "arc_watchdog_fail_open"),
@@ -60,6 +64,9 @@ async fn api_unreachable_gate_opens_after_the_grace() {
 
     let (code, body) = http_get(started.addr, "/readyz").await;
     assert_eq!(code, 503, "{body}");
+    let (code, body) = http_get(started.addr, "/readyz/watching").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.starts_with("failing open"), "{body}");
     let (code, _) = http_get(started.addr, "/healthz").await;
     assert_eq!(code, 200);
     let (_, metrics) = http_get(started.addr, "/metrics").await;
@@ -250,6 +257,8 @@ async fn conflict_loop_delays_saves_reports_and_evicts_a_dead_listener() {
     );
     assert_eq!(metric(&m, "arc_watchdog_loop_active"), Some(1.0), "{m}");
     assert_eq!(metric(&m, "arc_watchdog_fail_open"), Some(0.0), "{m}");
+    let (code, body) = http_get(started.addr, "/readyz/watching").await;
+    assert_eq!(code, 200, "{body}");
     // Exactly one eviction: the conflict was counted once.
     assert_eq!(api.with(|s| s.evictions.len()), 1);
 

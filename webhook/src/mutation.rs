@@ -449,6 +449,17 @@ pub fn watchdog_container(cfg: &InjectConfig, mode: SidecarMode) -> Container {
         ..http_probe(names::PATH_HEALTHZ)
     };
 
+    // Only the "watching" check: a not-ready watchdog container then means
+    // exactly "failing open" (status shows it); an Event or Lease error
+    // alone does not make the pod unready. The listener's own readiness is
+    // untouched, and ARC's listener controller does not read pod readiness.
+    let readiness = Probe {
+        period_seconds: Some(10),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(1),
+        ..http_probe(names::PATH_READYZ_WATCHING)
+    };
+
     let (restart_policy, startup_probe) = match mode {
         SidecarMode::Native => (
             Some("Always".to_owned()),
@@ -484,6 +495,7 @@ pub fn watchdog_container(cfg: &InjectConfig, mode: SidecarMode) -> Container {
             ..ResourceRequirements::default()
         }),
         liveness_probe: Some(liveness),
+        readiness_probe: Some(readiness),
         startup_probe,
         restart_policy,
         security_context: Some(SecurityContext {

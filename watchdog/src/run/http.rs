@@ -78,6 +78,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route(names::PATH_HEALTHZ, get(healthz))
         .route(names::PATH_READYZ, get(readyz))
+        .route(names::PATH_READYZ_WATCHING, get(readyz_watching))
         .route(names::PATH_STARTZ, get(startz))
         .route(names::PATH_METRICS, get(metrics))
         .with_state(shared)
@@ -99,6 +100,24 @@ async fn readyz(State(s): State<Arc<Shared>>) -> Response {
             format!("not ready: {why}\n"),
         )
             .into_response(),
+    }
+}
+
+/// Only the "watching" check: unlike `/readyz`, a Lease or Event error or
+/// a short outage keeps it 200; it turns 503 when the watchdog fails open,
+/// the state worth showing outside the pod.
+async fn readyz_watching(State(s): State<Arc<Shared>>) -> Response {
+    let now = Timestamp::now();
+    let fail_open = s.with_gate(|g| g.fail_open(now));
+    s.refresh_gauges(now);
+    if fail_open {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "failing open: the watchdog cannot see its listener\n",
+        )
+            .into_response()
+    } else {
+        (StatusCode::OK, "ok: watching\n").into_response()
     }
 }
 

@@ -221,6 +221,30 @@ fn pod_has_native_watchdog(pod: &Pod) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.name == names::CONTAINER_NAME))
 }
 
+/// How long a watchdog container must have been running before its
+/// readiness counts: the kubelet reports it not ready until the first
+/// readiness probe (every 10 s) has passed.
+const READINESS_SETTLED_AFTER: Duration = Duration::from_secs(30);
+
+/// Whether the injected watchdog runs and reports itself not ready. Its
+/// readiness probe asks only "watching" (`/readyz/watching`), so not ready
+/// means failing open. A watchdog of a pod admitted without that probe is
+/// ready while it runs, so this is never a false alarm for older pods.
+fn watchdog_failing_open(pod: &Pod, now: Timestamp) -> bool {
+    let Some(status) = pod.status.as_ref() else {
+        return false;
+    };
+    let settled = since(now, READINESS_SETTLED_AFTER);
+    status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .filter(|c| c.name == names::CONTAINER_NAME && !c.ready)
+        .filter_map(|c| c.state.as_ref()?.running.as_ref()?.started_at.as_ref())
+        .any(|started| ts(started) <= settled)
+}
+
 /// Phase, with `Terminating` for a pod being deleted (as kubectl shows it).
 fn phase_of(pod: &Pod) -> String {
     if pod.metadata.deletion_timestamp.is_some() {
@@ -430,6 +454,15 @@ fn row(
             );
             return row;
         }
+    }
+
+    if watched && watchdog_failing_open(pod, now) {
+        row.state = State::FailingOpen;
+        row.since = listener_running_since(pod).or(created);
+        row.detail = "its watchdog fails open: it cannot see its listener (see its /readyz and \
+                      log; usually missing RBAC or no API server): loops go unhandled"
+            .to_owned();
+        return row;
     }
 
     let h = match history {

@@ -125,6 +125,11 @@ pub enum State {
     DuplicateSuspected,
     /// A loop wants evictions but the eviction budget is spent.
     BudgetExhausted,
+    /// The listener runs, but its watchdog fails open: blind to its
+    /// listener for longer than its grace (usually missing RBAC or a lost
+    /// API server), so loops go unhandled. Read from the watchdog
+    /// container's readiness.
+    FailingOpen,
     /// No running listener (see `missing`).
     ListenerMissing,
     /// Not enough could be read to tell (see `lacked_rights`).
@@ -142,6 +147,7 @@ impl State {
             State::StartDelayed => "start_delayed",
             State::DuplicateSuspected => "duplicate_suspected",
             State::BudgetExhausted => "budget_exhausted",
+            State::FailingOpen => "failing_open",
             State::ListenerMissing => "listener_missing",
             State::Unknown => "unknown",
         }

@@ -149,6 +149,83 @@ fn a_running_listener_without_a_loop_is_healthy() {
     assert_eq!(ExitStatus::of(&report), ExitStatus::Healthy);
 }
 
+/// `pod` with its watchdog container running since `started` and ready
+/// or not, as the kubelet reports it.
+fn with_watchdog_status(mut pod: Pod, ready: bool, started: i64) -> Pod {
+    let native = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .is_some();
+    let status: k8s_openapi::api::core::v1::ContainerStatus = serde_json::from_value(json!({
+        "name": "arc-watchdog", "image": "x", "imageID": "", "ready": ready, "restartCount": 0,
+        "started": true, "state": {"running": {"startedAt": t(started).to_string()}}}))
+    .unwrap();
+    let s = pod.status.as_mut().unwrap();
+    if native {
+        s.init_container_statuses = Some(vec![status]);
+    } else {
+        s.container_statuses.as_mut().unwrap().push(status);
+    }
+    pod
+}
+
+#[test]
+fn a_watchdog_reporting_not_ready_fails_open_once_its_readiness_settled() {
+    for mode in ["native", "classic"] {
+        let running = || pod("a", Some(mode), "Running", 100);
+        let failing = one(&inputs(
+            &["a"],
+            &["a"],
+            vec![with_watchdog_status(running(), false, NOW - 60)],
+            vec![],
+        ));
+        assert_eq!(failing.state, State::FailingOpen, "{mode}");
+        assert!(failing.detail.contains("fails open"), "{}", failing.detail);
+        assert_eq!(failing.since, Some(t(105)), "{mode}");
+        let report = assess(
+            &inputs(
+                &["a"],
+                &["a"],
+                vec![with_watchdog_status(running(), false, NOW - 60)],
+                vec![],
+            ),
+            &Options::default(),
+            t(NOW),
+        );
+        assert_eq!(ExitStatus::of(&report), ExitStatus::Unhealthy, "{mode}");
+
+        // Ready, or not ready only because no probe has passed yet.
+        for (ready, started) in [(true, NOW - 60), (false, NOW - 5)] {
+            let row = one(&inputs(
+                &["a"],
+                &["a"],
+                vec![with_watchdog_status(running(), ready, started)],
+                vec![],
+            ));
+            assert_eq!(
+                row.state,
+                State::Healthy,
+                "{mode} ready={ready} started={started}"
+            );
+        }
+    }
+    // A pod without the watchdog has no watchdog readiness to read.
+    let mut unwatched = pod("a", None, "Running", 100);
+    unwatched
+        .status
+        .as_mut()
+        .unwrap()
+        .container_statuses
+        .as_mut()
+        .unwrap()[0]
+        .ready = false;
+    assert_eq!(
+        one(&inputs(&["a"], &["a"], vec![unwatched], vec![])).state,
+        State::Healthy
+    );
+}
+
 #[test]
 fn a_conflict_loop_past_its_delay_is_a_conflict_loop_with_counts_and_last_decision() {
     let h = looping(true, NOW - 50, false);
