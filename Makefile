@@ -12,6 +12,7 @@ help:
 	@echo "make mutants - mutation testing of the pure core (hours)"
 	@echo "make image  - static binaries, checked in an empty root; the image too when buildah is installed"
 	@echo "make chart  - the Helm chart as target/chart/arc-watchdog-<version>.tgz"
+	@echo "make timeline - copy the last e2e run's S2 picture into docs/ (README)"
 
 lint:
 	cargo fmt --all -- --check
@@ -98,6 +99,14 @@ E2E_SCENARIOS ?= all
 e2e: go-tools arc
 	cargo build -p arc-watchdog-tests -p arc-watchdog -p arc-watchdog-webhook --bins
 	target/debug/e2e --scenarios $(E2E_SCENARIOS)
+
+# The README's picture of S2 (docs/e2e-s2.timeline.svg): taken from the last
+# e2e run's S2 with the 10-minute stale session on 0.14.2 (its data and the
+# SVG drawn from it; a unit test redraws the SVG from the data).
+TIMELINE ?= target/S2-stale-session-600s-0.14.2.timeline
+timeline:
+	cp $(TIMELINE).json docs/e2e-s2.timeline.json
+	cp $(TIMELINE).svg docs/e2e-s2.timeline.svg
 
 # The version matrix: S2 (stale session, 2 and 10 minutes) and S3 (dead
 # listener) on every pinned ARC version, S2 also with the legacy listener of

@@ -9,3 +9,4 @@ pub mod fake_github;
 pub mod kubelet;
 pub mod node;
 pub mod per_listener;
+pub mod timeline;

@@ -113,7 +113,9 @@ async fn a_listener_whose_watchdog_cannot_be_pulled_is_released_and_runs_without
     assert!(watchdog_container(&stuck).is_some(), "injected at first");
     per_listener::wait_for_pod(&admin, &stuck).await.unwrap();
     node.bind(ns, &name).await.unwrap();
-    let held_at = Timestamp::now();
+    // Whole seconds: the API server stores startTime (a metav1.Time) without
+    // its fraction, and the webhook counts from what it stores.
+    let held_at = Timestamp::from_second(Timestamp::now().as_second()).unwrap();
     node.set_pod_status(
         ns,
         &name,

@@ -9,6 +9,8 @@ use std::time::Duration;
 use anyhow::Result;
 use arc_watchdog_tests::control_plane::SidecarMode;
 use arc_watchdog_tests::fake_github::Control;
+use arc_watchdog_tests::timeline::{self, Call, Sample, Timeline};
+use jiff::Timestamp;
 
 use crate::outcome::Outcome;
 use crate::stack::{Binaries, Stack, StackOpts, finish};
@@ -36,8 +38,11 @@ pub(crate) fn label(version: &str, legacy: bool) -> String {
     }
 }
 
+/// How often the start gate's delay is sampled for the timeline.
+const GATE_SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
 /// What one leg measured.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Leg {
     /// Session-create calls up to and including the first success.
     calls: u64,
@@ -49,6 +54,8 @@ struct Leg {
     starts: usize,
     /// Evictions by arc-watchdog (its log).
     evictions: usize,
+    /// The same over time, for the picture.
+    timeline: timeline::Leg,
 }
 
 async fn leg(bins: &Binaries, opts: StackOpts, ttl: Duration, o: &mut Outcome) -> Result<Leg> {
@@ -64,6 +71,7 @@ async fn leg(bins: &Binaries, opts: StackOpts, ttl: Duration, o: &mut Outcome) -
             ttl_ms: Some(ttl_ms),
         });
         let planted_ms = stack.fake.now_ms();
+        let planted_at = Timestamp::now();
         stack.create_runner_set(&opts).await?;
         let timeout = ttl + Duration::from_secs(if watchdog { 900 } else { 180 });
         // With the watchdog, `status` must show the loop while it lasts:
@@ -78,6 +86,8 @@ async fn leg(bins: &Binaries, opts: StackOpts, ttl: Duration, o: &mut Outcome) -
         );
         tokio::pin!(session, loop_shown);
         let mut shown = None;
+        let mut gate_delay = Vec::new();
+        let mut sample = tokio::time::interval(GATE_SAMPLE_EVERY);
         loop {
             tokio::select! {
                 r = &mut session => {
@@ -85,6 +95,12 @@ async fn leg(bins: &Binaries, opts: StackOpts, ttl: Duration, o: &mut Outcome) -
                     break;
                 }
                 s = &mut loop_shown, if watchdog && shown.is_none() => shown = Some(s),
+                _ = sample.tick(), if watchdog => {
+                    // Between generations no watchdog answers: a gap.
+                    if let Ok(v) = stack.watchdog_metric("arc_watchdog_start_delay_seconds").await {
+                        gate_delay.push(Sample { at_s: seconds_since(planted_at), value: v });
+                    }
+                }
             };
         }
         let st = stack.fake.stats();
@@ -106,6 +122,22 @@ async fn leg(bins: &Binaries, opts: StackOpts, ttl: Duration, o: &mut Outcome) -
             heal: (first_ok as f64 - expiry as f64) / 1000.0,
             starts: stack.listener_starts(),
             evictions: stack.watchdog_log_count("evicting the own pod", None)?,
+            timeline: timeline::Leg {
+                label: if watchdog { "with" } else { "without" }.to_owned(),
+                session_calls: upto
+                    .iter()
+                    .map(|e| Call {
+                        at_s: (e.at_ms as f64 - planted_ms as f64) / 1000.0,
+                        status: e.status,
+                    })
+                    .collect(),
+                listener_starts: stack
+                    .listener_start_times()
+                    .into_iter()
+                    .map(|t| (t - planted_at).total(jiff::Unit::Second).unwrap_or(0.0))
+                    .collect(),
+                gate_delay,
+            },
         };
         if watchdog {
             o.notes.push(stack.watchdog_events_note("with").await);
@@ -181,6 +213,15 @@ pub(crate) async fn s2(
     let (Ok(without), Ok(with)) = (ra, rb) else {
         return Ok(o);
     };
+    let picture = Timeline {
+        arc_version: label(version, legacy),
+        stale_lifetime_s: ttl.as_secs_f64(),
+        legs: vec![without.timeline.clone(), with.timeline.clone()],
+    };
+    match write_timeline(&args.report, &name(ttl), &picture) {
+        Ok(json) => o.notes.push(format!("timeline: {}", json.display())),
+        Err(e) => o.check(false, format!("writing the timeline: {e:#}")),
+    }
     o.num("session_calls_without", without.calls);
     o.num("session_calls_with", with.calls);
     let ratio = without.calls as f64 / with.calls.max(1) as f64;
@@ -269,4 +310,34 @@ pub(crate) async fn s2(
         ),
     );
     Ok(o)
+}
+
+/// Seconds from `t` until now.
+fn seconds_since(t: Timestamp) -> f64 {
+    (Timestamp::now() - t)
+        .total(jiff::Unit::Second)
+        .unwrap_or(0.0)
+}
+
+/// Writes `picture` as JSON and SVG beside the report
+/// (`<report dir>/<scenario>-<version>.timeline.{json,svg}`); returns the
+/// JSON's path. `make timeline` copies a run's pair into `docs/`.
+fn write_timeline(
+    report: &std::path::Path,
+    scenario: &str,
+    picture: &Timeline,
+) -> Result<std::path::PathBuf> {
+    use anyhow::Context as _;
+    let dir = report
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or_else(|| std::path::Path::new("."));
+    let stem = format!("{scenario}-{}.timeline", picture.arc_version);
+    let json = dir.join(format!("{stem}.json"));
+    std::fs::write(&json, serde_json::to_string_pretty(picture)? + "\n")
+        .with_context(|| format!("writing {}", json.display()))?;
+    let svg = dir.join(format!("{stem}.svg"));
+    std::fs::write(&svg, timeline::render_svg(picture))
+        .with_context(|| format!("writing {}", svg.display()))?;
+    Ok(json)
 }

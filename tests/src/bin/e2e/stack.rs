@@ -537,11 +537,17 @@ impl Stack {
 
     /// How many times a listener process was started.
     pub(crate) fn listener_starts(&self) -> usize {
+        self.listener_start_times().len()
+    }
+
+    /// When each listener process was started.
+    pub(crate) fn listener_start_times(&self) -> Vec<jiff::Timestamp> {
         self.kubelet
             .events()
             .iter()
             .filter(|e| e.container.as_deref() == Some("listener") && e.what.starts_with("started"))
-            .count()
+            .map(|e| e.at)
+            .collect()
     }
 
     pub(crate) fn kubelet_log(&self) -> String {
