@@ -91,6 +91,8 @@ struct Lost {
     uid: String,
     /// The power went off.
     at: Instant,
+    /// The pod was deleted.
+    deleted: Instant,
     /// The deletion's grace period ended (the pod's `deletionTimestamp`).
     grace_end: Instant,
     grace: Duration,
@@ -226,22 +228,23 @@ async fn lose_node(
     )
     .await
     .context("adding the DisruptionTarget condition")?;
-    pods.delete(name, &DeleteParams::default())
+    let deleting = pods
+        .delete(name, &DeleteParams::default())
         .await
         .context("deleting the pod")?;
     let deleted = Instant::now();
-    let pod = pod_by_uid(stack, name, uid)
-        .await?
-        .ok_or_else(|| anyhow!("the pod went at once: something confirmed its deletion"))?;
-    let grace = Duration::from_secs(
-        pod.metadata
-            .deletion_grace_period_seconds
-            .and_then(|s| u64::try_from(s).ok())
-            .unwrap_or(0),
-    );
+    // The grace period the API server gave the deletion (the pod's own).
+    let grace = deleting
+        .left()
+        .and_then(|p| p.metadata.deletion_grace_period_seconds)
+        .and_then(|s| u64::try_from(s).ok())
+        .map_or(Duration::ZERO, Duration::from_secs);
     o.num(&format!("{tag}_grace_s"), grace.as_secs());
+    let pod = pod_by_uid(stack, name, uid).await?;
     o.check(
-        pod.metadata.deletion_timestamp.is_some() && listener_reads_running(&pod),
+        pod.as_ref().is_some_and(|p| {
+            p.metadata.deletion_timestamp.is_some() && listener_reads_running(p)
+        }),
         format!(
             "{tag}: the pod is Terminating and its listener still reads Running (no kubelet reported the death)"
         ),
@@ -250,6 +253,7 @@ async fn lose_node(
         name: name.to_owned(),
         uid: uid.to_owned(),
         at,
+        deleted,
         grace_end: deleted + grace,
         grace,
         sessions_before,
@@ -315,48 +319,82 @@ async fn without_watchdog(stack: &Stack, lost: &Lost, o: &mut Outcome) -> Result
     Ok(())
 }
 
-/// With arc-watchdog: the report, the status, the force deletion, and ARC's
-/// new listener on the healthy node.
+/// With arc-watchdog: the status, the report, the force deletion, and
+/// ARC's new listener on the healthy node. Each is awaited from the
+/// deletion on, side by side, so that each time is when it happened.
 async fn with_watchdog(stack: &Stack, bins: &Binaries, lost: &Lost, o: &mut Outcome) -> Result<()> {
     let reason = Missing::TerminatingOnNotReadyNode.as_str();
+    let webhook = stack
+        .webhook
+        .as_ref()
+        .ok_or_else(|| anyhow!("this stack runs no webhook"))?;
     // `arc-watchdog status` while the listener is missing.
-    let shown = status::await_row(
-        &bins.watchdog,
-        stack.cp.kubeconfig(),
-        Duration::from_secs(60),
-        "status to show the listener missing",
-        |r| status::state(r) == "listener_missing" && r["missing"] == reason,
-    )
-    .await;
-    o.check(
-        shown.is_ok(),
-        format!(
-            "with: status shows the scale set listener_missing ({reason}) while the pod is stuck"
-        ),
-    );
-
+    let shown = async {
+        status::await_row(
+            &bins.watchdog,
+            stack.cp.kubeconfig(),
+            Duration::from_secs(60),
+            "status to show the listener missing",
+            |r| status::state(r) == "listener_missing" && r["missing"] == reason,
+        )
+        .await
+        .map(|_| secs_since(lost.deleted))
+    };
     // The report: a Warning Event on the AutoscalingRunnerSet.
     let events: Api<EventV1> = Api::namespaced(stack.client.clone(), RUNNER_NS);
-    let bound = lost.grace + REPORT_AFTER + Duration::from_secs(60);
-    let event = control_plane::eventually(bound, "the ListenerMissing Event", || async {
-        events
-            .list(&ListParams::default())
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .find(|e| {
-                e.reason.as_deref() == Some(Reason::ListenerMissing.as_str())
-                    && e.related.as_ref().and_then(|r| r.uid.as_deref()) == Some(lost.uid.as_str())
-            })
-    })
-    .await;
-    match event {
-        Ok(e) => {
-            o.num(
-                "with_event_after_grace_s",
-                format!("{:.1}", secs_since(lost.grace_end)),
+    let event = control_plane::eventually(
+        lost.grace + REPORT_AFTER + Duration::from_secs(60),
+        "the ListenerMissing Event",
+        || async {
+            events
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some(Reason::ListenerMissing.as_str())
+                        && e.related.as_ref().and_then(|r| r.uid.as_deref())
+                            == Some(lost.uid.as_str())
+                })
+                .map(|e| (e, secs_since(lost.grace_end)))
+        },
+    );
+    // The opt-in action: the stuck pod force-deleted.
+    let gone = control_plane::eventually(
+        lost.grace + DELETE_STUCK_AFTER + Duration::from_secs(60),
+        "the stuck pod's deletion",
+        || async {
+            pod_by_uid(stack, &lost.name, &lost.uid)
+                .await
+                .ok()
+                .and_then(|p| p.is_none().then(|| secs_since(lost.grace_end)))
+        },
+    );
+    // ARC's next listener pod, and its session.
+    let recovered = lost.grace + DELETE_STUCK_AFTER + Duration::from_secs(60) + RECOVERY;
+    let new_pod = stack.await_new_listener(&lost.uid, lost.at, recovered, "ARC's new listener pod");
+    let session = control_plane::eventually(recovered, "the new listener's session", || async {
+        new_session(stack, lost.sessions_before).then(|| lost.at.elapsed().as_secs_f64())
+    });
+    let (shown, event, gone, new_pod, session) = tokio::join!(shown, event, gone, new_pod, session);
+
+    match shown {
+        Ok(t) => {
+            o.num("with_status_missing_after_deletion_s", format!("{t:.1}"));
+            o.check(
+                true,
+                format!("with: status shows the scale set listener_missing ({reason}) while the pod is stuck"),
             );
+        }
+        Err(e) => o.check(
+            false,
+            format!("with: status shows the scale set listener_missing ({reason}): {e:#}"),
+        ),
+    }
+    match event {
+        Ok((e, t)) => {
+            o.num("with_event_after_grace_s", format!("{t:.1}"));
             let regarding = e.regarding.clone().unwrap_or_default();
             o.check(
                 e.type_.as_deref() == Some("Warning")
@@ -371,16 +409,6 @@ async fn with_watchdog(stack: &Stack, bins: &Binaries, lost: &Lost, o: &mut Outc
         }
         Err(e) => o.check(false, format!("with: the ListenerMissing Event: {e:#}")),
     }
-
-    // The opt-in action: the stuck pod force-deleted.
-    let bound = lost.grace + DELETE_STUCK_AFTER + Duration::from_secs(60);
-    let gone = control_plane::eventually(bound, "the stuck pod's force deletion", || async {
-        pod_by_uid(stack, &lost.name, &lost.uid)
-            .await
-            .ok()
-            .and_then(|p| p.is_none().then(|| secs_since(lost.grace_end)))
-    })
-    .await;
     match gone {
         Ok(t) => {
             o.num("with_force_deleted_after_grace_s", format!("{t:.1}"));
@@ -388,7 +416,7 @@ async fn with_watchdog(stack: &Stack, bins: &Binaries, lost: &Lost, o: &mut Outc
             o.check(
                 t >= earliest,
                 format!(
-                    "with: the stuck pod went {t:.1} s after its grace period, not before --delete-stuck-terminating-after ({} s)",
+                    "with: the stuck pod went {t:.1} s after its grace period ended, not before --delete-stuck-terminating-after ({} s)",
                     DELETE_STUCK_AFTER.as_secs()
                 ),
             );
@@ -398,10 +426,6 @@ async fn with_watchdog(stack: &Stack, bins: &Binaries, lost: &Lost, o: &mut Outc
             format!("with: the stuck pod is force-deleted: {e:#}"),
         ),
     }
-    let webhook = stack
-        .webhook
-        .as_ref()
-        .ok_or_else(|| anyhow!("this stack runs no webhook"))?;
     let counted = control_plane::eventually(Duration::from_secs(10), STUCK_DELETIONS, || async {
         let text = webhook.metrics().await.ok()?;
         control_plane::metric_value(&text, STUCK_DELETIONS, &[("result", "deleted")])
@@ -412,11 +436,6 @@ async fn with_watchdog(stack: &Stack, bins: &Binaries, lost: &Lost, o: &mut Outc
         counted.is_ok(),
         format!("with: the webhook deleted it ({STUCK_DELETIONS}{{result=\"deleted\"}})"),
     );
-
-    // ARC's next listener pod, on the healthy node, with its session.
-    let new_pod = stack
-        .await_new_listener(&lost.uid, lost.at, RECOVERY, "ARC's new listener pod")
-        .await;
     match new_pod {
         Ok(t) => o.num("with_new_pod_after_loss_s", format!("{t:.1}")),
         Err(e) => o.check(
@@ -424,10 +443,6 @@ async fn with_watchdog(stack: &Stack, bins: &Binaries, lost: &Lost, o: &mut Outc
             format!("with: ARC creates a new listener pod: {e:#}"),
         ),
     }
-    let session = control_plane::eventually(RECOVERY, "the new listener's session", || async {
-        new_session(stack, lost.sessions_before).then(|| lost.at.elapsed().as_secs_f64())
-    })
-    .await;
     match session {
         Ok(t) => {
             o.num("with_session_after_loss_s", format!("{t:.1}"));

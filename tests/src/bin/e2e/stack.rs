@@ -536,16 +536,22 @@ impl Stack {
             .count()
     }
 
+    /// What every kubelet of the stack did, in time order, each line
+    /// naming its node.
     pub(crate) fn kubelet_log(&self) -> String {
-        self.kubelet
-            .events()
-            .iter()
-            .map(|e| {
+        let mut lines: Vec<_> = std::iter::once((NODE, &self.kubelet))
+            .chain(self.more_nodes.iter().map(|(k, n)| (n.name(), k)))
+            .flat_map(|(node, kubelet)| kubelet.events().into_iter().map(move |e| (e, node)))
+            .collect();
+        lines.sort_by_key(|(e, _)| e.at);
+        lines
+            .into_iter()
+            .map(|(e, node)| {
                 format!(
-                    "{} {} {} {}",
+                    "{} {node} {} {} {}",
                     e.at,
                     e.pod,
-                    e.container.clone().unwrap_or_default(),
+                    e.container.unwrap_or_default(),
                     e.what
                 )
             })
