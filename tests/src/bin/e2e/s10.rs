@@ -23,6 +23,7 @@
 //! `--delete-stuck-terminating-after`, force-deletes the stuck pod; ARC's
 //! next listener pod runs on the healthy node and gets its session.
 
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow};
@@ -240,15 +241,6 @@ async fn lose_node(
         .and_then(|s| u64::try_from(s).ok())
         .map_or(Duration::ZERO, Duration::from_secs);
     o.num(&format!("{tag}_grace_s"), grace.as_secs());
-    let pod = pod_by_uid(stack, name, uid).await?;
-    o.check(
-        pod.as_ref().is_some_and(|p| {
-            p.metadata.deletion_timestamp.is_some() && listener_reads_running(p)
-        }),
-        format!(
-            "{tag}: the pod is Terminating and its listener still reads Running (no kubelet reported the death)"
-        ),
-    );
     Ok(Lost {
         name: name.to_owned(),
         uid: uid.to_owned(),
@@ -360,15 +352,20 @@ async fn with_watchdog(stack: &Stack, bins: &Binaries, lost: &Lost, o: &mut Outc
                 .map(|e| (e, secs_since(lost.grace_end)))
         },
     );
-    // The opt-in action: the stuck pod force-deleted.
+    // The opt-in action: the stuck pod force-deleted. The pod as last seen
+    // before it went tells whether anything confirmed the listener's death.
+    let last_seen: Mutex<Option<Pod>> = Mutex::new(None);
     let gone = control_plane::eventually(
         lost.grace + DELETE_STUCK_AFTER + Duration::from_secs(60),
         "the stuck pod's deletion",
         || async {
-            pod_by_uid(stack, &lost.name, &lost.uid)
-                .await
-                .ok()
-                .and_then(|p| p.is_none().then(|| secs_since(lost.grace_end)))
+            match pod_by_uid(stack, &lost.name, &lost.uid).await.ok()? {
+                Some(p) => {
+                    *last_seen.lock().unwrap_or_else(PoisonError::into_inner) = Some(p);
+                    None
+                }
+                None => Some(secs_since(lost.grace_end)),
+            }
         },
     );
     // ARC's next listener pod, and its session.
@@ -426,6 +423,14 @@ async fn with_watchdog(stack: &Stack, bins: &Binaries, lost: &Lost, o: &mut Outc
             format!("with: the stuck pod is force-deleted: {e:#}"),
         ),
     }
+    let last = last_seen
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner);
+    o.check(
+        last.as_ref()
+            .is_some_and(|p| p.metadata.deletion_timestamp.is_some() && listener_reads_running(p)),
+        "with: until it went, the pod stayed Terminating, its listener reading Running (nothing confirmed the death)",
+    );
     let counted = control_plane::eventually(Duration::from_secs(10), STUCK_DELETIONS, || async {
         let text = webhook.metrics().await.ok()?;
         control_plane::metric_value(&text, STUCK_DELETIONS, &[("result", "deleted")])
