@@ -29,7 +29,10 @@
 //! - feeds each container's output into the node's `containerLogs` buffers;
 //! - on deletion sends SIGTERM (regular containers first, then sidecars),
 //!   waits up to the grace period, sends SIGKILL, and deletes the pod with
-//!   grace period 0.
+//!   grace period 0;
+//! - powered off ([`ProcessKubelet::power_off`]), as a node that loses
+//!   power: stops at once, writing nothing more, and SIGKILLs its
+//!   processes.
 //!
 //! Images are mapped to local binaries ([`ImageBinary`]); no image is pulled.
 //! Processes run as root on the host network (pods share 127.0.0.1), which
@@ -104,7 +107,8 @@ struct Registry {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// A running process kubelet; stops its pods' processes when dropped.
+/// A running process kubelet; stops (see [`ProcessKubelet::stop`]) when
+/// dropped.
 #[derive(Debug)]
 pub struct ProcessKubelet {
     main: JoinHandle<()>,
@@ -186,7 +190,30 @@ impl ProcessKubelet {
         signal_group(pid, signal).await
     }
 
-    /// Stops everything: kills every container process.
+    /// Powers the node off, as far as the API server and its pods can tell:
+    /// the kubelet stops first, so that nothing more is written (no binding,
+    /// no container state, no pod phase, no final delete of a pod being
+    /// deleted), then every container process it started is killed with
+    /// SIGKILL and no SIGTERM before (a machine that loses power runs no
+    /// shutdown). The Node object is left as it is: marking it NotReady is
+    /// the node lifecycle controller's job. Returns the process groups
+    /// killed (see [`process_group_alive`]).
+    pub async fn power_off(&self) -> Vec<u32> {
+        self.stop();
+        let pids: Vec<u32> = std::mem::take(&mut *lock(&self.pids))
+            .into_values()
+            .collect();
+        for pid in &pids {
+            if let Err(e) = signal_group(*pid, "KILL").await {
+                tracing::debug!(error = %e, pid, "kubelet: power off");
+            }
+        }
+        pids
+    }
+
+    /// Stops the kubelet: it binds, runs and reports nothing more. The
+    /// container processes it started are not signalled here; the control
+    /// plane's reaper ends them by their pid files (`pid_dir`).
     pub fn stop(&self) {
         self.main.abort();
         let mut reg = lock(&self.registry);
@@ -195,6 +222,28 @@ impl ProcessKubelet {
             t.abort();
         }
     }
+}
+
+/// Whether a process of process group `pgid` still runs (a zombie, dead and
+/// not yet reaped, does not count), from `/proc/<pid>/stat`.
+pub fn process_group_alive(pgid: u32) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.filter_map(Result::ok).any(|e| {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            return false;
+        };
+        // `pid (comm) state ppid pgrp ...`: comm may hold spaces and
+        // parentheses, so the fields are read after its last `)`.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            return false;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next();
+        let pgrp = fields.nth(1).and_then(|f| f.parse::<u32>().ok());
+        pgrp == Some(pgid) && state.is_some_and(|s| s != "Z" && s != "X")
+    })
 }
 
 impl Drop for ProcessKubelet {
@@ -241,4 +290,24 @@ struct PodRun {
     /// The last status write failed: it is written again after
     /// [`status::STATUS_RETRY`].
     status_pending: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_killed_process_group_is_no_longer_alive() {
+        let mut child = tokio::process::Command::new("sleep")
+            .arg("60")
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let pid = child.id().unwrap();
+        assert!(process_group_alive(pid));
+        signal_group(pid, "KILL").await.unwrap();
+        let _ = child.wait().await;
+        assert!(!process_group_alive(pid));
+    }
 }

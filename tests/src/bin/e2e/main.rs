@@ -17,6 +17,7 @@
 
 mod outcome;
 mod s1;
+mod s10;
 mod s2;
 mod s3;
 mod s4;
@@ -56,7 +57,7 @@ pub(crate) const IDLE_IMAGE: &str = "registry.invalid/e2e/idle-sidecar:1";
 /// Every ARC version the scenarios know (pinned in `tests/arc/SOURCES`).
 pub(crate) const ARC_VERSIONS: [&str; 4] = ["0.8.1", "0.9.2", "0.10.1", "0.14.2"];
 /// The scenarios, in the order `all` runs and reports them.
-const SCENARIOS: [&str; 9] = ["S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9"];
+const SCENARIOS: [&str; 10] = ["S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10"];
 
 /// A known ARC version, as the `'static` name the stacks use.
 fn known_arc_version(s: &str) -> Result<&'static str, String> {
@@ -92,7 +93,7 @@ pub(crate) fn version_key(v: &str) -> (u32, u32, u32) {
 #[derive(Debug, Parser)]
 #[command(about)]
 pub(crate) struct Args {
-    /// Scenarios to run (comma separated): S1 to S7, or `all`.
+    /// Scenarios to run (comma separated): S1 to S10, or `all`.
     #[arg(long, env = "ARC_WATCHDOG_E2E_SCENARIOS", default_value = "all")]
     scenarios: String,
     /// Where the Markdown report goes.
@@ -183,7 +184,7 @@ fn run<'a>(
 /// The scenarios from the longest to the shortest: stacks are handed out in
 /// the plan's order, and the longest runs decide how long the whole run
 /// takes.
-const LONGEST_FIRST: [&str; 9] = ["S2", "S7", "S5", "S4", "S9", "S8", "S3", "S1", "S6"];
+const LONGEST_FIRST: [&str; 10] = ["S2", "S7", "S5", "S10", "S4", "S9", "S8", "S3", "S1", "S6"];
 
 /// The scenario runs, longest first (see [`LONGEST_FIRST`]).
 fn plan<'a>(wanted: &[String], bins: &'a Binaries, args: &'a Args) -> Result<Vec<ScenarioRun<'a>>> {
@@ -228,6 +229,7 @@ fn plan<'a>(wanted: &[String], bins: &'a Binaries, args: &'a Args) -> Result<Vec
             "S7" => runs.push(run("S7-startup-failure", "0.14.2", s7::s7(bins, args))),
             "S8" => runs.push(run("S8-watchdog-unpullable", "0.14.2", s8::s8(bins, args))),
             "S9" => runs.push(run("S9-old-kubelet", "0.14.2", s9::s9(bins, args))),
+            "S10" => runs.push(run("S10-node-lost", "0.14.2", s10::s10(bins, args))),
             other => bail!(
                 "unknown scenario {other:?} (known: {}, all)",
                 SCENARIOS.join(", ")

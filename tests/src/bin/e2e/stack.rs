@@ -96,6 +96,8 @@ pub(crate) struct Stack {
     pub(crate) watchdog_port: Option<u16>,
     pub(crate) controller: tokio::process::Child,
     pub(crate) _node: Arc<FakeNode>,
+    /// Nodes added by [`Stack::add_node`], each with its kubelet.
+    more_nodes: Vec<(ProcessKubelet, Arc<FakeNode>)>,
     /// This stack's place among those running at once.
     _permit: OwnedSemaphorePermit,
 }
@@ -132,46 +134,11 @@ impl Stack {
         cp.create_namespace(CONTROLLER_NS).await?;
         cp.create_namespace(RUNNER_NS).await?;
         let fake = FakeGithub::start(o.fake, 0).await?;
-        let node = Arc::new(FakeNode::start(client.clone(), "e2e-node").await?);
-        let port: u16 = cp
-            .server()
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .ok_or_else(|| anyhow!("no port in {}", cp.server()))?;
+        let node = Arc::new(FakeNode::start(client.clone(), NODE).await?);
         let kubelet = ProcessKubelet::start(
             client.clone(),
             node.clone(),
-            KubeletConfig {
-                images: vec![
-                    ImageBinary {
-                        image: arc_image(o.version),
-                        command: Some("/ghalistener".into()),
-                        path: arc.join("ghalistener"),
-                    },
-                    ImageBinary {
-                        image: arc_image(o.version),
-                        command: Some(LEGACY_LISTENER.into()),
-                        path: arc.join(LEGACY_LISTENER.trim_start_matches('/')),
-                    },
-                    ImageBinary {
-                        image: WATCHDOG_IMAGE.into(),
-                        command: None,
-                        path: bins.watchdog.clone(),
-                    },
-                    ImageBinary {
-                        image: IDLE_IMAGE.into(),
-                        command: None,
-                        path: PathBuf::from("/bin/sleep"),
-                    },
-                ],
-                api_host: "127.0.0.1".into(),
-                api_port: port,
-                work_dir: cp.dir().join("kubelet"),
-                pid_dir: Some(cp.dir().to_path_buf()),
-                pod_start_latency: o.pod_start_latency,
-                native_sidecars: o.native_sidecars,
-            },
+            kubelet_config(&cp, bins, arc, o)?,
         )?;
         let watchdog_port = o.watchdog.map(|_| control_plane::free_port()).transpose()?;
         let webhook = match (o.watchdog, watchdog_port) {
@@ -216,6 +183,7 @@ impl Stack {
             watchdog_port,
             controller,
             _node: node,
+            more_nodes: Vec::new(),
             _permit: permit,
         };
         eprintln!(
@@ -225,6 +193,30 @@ impl Stack {
             t0.elapsed().as_secs_f64()
         );
         Ok(s)
+    }
+
+    /// Adds a node named `name` with a process kubelet of its own, set up
+    /// as the stack's first one. From then on each kubelet that runs binds
+    /// unscheduled pods to its own node, whichever is first: add a node once
+    /// the pods that must land on the first one are bound.
+    pub(crate) async fn add_node(
+        &mut self,
+        bins: &Binaries,
+        o: &StackOpts,
+        name: &str,
+    ) -> Result<()> {
+        let arc = bins
+            .arc_dir
+            .get(o.version)
+            .ok_or_else(|| anyhow!("ARC {} not built", o.version))?;
+        let node = Arc::new(FakeNode::start(self.client.clone(), name).await?);
+        let kubelet = ProcessKubelet::start(
+            self.client.clone(),
+            node.clone(),
+            kubelet_config(&self.cp, bins, arc, o)?,
+        )?;
+        self.more_nodes.push((kubelet, node));
+        Ok(())
     }
 
     /// Creates the AutoscalingRunnerSet as the chart renders it.
@@ -550,16 +542,22 @@ impl Stack {
             .collect()
     }
 
+    /// What every kubelet of the stack did, in time order, each line
+    /// naming its node.
     pub(crate) fn kubelet_log(&self) -> String {
-        self.kubelet
-            .events()
-            .iter()
-            .map(|e| {
+        let mut lines: Vec<_> = std::iter::once((NODE, &self.kubelet))
+            .chain(self.more_nodes.iter().map(|(k, n)| (n.name(), k)))
+            .flat_map(|(node, kubelet)| kubelet.events().into_iter().map(move |e| (e, node)))
+            .collect();
+        lines.sort_by_key(|(e, _)| e.at);
+        lines
+            .into_iter()
+            .map(|(e, node)| {
                 format!(
-                    "{} {} {} {}",
+                    "{} {node} {} {} {}",
                     e.at,
                     e.pod,
-                    e.container.clone().unwrap_or_default(),
+                    e.container.unwrap_or_default(),
                     e.what
                 )
             })
@@ -579,6 +577,9 @@ impl Stack {
         let _ = self.controller.start_kill();
         let _ = self.controller.wait().await;
         self.kubelet.stop();
+        for (kubelet, _) in &self.more_nodes {
+            kubelet.stop();
+        }
         if let Some(wh) = &self.webhook {
             wh.stop();
         }
@@ -586,6 +587,58 @@ impl Stack {
         self.cp.shutdown();
         kept
     }
+}
+
+/// The name of a stack's first node, where its first kubelet binds pods.
+pub(crate) const NODE: &str = "e2e-node";
+
+/// A process kubelet's settings on a stack: ARC's listener binaries for its
+/// image, the watchdog, a user's idle sidecar. Every kubelet of a stack
+/// shares the work directory (pod directories and log files are named by
+/// pod uid), so that the container logs of every node are in
+/// `kubelet/logs`.
+fn kubelet_config(
+    cp: &ControlPlane,
+    bins: &Binaries,
+    arc: &Path,
+    o: &StackOpts,
+) -> Result<KubeletConfig> {
+    let port: u16 = cp
+        .server()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| anyhow!("no port in {}", cp.server()))?;
+    Ok(KubeletConfig {
+        images: vec![
+            ImageBinary {
+                image: arc_image(o.version),
+                command: Some("/ghalistener".into()),
+                path: arc.join("ghalistener"),
+            },
+            ImageBinary {
+                image: arc_image(o.version),
+                command: Some(LEGACY_LISTENER.into()),
+                path: arc.join(LEGACY_LISTENER.trim_start_matches('/')),
+            },
+            ImageBinary {
+                image: WATCHDOG_IMAGE.into(),
+                command: None,
+                path: bins.watchdog.clone(),
+            },
+            ImageBinary {
+                image: IDLE_IMAGE.into(),
+                command: None,
+                path: PathBuf::from("/bin/sleep"),
+            },
+        ],
+        api_host: "127.0.0.1".into(),
+        api_port: port,
+        work_dir: cp.dir().join("kubelet"),
+        pid_dir: Some(cp.dir().to_path_buf()),
+        pod_start_latency: o.pod_start_latency,
+        native_sidecars: o.native_sidecars,
+    })
 }
 
 /// Installs the CRDs of the ARC release built in `arc` (its verified source).
