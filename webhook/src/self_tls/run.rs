@@ -159,18 +159,17 @@ impl Manager {
     /// TLS server resolves from.
     pub async fn first_pair(&mut self) -> Arc<CertStore> {
         loop {
-            match self.reconcile().await {
-                Ok(()) => {
-                    if let Some(store) = &self.store {
-                        return Arc::clone(store);
-                    }
-                }
-                Err(err) => tracing::error!(
+            if let Err(err) = self.reconcile().await {
+                tracing::error!(
                     error = %err,
                     secret = %self.settings.secret_name,
                     namespace = %self.settings.namespace,
-                    "no serving certificate yet (self-managed TLS); not ready, retrying"
-                ),
+                    serving = self.store.is_some(),
+                    "self-managed TLS: reconcile failed"
+                );
+            }
+            if let Some(store) = &self.store {
+                return Arc::clone(store);
             }
             tokio::time::sleep(self.settings.interval).await;
         }
@@ -234,8 +233,13 @@ impl Manager {
                 now.unix_timestamp(),
             ) {
                 None => {
-                    self.publish(&material, config.as_ref()).await?;
-                    return self.serve(&material);
+                    // Serving first is safe: a new pair is signed by the CA
+                    // or by a next CA the caBundle already carries (the
+                    // plan's rule), and the old CA stays in it. So a
+                    // configuration that cannot be patched never keeps a
+                    // replica from serving.
+                    self.serve(&material)?;
+                    return self.publish(&material, config.as_ref()).await;
                 }
                 Some(change) => {
                     let changed = apply(change, &material, &self.settings.policy, now)?;
