@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData as _, SanType,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -37,6 +37,12 @@ pub enum Error {
     /// rcgen refused the parameters (for example an invalid DNS name).
     #[error("generating certificate: {0}")]
     Rcgen(#[from] rcgen::Error),
+    /// A validity too short to be a certificate's lifetime.
+    #[error("a certificate must be valid for at least one second")]
+    ZeroValidity,
+    /// A stored CA certificate or key could not be read back.
+    #[error("stored CA: {0}")]
+    StoredCa(String),
     /// Writing a file failed.
     #[error("writing {path}: {source}")]
     Write {
@@ -120,13 +126,82 @@ fn validity(days: u32) -> Result<(OffsetDateTime, OffsetDateTime), Error> {
     ))
 }
 
+/// The longest a certificate is backdated: clocks that lag behind the
+/// issuer's by up to this much still accept it.
+const MAX_BACKDATE: Duration = Duration::minutes(5);
+
+/// notBefore and notAfter of a certificate issued at `now` for `validity`:
+/// backdated by a tenth of the validity, at most five minutes, so that a
+/// short-lived certificate is not mostly spent before it is issued.
+pub fn validity_window(
+    now: OffsetDateTime,
+    validity: std::time::Duration,
+) -> Result<(OffsetDateTime, OffsetDateTime), Error> {
+    let secs = i64::try_from(validity.as_secs()).unwrap_or(i64::MAX / 2);
+    if secs == 0 {
+        return Err(Error::ZeroValidity);
+    }
+    let backdate = Duration::seconds(secs / 10).min(MAX_BACKDATE);
+    Ok((now - backdate, now + Duration::seconds(secs)))
+}
+
 impl Ca {
     /// A new self-signed CA valid for `days` days.
     pub fn new(days: u32) -> Result<Self, Error> {
         let (not_before, not_after) = validity(days)?;
+        Self::self_signed("arc-watchdog webhook CA", not_before, not_after)
+    }
+
+    /// A new self-signed CA named `common_name`, valid for `validity` from
+    /// `now` (see [`validity_window`]).
+    pub fn generate(
+        common_name: &str,
+        now: OffsetDateTime,
+        validity: std::time::Duration,
+    ) -> Result<Self, Error> {
+        let (not_before, not_after) = validity_window(now, validity)?;
+        Self::self_signed(common_name, not_before, not_after)
+    }
+
+    /// A CA read back from its certificate and private key (both PEM), as
+    /// [`Self::cert_pem`] and [`Self::key_pem`] wrote them. Fails when the key
+    /// is not the certificate's.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, Error> {
+        let key =
+            KeyPair::from_pem(key_pem).map_err(|e| Error::StoredCa(format!("private key: {e}")))?;
+        let der = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+            .map_err(|e| Error::StoredCa(format!("certificate PEM: {e}")))?
+            .1;
+        let cert = der
+            .parse_x509()
+            .map_err(|e| Error::StoredCa(format!("certificate: {e}")))?;
+        if cert.tbs_certificate.subject_pki.raw != key.subject_public_key_info().as_slice() {
+            return Err(Error::StoredCa(
+                "the private key does not belong to the certificate".to_owned(),
+            ));
+        }
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key)
+            .map_err(|e| Error::StoredCa(format!("certificate: {e}")))?;
+        Ok(Self {
+            issuer,
+            cert_pem: cert_pem.to_owned(),
+        })
+    }
+
+    /// The CA's private key (PKCS#8 PEM). Secret: it signs serving
+    /// certificates every client of the webhook trusts.
+    pub fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
+    }
+
+    fn self_signed(
+        common_name: &str,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<Self, Error> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, "arc-watchdog webhook CA");
+        dn.push(DnType::CommonName, common_name);
         dn.push(DnType::OrganizationName, "arc-watchdog");
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -152,10 +227,37 @@ impl Ca {
 
     /// A serving certificate for the names in `opts`, signed by this CA.
     pub fn issue(&self, opts: &Options) -> Result<ServingCert, Error> {
+        let (not_before, not_after) = validity(opts.days)?;
+        self.issue_between(opts, not_before, not_after)
+    }
+
+    /// A serving certificate for the names in `opts` (its `days` unused),
+    /// valid for `validity` from `now` (see [`validity_window`]) but never
+    /// beyond `not_after_cap`: a certificate outliving its CA would not
+    /// verify anyway.
+    pub fn issue_at(
+        &self,
+        opts: &Options,
+        now: OffsetDateTime,
+        validity: std::time::Duration,
+        not_after_cap: Option<OffsetDateTime>,
+    ) -> Result<ServingCert, Error> {
+        let (not_before, mut not_after) = validity_window(now, validity)?;
+        if let Some(cap) = not_after_cap {
+            not_after = not_after.min(cap);
+        }
+        self.issue_between(opts, not_before, not_after)
+    }
+
+    fn issue_between(
+        &self,
+        opts: &Options,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<ServingCert, Error> {
         if opts.dns.is_empty() && opts.ips.is_empty() {
             return Err(Error::NoSubjectAltNames);
         }
-        let (not_before, not_after) = validity(opts.days)?;
         let mut params = CertificateParams::new(opts.dns.clone())?;
         params
             .subject_alt_names

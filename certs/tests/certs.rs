@@ -167,3 +167,52 @@ fn binary_writes_bundle_and_rejects_missing_names() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--dns"));
 }
+
+#[test]
+fn a_ca_read_back_from_its_pem_signs_certificates_that_chain_to_it() {
+    let now = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+    let ca = Ca::generate("test CA", now, std::time::Duration::from_secs(3600)).unwrap();
+    let ca_der = der(ca.cert_pem());
+    let (_, parsed) = x509_parser::parse_x509_certificate(&ca_der).unwrap();
+    // Backdated a tenth of its validity (six minutes here, so at most five).
+    assert_eq!(
+        parsed.validity().not_before.timestamp(),
+        1_800_000_000 - 300
+    );
+    assert_eq!(
+        parsed.validity().not_after.timestamp(),
+        1_800_000_000 + 3600
+    );
+
+    let again = Ca::from_pem(ca.cert_pem(), &ca.key_pem()).unwrap();
+    let opts = Options {
+        dns: vec!["svc.ns.svc".into()],
+        ips: vec![],
+        days: 1,
+    };
+    let cap = now + time::Duration::seconds(100);
+    let leaf = again
+        .issue_at(&opts, now, std::time::Duration::from_secs(600), Some(cap))
+        .unwrap();
+    let leaf_der = der(&leaf.cert_pem);
+    let (_, leaf) = x509_parser::parse_x509_certificate(&leaf_der).unwrap();
+    leaf.verify_signature(Some(parsed.public_key())).unwrap();
+    assert_eq!(leaf.issuer(), parsed.subject());
+    assert_eq!(leaf.validity().not_before.timestamp(), 1_800_000_000 - 60);
+    assert_eq!(
+        leaf.validity().not_after.timestamp(),
+        1_800_000_100,
+        "capped"
+    );
+
+    // Another CA's key is refused.
+    let other = Ca::new(1).unwrap();
+    assert!(matches!(
+        Ca::from_pem(ca.cert_pem(), &other.key_pem()),
+        Err(Error::StoredCa(_))
+    ));
+    assert!(matches!(
+        Ca::generate("x", now, std::time::Duration::ZERO),
+        Err(Error::ZeroValidity)
+    ));
+}

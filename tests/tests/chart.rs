@@ -88,7 +88,10 @@ fn env(container: &Value) -> Vec<(String, String)> {
         .map(|e| {
             (
                 e["name"].as_str().unwrap().to_owned(),
-                e["value"].as_str().unwrap().to_owned(),
+                // A value from the downward API shows as its valueFrom.
+                e["value"]
+                    .as_str()
+                    .map_or_else(|| format!("valueFrom: {}", e["valueFrom"]), str::to_owned),
             )
         })
         .collect()
@@ -177,6 +180,65 @@ fn monitoring_values_render_the_kustomize_monitoring_component() {
     if let Err(e) = compare(&k, &c) {
         panic!("{e:#}");
     }
+}
+
+#[test]
+fn self_managed_tls_renders_the_kustomize_tls_component() {
+    let k = kustomize(&workspace_root().join("tests/kustomize/self-managed-tls")).unwrap();
+    let k: Vec<Value> = k.into_iter().filter(|o| o["kind"] != "Namespace").collect();
+    let c = render(&["--set", "tls.mode=selfManaged"]);
+    if let Err(e) = compare(&k, &c) {
+        panic!("{e:#}");
+    }
+    // No cert-manager object, no cainjector annotation, no certificate volume.
+    assert!(
+        c.iter().all(|o| !o["apiVersion"]
+            .as_str()
+            .unwrap()
+            .starts_with("cert-manager.io/")),
+        "cert-manager objects rendered"
+    );
+    let config = find(&c, "MutatingWebhookConfiguration", None, "arc-watchdog");
+    assert_eq!(config["metadata"]["annotations"], Value::Null);
+    let container = webhook_container(&c);
+    assert!(
+        container["args"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("--tls-mode=self-managed"))
+    );
+    assert_eq!(container["volumeMounts"], Value::Null);
+    // The validities reach the webhook only when set.
+    assert_eq!(env_value(container, "ARC_WATCHDOG_TLS_CA_VALIDITY"), None);
+    let set = render_case("tls-self-managed");
+    let container = webhook_container(&set);
+    assert_eq!(
+        env_value(container, "ARC_WATCHDOG_TLS_CA_VALIDITY").as_deref(),
+        Some("8760h")
+    );
+    assert_eq!(
+        env_value(container, "ARC_WATCHDOG_TLS_SERVING_VALIDITY").as_deref(),
+        Some("720h")
+    );
+    // The Secret's rights follow the release's namespace.
+    let moved = helm_run(&[
+        "template",
+        chart::RELEASE,
+        &chart_dir().to_string_lossy(),
+        "--namespace",
+        "elsewhere",
+        "--set",
+        "tls.mode=selfManaged",
+    ])
+    .unwrap();
+    let moved = parse_objects(&moved).unwrap();
+    let binding = find(
+        &moved,
+        "RoleBinding",
+        Some("elsewhere"),
+        "arc-watchdog-webhook-tls",
+    );
+    assert_eq!(binding["subjects"][0]["namespace"], "elsewhere");
 }
 
 /// The comparison itself: a Role rule, an env value or a missing object on

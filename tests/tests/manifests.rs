@@ -27,7 +27,7 @@ use anyhow::{Context, Result, bail, ensure};
 use arc_watchdog::detector::Reason;
 use arc_watchdog::names;
 use arc_watchdog_tests::control_plane;
-use arc_watchdog_webhook::config::Cli;
+use arc_watchdog_webhook::config::{Cli, TlsMode};
 use arc_watchdog_webhook::rbac;
 use clap::{CommandFactory, Parser};
 use serde::Deserialize;
@@ -1141,9 +1141,13 @@ fn webhook_command_line(container: &Value) -> Result<Vec<String>> {
     line.extend(strings(&container["args"]).into_iter().map(str::to_owned));
     for env in container["env"].as_array().into_iter().flatten() {
         let name = env["name"].as_str().context("env name")?;
-        let value = env["value"]
-            .as_str()
-            .with_context(|| format!("env {name} has no literal value"))?;
+        // The downward API's namespace is the Deployment's own.
+        let value = match env["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+            Some("metadata.namespace") => NAMESPACE,
+            _ => env["value"]
+                .as_str()
+                .with_context(|| format!("env {name} has no literal value"))?,
+        };
         let arg = command
             .get_arguments()
             .find(|a| a.get_env().is_some_and(|e| e == name))
@@ -1253,4 +1257,89 @@ fn overlay_repeating_the_replacement_pins_both_images() {
         env_value(c, IMAGE_ENV),
         Some("mirror.test/arc-watchdog:1.2.3")
     );
+}
+
+/// TLS without cert-manager (`manifests/tls-self-managed`, as an overlay
+/// enables it): no cert-manager object, annotation or volume; the webhook
+/// runs `--tls-mode=self-managed` with its Secret in its own namespace; its
+/// rights grow by exactly its Secret (by name, but for `create`) and `patch`
+/// on its own configuration (by name). The base install is unchanged (the
+/// tests above).
+#[test]
+fn tls_self_managed_component_needs_no_cert_manager_and_grants_only_its_secret() {
+    let r = Rendered::of(&repo_root().join("tests/kustomize/self-managed-tls")).unwrap();
+    let base = Rendered::base().unwrap();
+    for o in &r.0 {
+        let api = o["apiVersion"].as_str().unwrap();
+        assert!(
+            !api.starts_with("cert-manager.io/"),
+            "{api} {}",
+            o["metadata"]["name"]
+        );
+    }
+    let config = r
+        .get("MutatingWebhookConfiguration", None, WEBHOOK_CONFIG)
+        .unwrap();
+    assert_eq!(config["metadata"]["annotations"], Value::Null);
+    assert_eq!(
+        config["webhooks"],
+        base.get("MutatingWebhookConfiguration", None, WEBHOOK_CONFIG)
+            .unwrap()["webhooks"],
+        "only the annotation differs"
+    );
+
+    let container = r.webhook_container().unwrap();
+    let line = webhook_command_line(container).unwrap();
+    let cli = Cli::try_parse_from(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    cli.validate().unwrap();
+    assert_eq!(cli.tls_mode, TlsMode::SelfManaged);
+    assert_eq!(cli.tls_namespace().unwrap(), NAMESPACE);
+    assert_eq!(cli.tls_service_name, WEBHOOK, "the Service's name");
+    r.get("Service", Some(NAMESPACE), &cli.tls_service_name)
+        .unwrap();
+    assert_eq!(container["volumeMounts"], Value::Null);
+    assert_eq!(
+        r.deployment().unwrap()["spec"]["template"]["spec"]["volumes"],
+        Value::Null
+    );
+
+    // Cluster-wide: the base's rules, the first one with `patch` too.
+    let cluster = r.get("ClusterRole", None, WEBHOOK).unwrap();
+    let mut want = base.get("ClusterRole", None, WEBHOOK).unwrap()["rules"].clone();
+    want[0]["verbs"] = json!(["get", "patch"]);
+    assert_eq!(cluster["rules"], want);
+    assert_eq!(
+        cluster["rules"][0]["resourceNames"],
+        json!([cli.webhook_config_name])
+    );
+
+    // Its Secret, in its namespace: get and update by name, create.
+    let role = r
+        .get("Role", Some(NAMESPACE), "arc-watchdog-webhook-tls")
+        .unwrap();
+    assert_eq!(
+        role["rules"],
+        json!([
+            {"apiGroups": [""], "resources": ["secrets"],
+             "resourceNames": [cli.tls_secret_name], "verbs": ["get", "update"]},
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}
+        ])
+    );
+    let binding = r
+        .get("RoleBinding", Some(NAMESPACE), "arc-watchdog-webhook-tls")
+        .unwrap();
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": WEBHOOK, "namespace": NAMESPACE}])
+    );
+    assert_eq!(binding["roleRef"]["name"], "arc-watchdog-webhook-tls");
+    // No other rule anywhere touches Secrets.
+    for role in r.all("Role").into_iter().chain(r.all("ClusterRole")) {
+        if role["metadata"]["name"] == "arc-watchdog-webhook-tls" {
+            continue;
+        }
+        for rule in role["rules"].as_array().unwrap() {
+            assert!(!strings(&rule["resources"]).contains(&"secrets"), "{rule}");
+        }
+    }
 }

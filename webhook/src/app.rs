@@ -10,13 +10,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::blocked;
-use crate::config::Cli;
+use crate::config::{Cli, TlsMode};
 use crate::coverage;
 use crate::metrics::Metrics;
 use crate::missing;
 use crate::mutation::SidecarMode;
 use crate::owner::ConfigOwner;
 use crate::rbac;
+use crate::self_tls;
 use crate::server::{self, AppState};
 use crate::suspension::{LeaseView, NoSuspensions, Suspensions};
 use crate::tls::{self, CertReloader};
@@ -33,25 +34,41 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send) -> anyhow:
     // default so nothing has to guess. Already installed is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
 
+    let mut shutdown = std::pin::pin!(shutdown);
     let metrics = Arc::new(Metrics::new());
-    let (reloader, store) = CertReloader::load(&cli.tls_cert, &cli.tls_key, &metrics)
-        .with_context(|| {
-            format!(
-                "loading the serving certificate {} and key {}",
-                cli.tls_cert.display(),
-                cli.tls_key.display()
-            )
-        })?;
-    let tls_config = Arc::new(tls::server_config(store).context("building the TLS configuration")?);
+    // With files the pair must load before anything starts; a self-managed
+    // pair comes from the Secret once the kube client is there.
+    let reloader = match cli.tls_mode {
+        TlsMode::Files => Some(
+            CertReloader::load(&cli.tls_cert, &cli.tls_key, &metrics).with_context(|| {
+                format!(
+                    "loading the serving certificate {} and key {}",
+                    cli.tls_cert.display(),
+                    cli.tls_key.display()
+                )
+            })?,
+        ),
+        TlsMode::SelfManaged => None,
+    };
+    let tls_namespace = match cli.tls_mode {
+        TlsMode::SelfManaged => Some(cli.tls_namespace().map_err(anyhow::Error::msg)?),
+        TlsMode::Files => None,
+    };
 
     let needs_client = cli.manage_rbac
         || cli.report_uninjected
         || cli.release_blocked_listeners
         || !cli.report_missing_after.is_zero()
-        || cli.sidecar_mode == SidecarModeFlag::Auto;
+        || cli.sidecar_mode == SidecarModeFlag::Auto
+        || cli.tls_mode == TlsMode::SelfManaged;
     let client = if needs_client {
         match kube::Client::try_default().await {
             Ok(client) => Some(client),
+            Err(err) if cli.tls_mode == TlsMode::SelfManaged => {
+                return Err(anyhow::Error::new(err).context(
+                    "--tls-mode=self-managed needs a Kubernetes client (in-cluster config or KUBECONFIG)",
+                ));
+            }
             Err(err) => {
                 tracing::warn!(
                     error = %err,
@@ -236,20 +253,8 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send) -> anyhow:
         "serving"
     );
 
-    {
-        let (metrics, cancel, interval) = (
-            Arc::clone(&metrics),
-            cancel.clone(),
-            cli.tls_reload_interval,
-        );
-        tokio::spawn(async move {
-            tokio::select! {
-                () = reloader.run(interval, metrics) => {}
-                () = cancel.cancelled() => {}
-            }
-        });
-    }
-
+    // The admin server answers from here on (/healthz for the liveness
+    // probe); /readyz only once /mutate serves a certificate.
     let admin = {
         let cancel = cancel.clone();
         let app = server::admin_router(Arc::clone(&state));
@@ -259,6 +264,54 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send) -> anyhow:
                 .await
         })
     };
+
+    let store = match (reloader, &client, &owner, tls_namespace) {
+        (Some((reloader, store)), _, _, _) => {
+            let (metrics, cancel, interval) = (
+                Arc::clone(&metrics),
+                cancel.clone(),
+                cli.tls_reload_interval,
+            );
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = reloader.run(interval, metrics) => {}
+                    () = cancel.cancelled() => {}
+                }
+            });
+            store
+        }
+        (None, Some(client), Some(owner), Some(namespace)) => {
+            let mut manager = self_tls::run::Manager::new(
+                client.clone(),
+                Arc::clone(owner),
+                Arc::clone(&metrics),
+                self_tls::run::Settings {
+                    policy: cli.tls_policy(&namespace),
+                    namespace,
+                    secret_name: cli.tls_secret_name.clone(),
+                    config_name: cli.webhook_config_name.clone(),
+                    interval: cli.tls_reload_interval,
+                },
+            );
+            tracing::info!(
+                ?manager,
+                "self-managed TLS: waiting for a serving certificate"
+            );
+            let store = tokio::select! {
+                store = manager.first_pair() => store,
+                () = &mut shutdown => {
+                    tracing::info!("shutting down before a serving certificate was loaded");
+                    cancel.cancel();
+                    let _ = tokio::time::timeout(cli.shutdown_grace, admin).await;
+                    return Ok(());
+                }
+            };
+            tokio::spawn(manager.run(cancel.clone()));
+            store
+        }
+        _ => anyhow::bail!("self-managed TLS without a Kubernetes client"),
+    };
+    let tls_config = Arc::new(tls::server_config(store).context("building the TLS configuration")?);
     let mutate = {
         let cancel = cancel.clone();
         let app = server::mutate_router(Arc::clone(&state));

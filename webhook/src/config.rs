@@ -8,6 +8,7 @@ use arc_watchdog_core::settings::{Thresholds, parse_duration};
 use clap::{ArgAction, Parser};
 
 use crate::mutation::{InjectConfig, Resources, validate_quantity};
+use crate::self_tls::{Names, Policy};
 use crate::server::{BodyBudget, ServerLimits};
 use crate::version::SidecarModeFlag;
 
@@ -46,9 +47,57 @@ pub struct Cli {
     )]
     pub tls_key: PathBuf,
 
-    /// How often the certificate and key files are checked for changes.
+    /// How often the certificate and key files are checked for changes;
+    /// with --tls-mode=self-managed, how often the TLS Secret and the
+    /// caBundle are checked (renewal, another replica's change, drift).
     #[arg(long, env = "ARC_WATCHDOG_TLS_RELOAD_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub tls_reload_interval: Duration,
+
+    /// Where the serving certificate comes from: `files` (--tls-cert and
+    /// --tls-key, e.g. the Secret cert-manager keeps, mounted) or
+    /// `self-managed` (the webhook keeps its own CA and serving certificate
+    /// in the Secret --tls-secret-name, renews them and fills the caBundle
+    /// of --webhook-config-name; needs a kube client).
+    #[arg(
+        long,
+        env = "ARC_WATCHDOG_TLS_MODE",
+        value_enum,
+        default_value = "files"
+    )]
+    pub tls_mode: TlsMode,
+
+    /// --tls-mode=self-managed: the Secret holding the CA and the serving
+    /// pair, in --tls-secret-namespace.
+    #[arg(long, env = "ARC_WATCHDOG_TLS_SECRET_NAME", default_value = "arc-watchdog-webhook-tls", value_parser = object_name)]
+    pub tls_secret_name: String,
+
+    /// --tls-mode=self-managed: the webhook's own namespace, where the Secret
+    /// is (the manifests set it from the downward API). Unset: the
+    /// namespace of the pod's ServiceAccount.
+    #[arg(long, env = "ARC_WATCHDOG_TLS_SECRET_NAMESPACE", value_parser = namespace_name)]
+    pub tls_secret_namespace: Option<String>,
+
+    /// --tls-mode=self-managed: the webhook's Service; the serving
+    /// certificate is for `<service>.<namespace>.svc` and
+    /// `<service>.<namespace>.svc.cluster.local`.
+    #[arg(long, env = "ARC_WATCHDOG_TLS_SERVICE_NAME", default_value = "arc-watchdog-webhook", value_parser = namespace_name)]
+    pub tls_service_name: String,
+
+    /// --tls-mode=self-managed: further names of the serving certificate,
+    /// DNS names or IP addresses, comma-separated (a webhook reached by URL).
+    #[arg(long, env = "ARC_WATCHDOG_TLS_EXTRA_SANS", value_delimiter = ',')]
+    pub tls_extra_sans: Vec<String>,
+
+    /// --tls-mode=self-managed: lifetime of a new CA. It is renewed with
+    /// less than a third left and signs from when a sixth is left; the old
+    /// one stays in the caBundle until it expires.
+    #[arg(long, env = "ARC_WATCHDOG_TLS_CA_VALIDITY", default_value = "43800h", value_parser = parse_duration)]
+    pub tls_ca_validity: Duration,
+
+    /// --tls-mode=self-managed: lifetime of a serving certificate, renewed
+    /// with less than a third left; at most a third of --tls-ca-validity.
+    #[arg(long, env = "ARC_WATCHDOG_TLS_SERVING_VALIDITY", default_value = "2160h", value_parser = parse_duration)]
+    pub tls_serving_validity: Duration,
 
     /// Image of the injected watchdog container.
     #[arg(long, env = "ARC_WATCHDOG_WATCHDOG_IMAGE")]
@@ -254,6 +303,31 @@ pub struct Cli {
     pub log_level: String,
 }
 
+/// Where the serving certificate comes from (`--tls-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TlsMode {
+    /// `--tls-cert` and `--tls-key`, re-read when they change.
+    Files,
+    /// The webhook's own CA and serving certificate, kept in a Secret.
+    SelfManaged,
+}
+
+/// Where the ServiceAccount token volume says which namespace the pod is in.
+const SERVICE_ACCOUNT_NAMESPACE_FILE: &str =
+    "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+/// An object name: a DNS-1123 subdomain.
+fn object_name(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let valid =
+        !s.is_empty() && s.len() <= 253 && s.split('.').all(|label| namespace_name(label).is_ok());
+    if valid {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("{s:?} is not an object name (DNS-1123 subdomain)"))
+    }
+}
+
 /// A namespace name: a DNS-1123 label (blanks around it are ignored).
 fn namespace_name(s: &str) -> Result<String, String> {
     let s = s.trim();
@@ -345,7 +419,55 @@ impl Cli {
         if self.tls_reload_interval.is_zero() {
             return Err("--tls-reload-interval must be greater than zero".to_owned());
         }
+        if self.tls_mode == TlsMode::SelfManaged {
+            for san in &self.tls_extra_sans {
+                if san.trim().parse::<std::net::IpAddr>().is_err() && object_name(san).is_err() {
+                    return Err(format!(
+                        "--tls-extra-sans: {san:?} is neither an IP address nor a DNS name"
+                    ));
+                }
+            }
+            if self.tls_serving_validity < Duration::from_secs(3) {
+                return Err("--tls-serving-validity must be at least 3s".to_owned());
+            }
+            if self.tls_serving_validity.saturating_mul(3) > self.tls_ca_validity {
+                return Err(format!(
+                    "--tls-serving-validity ({}) must be at most a third of --tls-ca-validity ({}), \
+                     so that a serving certificate never outlives the CA that signed it",
+                    arc_watchdog_core::settings::format_duration(self.tls_serving_validity),
+                    arc_watchdog_core::settings::format_duration(self.tls_ca_validity)
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// --tls-mode=self-managed: the Secret's namespace, from
+    /// --tls-secret-namespace or else the pod's ServiceAccount.
+    pub fn tls_namespace(&self) -> Result<String, String> {
+        if let Some(ns) = &self.tls_secret_namespace {
+            return Ok(ns.clone());
+        }
+        std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE_FILE)
+            .ok()
+            .and_then(|ns| namespace_name(&ns).ok())
+            .ok_or_else(|| {
+                format!(
+                    "--tls-mode=self-managed needs --tls-secret-namespace \
+                     (ARC_WATCHDOG_TLS_SECRET_NAMESPACE) outside a pod: \
+                     {SERVICE_ACCOUNT_NAMESPACE_FILE} is not readable"
+                )
+            })
+    }
+
+    /// --tls-mode=self-managed: what certificates to make, for a webhook in
+    /// `namespace`.
+    pub fn tls_policy(&self, namespace: &str) -> Policy {
+        Policy {
+            names: Names::for_service(&self.tls_service_name, namespace, &self.tls_extra_sans),
+            ca_validity: self.tls_ca_validity,
+            serving_validity: self.tls_serving_validity,
+        }
     }
 
     /// The HTTPS server's limits.
@@ -412,7 +534,62 @@ mod tests {
         assert!(cli.missing_actions_dry_run);
         assert_eq!(cli.delete_stuck_terminating_budget, 3);
         assert_eq!(cli.inject_config(), InjectConfig::new("img:1"));
+        assert_eq!(cli.tls_mode, TlsMode::Files, "cert-manager's mounted files");
+        assert_eq!(cli.tls_secret_name, "arc-watchdog-webhook-tls");
+        assert_eq!(cli.tls_secret_namespace, None);
+        assert_eq!(cli.tls_service_name, "arc-watchdog-webhook");
+        assert_eq!(cli.tls_ca_validity, Duration::from_secs(43800 * 3600));
+        assert_eq!(cli.tls_serving_validity, Duration::from_secs(2160 * 3600));
         cli.validate().unwrap();
+    }
+
+    #[test]
+    fn self_managed_tls_flags() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--watchdog-image=img",
+            "--tls-mode=self-managed",
+            "--tls-secret-namespace=arc-watchdog",
+            "--tls-extra-sans=127.0.0.1,webhook.example.com",
+            "--tls-ca-validity=90s",
+            "--tls-serving-validity=30s",
+        ])
+        .unwrap();
+        cli.validate().unwrap();
+        assert_eq!(cli.tls_mode, TlsMode::SelfManaged);
+        assert_eq!(cli.tls_namespace().unwrap(), "arc-watchdog");
+        let policy = cli.tls_policy("arc-watchdog");
+        assert_eq!(
+            policy.names.dns,
+            vec![
+                "arc-watchdog-webhook.arc-watchdog.svc",
+                "arc-watchdog-webhook.arc-watchdog.svc.cluster.local",
+                "webhook.example.com",
+            ]
+        );
+        assert_eq!(
+            policy.names.ips,
+            vec![std::net::IpAddr::from([127, 0, 0, 1])]
+        );
+        assert_eq!(policy.ca_validity, Duration::from_secs(90));
+        for bad in [
+            vec!["--tls-serving-validity=31s", "--tls-ca-validity=90s"],
+            vec!["--tls-serving-validity=2s"],
+            vec!["--tls-extra-sans=not a name"],
+        ] {
+            let mut args = vec!["x", "--watchdog-image=img", "--tls-mode=self-managed"];
+            args.extend(bad.iter().copied());
+            let cli = Cli::try_parse_from(&args).unwrap();
+            assert!(cli.validate().is_err(), "{bad:?}");
+        }
+        // The files mode ignores the self-managed validities.
+        let files = Cli::try_parse_from(["x", "--watchdog-image=img", "--tls-serving-validity=2s"])
+            .unwrap();
+        files.validate().unwrap();
+        assert!(
+            Cli::try_parse_from(["x", "--watchdog-image=img", "--tls-secret-name=Bad_Name"])
+                .is_err()
+        );
     }
 
     #[test]

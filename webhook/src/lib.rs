@@ -3,9 +3,9 @@
 //!
 //! The pure parts ([`mutation`], [`review`], [`version::Cluster::auto_mode`],
 //! [`rbac::desired`], [`coverage::classify`], [`blocked::classify`], [`missing::classify`],
-//! [`suspension::Suspension`]) are plain functions over data; [`server`],
+//! [`suspension::Suspension`], [`self_tls::plan`]) are plain functions over data; [`server`],
 //! [`tls`], [`rbac::controller`], [`coverage::run`], [`blocked::run`], [`missing::run`] and
-//! [`suspension::LeaseView`] are the thin I/O around them; [`run`] wires
+//! [`suspension::LeaseView`], [`self_tls::run`] are the thin I/O around them; [`run`] wires
 //! everything together for the
 //! binary. Admission ([`review::handle`]) has no side effects: the
 //! per-listener objects come from ARC's AutoscalingListeners.
@@ -21,6 +21,7 @@ pub mod mutation;
 pub mod owner;
 pub mod rbac;
 pub mod review;
+pub mod self_tls;
 pub mod server;
 pub mod suspension;
 pub mod tls;

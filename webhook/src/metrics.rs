@@ -28,6 +28,13 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// Labels of the self-managed TLS changes counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChangeLabels {
+    /// What changed in the TLS Secret (`fresh`, `issue_serving`, ...).
+    pub change: &'static str,
+}
+
 /// Labels of the missing listeners gauge.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MissingLabels {
@@ -50,6 +57,7 @@ pub struct Metrics {
     latency: Histogram,
     cert_expiry: Gauge<i64, AtomicI64>,
     cert_reloads: Family<ResultLabels, Counter>,
+    self_tls_changes: Family<ChangeLabels, Counter>,
     rbac_ensures: Family<ResultLabels, Counter>,
     native_sidecars: Gauge<i64, AtomicI64>,
     uninjected_listeners: Gauge<i64, AtomicI64>,
@@ -103,6 +111,12 @@ impl Metrics {
             "certificate_reloads",
             "Serving certificate reloads after the files changed, by result (ok, error)",
             cert_reloads.clone(),
+        );
+        let self_tls_changes = Family::<ChangeLabels, Counter>::default();
+        registry.register(
+            "self_managed_tls_changes",
+            "Changes this replica wrote to the self-managed TLS Secret, by change (fresh: a new CA; add_next_ca, promote_next_ca, drop_previous_ca: a CA rotation; issue_serving: a renewed serving certificate)",
+            self_tls_changes.clone(),
         );
         let rbac_ensures = Family::<ResultLabels, Counter>::default();
         registry.register(
@@ -229,6 +243,7 @@ impl Metrics {
             latency,
             cert_expiry,
             cert_reloads,
+            self_tls_changes,
             rbac_ensures,
             native_sidecars,
             uninjected_listeners,
@@ -268,6 +283,13 @@ impl Metrics {
     pub fn cert_reload(&self, result: &'static str) {
         self.cert_reloads
             .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// Counts a change written to the self-managed TLS Secret.
+    pub fn self_tls_change(&self, change: &'static str) {
+        self.self_tls_changes
+            .get_or_create(&ChangeLabels { change })
             .inc();
     }
 

@@ -73,8 +73,8 @@ pub use tools::{
 };
 pub use watchdog::WatchdogProcess;
 pub use webhook::{
-    SidecarMode, WATCHDOG_IMAGE, WEBHOOK_CONFIG_NAME, WEBHOOK_NAMESPACE, WEBHOOK_SERVICE_ACCOUNT,
-    Webhook, manifest_webhook_configuration, set_client_config,
+    SidecarMode, TLS_SECRET_NAME, WATCHDOG_IMAGE, WEBHOOK_CONFIG_NAME, WEBHOOK_NAMESPACE,
+    WEBHOOK_SERVICE_ACCOUNT, Webhook, manifest_webhook_configuration, set_client_config,
 };
 
 use process::Proc;

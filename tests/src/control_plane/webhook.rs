@@ -34,6 +34,8 @@ pub const WEBHOOK_NAMESPACE: &str = "arc-watchdog";
 pub const WEBHOOK_SERVICE_ACCOUNT: &str = "arc-watchdog-webhook";
 /// Name of the MutatingWebhookConfiguration (manifests/webhook/).
 pub const WEBHOOK_CONFIG_NAME: &str = "arc-watchdog";
+/// The Secret of self-managed TLS (manifests/tls-self-managed/).
+pub const TLS_SECRET_NAME: &str = "arc-watchdog-webhook-tls";
 
 /// How the webhook injects its sidecar (`--sidecar-mode`): the webhook's
 /// own type.
@@ -80,6 +82,24 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// The install with TLS without cert-manager, as far as it can run
+    /// here: ARC's CRDs and `kubectl apply --server-side -k
+    /// tests/kustomize/self-managed-tls` (`manifests/` with the
+    /// `tls-self-managed` component; no cert-manager CRDs needed).
+    pub async fn prepare_self_managed_tls(&self) -> Result<()> {
+        self.create_namespace(LISTENER_NAMESPACE).await?;
+        self.install_arc_crds().await?;
+        let overlay = workspace_root().join("tests/kustomize/self-managed-tls");
+        self.kubectl_run(&[
+            "apply",
+            "--server-side",
+            "--field-manager=kubectl",
+            "-k",
+            &overlay.display().to_string(),
+        ])?;
+        Ok(())
+    }
+
     /// UID of the MutatingWebhookConfiguration `arc-watchdog`: the owner of
     /// every object arc-watchdog creates at run time.
     pub async fn webhook_config_uid(&self) -> Result<String> {
@@ -111,7 +131,8 @@ pub struct Webhook {
     bin: PathBuf,
     args: Vec<String>,
     env: BTreeMap<String, String>,
-    ca: arc_watchdog_certs::Ca,
+    /// The CA of the certificate files; none for a self-managed webhook.
+    ca: Option<arc_watchdog_certs::Ca>,
     /// The HTTPS port serving `/mutate`.
     pub port: u16,
     /// The plain-HTTP admin port (`/healthz`, `/readyz`, `/metrics`).
@@ -133,7 +154,6 @@ impl Webhook {
         kubeconfig: &Path,
         extra_args: &[&str],
     ) -> Result<Self> {
-        let bin = workspace_bin("arc-watchdog-webhook", "arc-watchdog-webhook")?;
         let dir = cp.dir().join(name);
         let cert_dir = dir.join("certs");
         fs::create_dir_all(&cert_dir)?;
@@ -146,11 +166,7 @@ impl Webhook {
                 serving,
             },
         )?;
-        let port = free_port()?;
-        let admin_port = free_port()?;
-        let mut args = vec![
-            format!("--listen=127.0.0.1:{port}"),
-            format!("--admin-listen=127.0.0.1:{admin_port}"),
+        let tls_args = vec![
             format!(
                 "--tls-cert={}",
                 cert_dir.join(arc_watchdog_certs::TLS_CERT_FILE).display()
@@ -159,9 +175,67 @@ impl Webhook {
                 "--tls-key={}",
                 cert_dir.join(arc_watchdog_certs::TLS_KEY_FILE).display()
             ),
-            // Re-read quickly so that the rotation test does not wait long.
+        ];
+        let wh = Self::new(cp, kubeconfig, Some(ca), cert_dir, tls_args, extra_args)?;
+        wh.run(name)?;
+        wh.wait_ready(Duration::from_secs(30)).await?;
+        Ok(wh)
+    }
+
+    /// Starts the webhook with `--tls-mode=self-managed`: no certificate
+    /// files; it keeps its CA and serving pair in the Secret
+    /// [`TLS_SECRET_NAME`] of [`WEBHOOK_NAMESPACE`] and fills the
+    /// configuration's `caBundle` itself. Its certificate also names
+    /// 127.0.0.1, the address the API server calls here. Waits until
+    /// `/readyz` answers, i.e. until it serves a pair.
+    pub async fn start_self_managed(
+        cp: &ControlPlane,
+        name: &str,
+        kubeconfig: &Path,
+        extra_args: &[&str],
+    ) -> Result<Self> {
+        let wh = Self::spawn_self_managed(cp, name, kubeconfig, extra_args)?;
+        wh.wait_ready(Duration::from_secs(30)).await?;
+        Ok(wh)
+    }
+
+    /// [`Self::start_self_managed`] without waiting for `/readyz`.
+    pub fn spawn_self_managed(
+        cp: &ControlPlane,
+        name: &str,
+        kubeconfig: &Path,
+        extra_args: &[&str],
+    ) -> Result<Self> {
+        let dir = cp.dir().join(name);
+        fs::create_dir_all(&dir)?;
+        let tls_args = vec![
+            "--tls-mode=self-managed".to_owned(),
+            format!("--tls-secret-namespace={WEBHOOK_NAMESPACE}"),
+            "--tls-extra-sans=127.0.0.1".to_owned(),
+        ];
+        let wh = Self::new(cp, kubeconfig, None, dir, tls_args, extra_args)?;
+        wh.run(name)?;
+        Ok(wh)
+    }
+
+    fn new(
+        cp: &ControlPlane,
+        kubeconfig: &Path,
+        ca: Option<arc_watchdog_certs::Ca>,
+        cert_dir: PathBuf,
+        tls_args: Vec<String>,
+        extra_args: &[&str],
+    ) -> Result<Self> {
+        let bin = workspace_bin("arc-watchdog-webhook", "arc-watchdog-webhook")?;
+        let port = free_port()?;
+        let admin_port = free_port()?;
+        let mut args = vec![
+            format!("--listen=127.0.0.1:{port}"),
+            format!("--admin-listen=127.0.0.1:{admin_port}"),
+            // Re-read quickly so that the rotation tests do not wait long.
             "--tls-reload-interval=1s".to_owned(),
         ];
+        args.extend(tls_args);
         // The image the process kubelets run, unless the caller names
         // another (one that cannot be pulled, say).
         if !extra_args
@@ -174,7 +248,7 @@ impl Webhook {
         let mut env = BTreeMap::new();
         env.insert("KUBECONFIG".to_owned(), kubeconfig.display().to_string());
         env.insert("RUST_LOG".to_owned(), "info".to_owned());
-        let wh = Self {
+        Ok(Self {
             proc: ProcSlot::default(),
             dir: cp.dir().to_path_buf(),
             bin,
@@ -184,10 +258,28 @@ impl Webhook {
             port,
             admin_port,
             cert_dir,
-        };
-        wh.run(name)?;
-        wh.wait_ready(Duration::from_secs(30)).await?;
-        Ok(wh)
+        })
+    }
+
+    /// Stops the process and starts it again with the same flags and
+    /// ports (its log goes on in `<name>.log`); waits until `/readyz`
+    /// answers.
+    pub async fn restart(&self, name: &str) -> Result<()> {
+        self.stop();
+        self.run(name)?;
+        self.wait_ready(Duration::from_secs(30)).await
+    }
+
+    /// Whether `/readyz` answers 200 right now.
+    pub async fn is_ready(&self) -> bool {
+        matches!(
+            http_get(
+                SocketAddr::from((Ipv4Addr::LOCALHOST, self.admin_port)),
+                arc_watchdog::names::PATH_READYZ
+            )
+            .await,
+            Ok((200, _))
+        )
     }
 
     fn run(&self, name: &str) -> Result<()> {
@@ -209,9 +301,12 @@ impl Webhook {
             .await
     }
 
-    /// The CA certificate (PEM) clients must trust: the `caBundle`.
+    /// The CA certificate (PEM) clients must trust: the `caBundle`. Empty
+    /// for a self-managed webhook, whose CA is in its Secret.
     pub fn ca_pem(&self) -> &str {
-        self.ca.cert_pem()
+        self.ca
+            .as_ref()
+            .map_or("", arc_watchdog_certs::Ca::cert_pem)
     }
 
     /// Sends `body` to `/mutate` as anyone on the network could (no client
@@ -258,7 +353,11 @@ impl Webhook {
     /// Replaces the serving certificate on disk (same CA, new key), the way
     /// a Secret update does: the webhook must pick it up without a restart.
     pub fn rotate_cert(&self) -> Result<String> {
-        let serving = self.ca.issue(&loopback_serving())?;
+        let ca = self
+            .ca
+            .as_ref()
+            .ok_or_else(|| anyhow!("a self-managed webhook keeps its certificate in its Secret"))?;
+        let serving = ca.issue(&loopback_serving())?;
         // Key first, then certificate, each atomically: the webhook must cope
         // with seeing a mismatched pair for a moment.
         arc_watchdog_certs::write_file_atomic(
@@ -311,6 +410,39 @@ impl Webhook {
             api.create(&PostParams::default(), &config).await
         };
         stored.context("registering the webhook")
+    }
+}
+
+impl Webhook {
+    /// Points every webhook of the configuration at this process's URL,
+    /// keeping the `caBundle` stored (a self-managed webhook's own): a
+    /// replace with the resourceVersion read, read again when the webhook
+    /// patched the configuration in between.
+    pub async fn register_url(&self, cp: &ControlPlane) -> Result<MutatingWebhookConfiguration> {
+        let api: Api<MutatingWebhookConfiguration> = Api::all(cp.admin_client().await?);
+        for _ in 0..20 {
+            let mut config = serde_json::to_value(api.get(WEBHOOK_CONFIG_NAME).await?)?;
+            let hooks = config["webhooks"]
+                .as_array_mut()
+                .ok_or_else(|| anyhow!("MutatingWebhookConfiguration has no webhooks"))?;
+            for hook in hooks {
+                let ca = hook["clientConfig"]["caBundle"].take();
+                hook["clientConfig"] = serde_json::json!({"url": self.url()});
+                if !ca.is_null() {
+                    hook["clientConfig"]["caBundle"] = ca;
+                }
+            }
+            let config: MutatingWebhookConfiguration = serde_json::from_value(config)?;
+            match api
+                .replace(WEBHOOK_CONFIG_NAME, &PostParams::default(), &config)
+                .await
+            {
+                Ok(stored) => return Ok(stored),
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => return Err(e).context("registering the webhook's URL"),
+            }
+        }
+        bail!("the MutatingWebhookConfiguration kept changing while registering the URL")
     }
 }
 
