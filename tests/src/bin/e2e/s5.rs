@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use arc_watchdog::names;
 use arc_watchdog_tests::control_plane;
 use arc_watchdog_tests::fake_github::FakeGithubConfig;
@@ -38,12 +38,27 @@ const FAIL_OPEN: &str = "arc_watchdog_fail_open";
 
 /// Waits until the watchdog answers `/readyz` 200 (it sees its pod, its log
 /// and its Lease).
+/// On a timeout the error quotes the last answer, which names the failing
+/// API operation.
 async fn await_ready(stack: &Stack, within: Duration, what: &str) -> Result<f64> {
     let t0 = Instant::now();
-    control_plane::eventually(within, what, || async {
-        matches!(stack.watchdog_get(names::PATH_READYZ).await, Ok((200, _))).then_some(())
+    let last = std::sync::Mutex::new(String::new());
+    let ready = control_plane::eventually(within, what, || async {
+        let answer = stack.watchdog_get(names::PATH_READYZ).await;
+        let ready = matches!(answer, Ok((200, _)));
+        *last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = match answer {
+            Ok((code, body)) => format!("{code} {}", body.trim()),
+            Err(e) => format!("{e:#}"),
+        };
+        ready.then_some(())
     })
-    .await?;
+    .await;
+    let last = last
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    ready.with_context(|| format!("last /readyz: {last}"))?;
     Ok(t0.elapsed().as_secs_f64())
 }
 
