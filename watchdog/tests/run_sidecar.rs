@@ -324,3 +324,69 @@ async fn a_run_ends_after_its_last_line_is_counted() {
         .unwrap()
         .unwrap();
 }
+
+/// A pod watch cut and refused once (an API server restart) while the pod
+/// does not change: the watchdog must see its pod again and be ready, not
+/// wait for a change a resumed watch would never deliver, and fail open
+/// after the grace.
+#[tokio::test]
+async fn a_cut_pod_watch_is_watched_again_and_ready_without_a_pod_change() {
+    let api = StandIn::start().await.unwrap();
+    api.set_lease(None);
+    api.set_pod(pod_json(
+        Some("containerd://c1"),
+        running("2026-11-28T10:00:00Z"),
+        0,
+    ));
+    let cancel = CancellationToken::new();
+    let started = start(
+        run_args("3s", &[]),
+        Ok(api.client().unwrap()),
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let ready = || async { http_get(started.addr, "/readyz").await.0 == 200 };
+    let begin = Instant::now();
+    while !ready().await {
+        assert!(begin.elapsed() < Duration::from_secs(10), "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let lists_before = api.with(|s| pod_lists(s));
+    api.with(|s| s.pod_watch_fail = 1);
+    api.cut_pod_watches();
+    api.wait_for("the refused watch", |s| s.pod_watch_fail == 0)
+        .await;
+    // Not ready while the watch fails; ready again once the pod is seen,
+    // which takes a fresh list: the pod never changed.
+    let begin = Instant::now();
+    while !ready().await {
+        assert!(
+            begin.elapsed() < Duration::from_secs(10),
+            "not ready again after the watch came back: {}",
+            http_get(started.addr, "/readyz").await.1
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(api.with(|s| pod_lists(s)) > lists_before, "listed again");
+    // Well past the grace: still watching, not failing open.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (code, body) = http_get(started.addr, "/readyz/watching").await;
+    assert_eq!(code, 200, "{body}");
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(1), started.task)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// Pod list requests (not watches) the stand-in has seen.
+fn pod_lists(s: &StandInState) -> usize {
+    s.requests
+        .iter()
+        .filter(|r| {
+            r.method == "GET" && r.path.ends_with("/pods") && !r.query.contains("watch=true")
+        })
+        .count()
+}

@@ -109,6 +109,11 @@ pub struct StandInState {
     pub log_feed: bool,
     /// The follow stream `send_log` writes to.
     log_tx: Option<mpsc::Sender<Bytes>>,
+    /// This many pod watch requests from now on fail with 500.
+    pub pod_watch_fail: u32,
+    /// Pod watches opened before this epoch end (see
+    /// [`StandIn::cut_pod_watches`]).
+    pod_watch_epoch: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -254,6 +259,13 @@ impl StandIn {
             pod["metadata"]["resourceVersion"] = json!(s.pod_rv.to_string());
             s.pod = Some(pod);
         });
+    }
+
+    /// Ends every open pod watch, as an API server restart does; the pod
+    /// itself stays as it is.
+    pub fn cut_pod_watches(&self) {
+        self.with(|s| s.pod_watch_epoch += 1);
+        self.ctx.bump();
     }
 
     /// Creates (or replaces) the pod's Lease, holding `history` if given.

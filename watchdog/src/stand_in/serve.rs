@@ -107,6 +107,15 @@ async fn handle(State(ctx): State<Ctx>, method: Method, uri: Uri, body: Bytes) -
     match (method.as_str(), path.as_str()) {
         ("GET", p) if p == pods => {
             if query_param(&query, "watch").as_deref() == Some("true") {
+                let fail = {
+                    let mut s = ctx.lock();
+                    let fail = s.pod_watch_fail > 0;
+                    s.pod_watch_fail = s.pod_watch_fail.saturating_sub(1);
+                    fail
+                };
+                if fail {
+                    return status(500, "InternalError", "stand-in: pod watch refused");
+                }
                 watch_pod(ctx)
             } else {
                 let s = ctx.lock();
@@ -220,7 +229,10 @@ async fn handle(State(ctx): State<Ctx>, method: Method, uri: Uri, body: Bytes) -
 fn watch_pod(ctx: Ctx) -> Response {
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     let mut changed = ctx.changed.subscribe();
-    let mut last_rv = ctx.lock().pod_rv;
+    let (mut last_rv, epoch) = {
+        let s = ctx.lock();
+        (s.pod_rv, s.pod_watch_epoch)
+    };
     tokio::spawn(async move {
         loop {
             if changed.changed().await.is_err() {
@@ -228,6 +240,10 @@ fn watch_pod(ctx: Ctx) -> Response {
             }
             let (rv, pod) = {
                 let s = ctx.lock();
+                if s.pod_watch_epoch != epoch {
+                    // Cut: dropping the sender ends the stream.
+                    return;
+                }
                 (s.pod_rv, s.pod.clone())
             };
             if rv != last_rv {

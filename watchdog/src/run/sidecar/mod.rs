@@ -12,7 +12,7 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Client};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -25,6 +25,7 @@ mod observe;
 use act::EvictDone;
 
 use super::args::RunArgs;
+use super::backoff::Backoff;
 use super::events::{EventQueue, EventSink, events_loop};
 use super::gate::{self, Gate};
 use super::http::{Shared, serve};
@@ -239,7 +240,16 @@ impl Sidecar {
         ));
 
         let cfg = watcher::Config::default().fields(&format!("metadata.name={}", id.pod_name));
-        let mut pod_events = watcher(self.pods.clone(), cfg).default_backoff().boxed();
+        // After an error the pod watch starts over with a list, not from
+        // the last resourceVersion (kube's watcher resumes from it silently):
+        // only a delivered pod proves the watch works again, and an
+        // unchanged pod would never be delivered by a resumed watch, leaving
+        // the watchdog unready and failing open after the grace.
+        let pods = self.pods.clone();
+        let new_watch = move || watcher(pods.clone(), cfg.clone()).boxed();
+        let mut pod_events = Some(new_watch());
+        let mut rewatch_backoff = Backoff::new(REWATCH_INITIAL, REWATCH_MAX);
+        let mut rewatch_at: Option<tokio::time::Instant> = None;
 
         // The history must be known within the grace; after it the
         // detector works from what it sees (fail open).
@@ -259,8 +269,11 @@ impl Sidecar {
             };
             tokio::select! {
                 () = self.cancel.cancelled() => break,
-                ev = pod_events.next() => match ev {
+                ev = next_or_pending(pod_events.as_mut()) => match ev {
                     Some(Ok(ev)) => {
+                        if matches!(ev, watcher::Event::InitDone) {
+                            rewatch_backoff.reset();
+                        }
                         // Lines already delivered belong to the run the
                         // detector has now: they go before a new run starts.
                         while let Ok(msg) = follow_rx.try_recv() {
@@ -270,9 +283,12 @@ impl Sidecar {
                     }
                     Some(Err(e)) => {
                         let now = Timestamp::now();
-                        warn!(error = %e, "watching the own pod failed; retrying with backoff");
+                        let delay = rewatch_backoff.next_delay();
+                        warn!(error = %e, retry_in = ?delay, "watching the own pod failed; watching again after a backoff");
                         self.shared.metrics.api_error(gate::OP_POD_WATCH);
                         self.shared.with_gate(|g| g.record_error(gate::OP_POD_WATCH, e.to_string(), now));
+                        pod_events = None;
+                        rewatch_at = Some(tokio::time::Instant::now() + delay);
                     }
                     None => {
                         error!("the pod watch ended");
@@ -285,6 +301,10 @@ impl Sidecar {
                 () = ready_timer => {
                     warn!(grace = ?self.args.fail_open_grace, "history not loaded within the fail-open grace; deciding from what is seen");
                     self.become_ready(None);
+                }
+                () = sleep_until_some(rewatch_at) => {
+                    rewatch_at = None;
+                    pod_events = Some(new_watch());
                 }
                 () = tokio::time::sleep(sleep_for) => self.on_tick(),
             }
@@ -512,5 +532,26 @@ impl Sidecar {
         self.shared.refresh_gauges(now);
         self.saves.offer(self.detector.history_to_store());
         self.check_plain_init(now);
+    }
+}
+
+/// First wait before the pod watch starts over after an error.
+const REWATCH_INITIAL: Duration = Duration::from_millis(800);
+/// Longest wait before the pod watch starts over.
+const REWATCH_MAX: Duration = Duration::from_secs(30);
+
+/// The next item of `stream`, or never while there is none.
+async fn next_or_pending<S: futures::Stream + Unpin>(stream: Option<&mut S>) -> Option<S::Item> {
+    match stream {
+        Some(s) => s.next().await,
+        None => futures::future::pending().await,
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => futures::future::pending().await,
     }
 }
