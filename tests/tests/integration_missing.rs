@@ -17,10 +17,9 @@ use std::time::Duration;
 use arc_watchdog_tests::control_plane::{
     ControlPlane, LISTENER_NAMESPACE, Webhook, eventually, listener_name, metric_value,
 };
-use arc_watchdog_tests::node::FakeNode;
+use arc_watchdog_tests::node::{self, FakeNode};
 use arc_watchdog_webhook::missing::{self, Missing};
-use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use kube::ResourceExt as _;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
@@ -101,24 +100,6 @@ async fn await_event(events: &Api<Event>, name: &str) -> Event {
     .unwrap()
 }
 
-/// Marks the node NotReady, as the node lifecycle controller does when its
-/// kubelet stops reporting.
-async fn set_not_ready(cp: &ControlPlane, node: &str) {
-    let now = Timestamp::now().to_string();
-    Api::<Node>::all(cp.admin_client().await.unwrap())
-        .patch_status(
-            node,
-            &PatchParams::default(),
-            &Patch::Strategic(json!({"status": {"conditions": [{
-                "type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
-                "message": "Kubelet stopped posting node status.",
-                "lastHeartbeatTime": now, "lastTransitionTime": now,
-            }]}})),
-        )
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn each_missing_listener_is_reported_on_its_scale_set_and_a_stuck_pod_is_freed() {
     let cp = ControlPlane::shared().await.unwrap();
@@ -159,7 +140,7 @@ async fn each_missing_listener_is_reported_on_its_scale_set_and_a_stuck_pod_is_f
     lost.run_pod(LISTENER_NAMESPACE, &listener_name("ms-stuck"))
         .await
         .unwrap();
-    set_not_ready(cp, lost.name()).await;
+    node::mark_not_ready(&admin, lost.name()).await.unwrap();
     pods.delete(
         &stuck.name_any(),
         &DeleteParams {

@@ -22,8 +22,8 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use arc_watchdog_tests::control_plane::{
-    ControlPlane, LISTENER_NAMESPACE, TLS_SECRET_NAME, WEBHOOK_CONFIG_NAME, WEBHOOK_NAMESPACE,
-    Webhook, eventually, watchdog_container,
+    ControlPlane, LISTENER_NAMESPACE, ListenerLoad, TLS_SECRET_NAME, WEBHOOK_CONFIG_NAME,
+    WEBHOOK_NAMESPACE, Webhook, eventually, served_cert, watchdog_container,
 };
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
@@ -196,35 +196,6 @@ async fn await_ca_bundle(cp: &ControlPlane, pem: &str) {
     .unwrap();
 }
 
-/// The DER of the certificate served on `port`, when it verifies for
-/// 127.0.0.1 against the CAs in `roots_pem` and nothing else.
-async fn served_cert(port: u16, roots_pem: &str) -> Option<Vec<u8>> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in certs(roots_pem) {
-        roots.add(c.into()).ok()?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .ok()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    let name = rustls_pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
-    let tls = connector.connect(name, tcp).await.ok()?;
-    Some(
-        tls.get_ref()
-            .1
-            .peer_certificates()?
-            .first()?
-            .as_ref()
-            .to_vec(),
-    )
-}
-
 /// Two replicas, started at once, as the Deployment's rollout starts them.
 async fn start_two(cp: &ControlPlane, prefix: &str, args: &[&str]) -> (Webhook, Webhook) {
     let kubeconfig = cp.webhook_kubeconfig().await.unwrap();
@@ -303,20 +274,7 @@ async fn serving_certificate_and_ca_rotate_without_a_failed_admission() {
     await_ca_bundle(cp, &first_ca).await;
 
     // Creates listeners without pause until the rotation is over.
-    let rotating = Arc::new(AtomicBool::new(true));
-    let creator = tokio::spawn({
-        let rotating = rotating.clone();
-        async move {
-            let mut made = Vec::new();
-            let mut i = 0;
-            while rotating.load(Ordering::SeqCst) || made.len() < 10 {
-                let name = format!("tls-rotate-{i}");
-                made.push(cp.create_listener(LISTENER_NAMESPACE, &name).await.unwrap());
-                i += 1;
-            }
-            made
-        }
-    });
+    let load = ListenerLoad::start(cp, LISTENER_NAMESPACE, "tls-rotate");
 
     // What a new connection from the API server would find, all along (it
     // keeps its connections to a webhook open and checks a certificate only
@@ -326,6 +284,7 @@ async fn serving_certificate_and_ca_rotate_without_a_failed_admission() {
     //   change in between is not mistaken for one;
     // - a CA leaves the caBundle only once it has expired, so a replica
     //   that has not yet picked up a new pair is still trusted.
+    let rotating = Arc::new(AtomicBool::new(true));
     let probe = tokio::spawn({
         let rotating = rotating.clone();
         let ports = [a.port, b.port];
@@ -378,7 +337,7 @@ async fn serving_certificate_and_ca_rotate_without_a_failed_admission() {
     .await
     .unwrap();
     rotating.store(false, Ordering::SeqCst);
-    let made = creator.await.unwrap();
+    let load = load.stop().await.unwrap();
     let (untrusted, dropped_early) = probe.await.unwrap();
     assert!(
         dropped_early.is_empty(),
@@ -388,19 +347,15 @@ async fn serving_certificate_and_ca_rotate_without_a_failed_admission() {
         untrusted.is_empty(),
         "replicas (by port) served a certificate the caBundle did not trust: {untrusted:?}"
     );
-    let missing: Vec<_> = made
-        .iter()
-        .filter(|p| watchdog_container(p).is_none())
-        .filter_map(|p| p.metadata.name.clone())
-        .collect();
     assert!(
-        missing.is_empty(),
-        "admissions lost during rotation: {missing:?}"
+        load.without_watchdog.is_empty(),
+        "admissions lost during rotation: {:?}",
+        load.without_watchdog
     );
     let served = served.into_inner().unwrap();
     eprintln!(
         "{} listener pods created during the rotation; {} serving certificates seen",
-        made.len(),
+        load.made,
         served.len()
     );
     assert!(

@@ -13,6 +13,29 @@ use jiff::Timestamp;
 use run_support::*;
 use tokio_util::sync::CancellationToken;
 
+/// The stand-in with a Lease and a pod whose listener runs, and a
+/// watchdog started on it with `--fail-open-grace` `grace`.
+async fn start_on_a_running_listener(
+    grace: &str,
+) -> (StandIn, arc_watchdog::run::Started, CancellationToken) {
+    let api = StandIn::start().await.unwrap();
+    api.set_lease(None);
+    api.set_pod(pod_json(
+        Some("containerd://c1"),
+        running("2026-11-28T10:00:00Z"),
+        0,
+    ));
+    let cancel = CancellationToken::new();
+    let started = start(
+        run_args(grace, &[]),
+        Ok(api.client().unwrap()),
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    (api, started, cancel)
+}
+
 /// Polls `/startz` until it answers 200; returns how long that took.
 async fn startz_opens(addr: std::net::SocketAddr, within: Duration) -> Duration {
     let begin = Instant::now();
@@ -275,21 +298,7 @@ async fn conflict_loop_delays_saves_reports_and_evicts_a_dead_listener() {
 /// unexplained exit.
 #[tokio::test]
 async fn a_run_ends_after_its_last_line_is_counted() {
-    let api = StandIn::start().await.unwrap();
-    api.set_lease(None);
-    api.set_pod(pod_json(
-        Some("containerd://c1"),
-        running("2026-11-28T10:00:00Z"),
-        0,
-    ));
-    let cancel = CancellationToken::new();
-    let started = start(
-        run_args("20s", &[]),
-        Ok(api.client().unwrap()),
-        cancel.clone(),
-    )
-    .await
-    .unwrap();
+    let (api, started, cancel) = start_on_a_running_listener("20s").await;
     api.wait_for("the log follow", |s| {
         s.requests.iter().any(|r| r.path.ends_with("/log"))
     })
@@ -331,21 +340,7 @@ async fn a_run_ends_after_its_last_line_is_counted() {
 /// after the grace.
 #[tokio::test]
 async fn a_cut_pod_watch_is_watched_again_and_ready_without_a_pod_change() {
-    let api = StandIn::start().await.unwrap();
-    api.set_lease(None);
-    api.set_pod(pod_json(
-        Some("containerd://c1"),
-        running("2026-11-28T10:00:00Z"),
-        0,
-    ));
-    let cancel = CancellationToken::new();
-    let started = start(
-        run_args("3s", &[]),
-        Ok(api.client().unwrap()),
-        cancel.clone(),
-    )
-    .await
-    .unwrap();
+    let (api, started, cancel) = start_on_a_running_listener("3s").await;
     let ready = || async { http_get(started.addr, "/readyz").await.0 == 200 };
     let begin = Instant::now();
     while !ready().await {

@@ -210,3 +210,60 @@ pub fn watchdog_container(pod: &Pod) -> Option<&Container> {
         .chain(spec.containers.iter())
         .find(|c| c.name == arc_watchdog::names::CONTAINER_NAME)
 }
+
+/// Listener pods created one after another, without pause, through the API
+/// server (and so through the webhook) until stopped: a steady admission
+/// load while the webhook's certificate rotates.
+#[derive(Debug)]
+pub struct ListenerLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Result<Vec<Pod>>>,
+}
+
+/// What a [`ListenerLoad`] made.
+#[derive(Debug)]
+pub struct LoadOutcome {
+    /// Pods created.
+    pub made: usize,
+    /// Of those, the ones admitted without the watchdog (a failed or
+    /// skipped admission, with `failurePolicy: Ignore`).
+    pub without_watchdog: Vec<String>,
+}
+
+impl ListenerLoad {
+    /// At least this many pods are made, however soon the load is stopped.
+    pub const MIN_PODS: usize = 10;
+
+    /// Starts creating listeners `<prefix>-0`, `<prefix>-1`, ... in
+    /// `namespace`.
+    pub fn start(cp: &'static ControlPlane, namespace: &str, prefix: &str) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = tokio::spawn({
+            let (stop, namespace, prefix) = (stop.clone(), namespace.to_owned(), prefix.to_owned());
+            async move {
+                let mut made = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) || made.len() < Self::MIN_PODS
+                {
+                    let scale_set = format!("{prefix}-{}", made.len());
+                    made.push(cp.create_listener(&namespace, &scale_set).await?);
+                }
+                Ok(made)
+            }
+        });
+        ListenerLoad { stop, task }
+    }
+
+    /// Stops creating and says what was made.
+    pub async fn stop(self) -> Result<LoadOutcome> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let made = self.task.await.context("the listener load panicked")??;
+        Ok(LoadOutcome {
+            made: made.len(),
+            without_watchdog: made
+                .iter()
+                .filter(|p| watchdog_container(p).is_none())
+                .filter_map(|p| p.metadata.name.clone())
+                .collect(),
+        })
+    }
+}

@@ -61,8 +61,8 @@ use std::process::{Child, ChildStdin};
 use std::sync::{Arc, Mutex};
 
 pub use fixtures::{
-    ARC_LISTENER_IMAGE, LISTENER_NAMESPACE, PodIdentity, listener_name, listener_pod,
-    watchdog_container,
+    ARC_LISTENER_IMAGE, LISTENER_NAMESPACE, ListenerLoad, LoadOutcome, PodIdentity, listener_name,
+    listener_pod, watchdog_container,
 };
 pub use http::{eventually, http_get, metric_value};
 pub use process::{free_port, tail_logs};
@@ -74,7 +74,8 @@ pub use tools::{
 pub use watchdog::WatchdogProcess;
 pub use webhook::{
     SidecarMode, TLS_SECRET_NAME, WATCHDOG_IMAGE, WEBHOOK_CONFIG_NAME, WEBHOOK_NAMESPACE,
-    WEBHOOK_SERVICE_ACCOUNT, Webhook, manifest_webhook_configuration, set_client_config,
+    WEBHOOK_SERVICE_ACCOUNT, Webhook, manifest_webhook_configuration, served_cert,
+    set_client_config,
 };
 
 use process::Proc;

@@ -482,6 +482,36 @@ pub fn set_client_config(config: &mut serde_json::Value, url: &str, ca_pem: &str
     Ok(())
 }
 
+/// The DER of the certificate a webhook serves on `127.0.0.1:port`, when
+/// it verifies for 127.0.0.1 against the CAs in `roots_pem` and nothing
+/// else (a real TLS handshake, as the API server makes one).
+pub async fn served_cert(port: u16, roots_pem: &str) -> Option<Vec<u8>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut roots_pem.as_bytes()) {
+        roots.add(c.ok()?).ok()?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+        .await
+        .ok()?;
+    let name = rustls_pki_types::ServerName::IpAddress(Ipv4Addr::LOCALHOST.into());
+    let tls = connector.connect(name, tcp).await.ok()?;
+    Some(
+        tls.get_ref()
+            .1
+            .peer_certificates()?
+            .first()?
+            .as_ref()
+            .to_vec(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -229,3 +229,23 @@ impl Drop for FakeNode {
 pub fn kubelet_addr(node: &FakeNode) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, node.port))
 }
+
+/// Marks node `name` NotReady (`Ready` `Unknown`, `NodeStatusUnknown`), as
+/// the node lifecycle controller does once a kubelet stops posting its
+/// status.
+pub async fn mark_not_ready(client: &Client, name: &str) -> Result<()> {
+    let now = Timestamp::now().to_string();
+    Api::<Node>::all(client.clone())
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Strategic(serde_json::json!({"status": {"conditions": [{
+                "type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
+                "message": "Kubelet stopped posting node status.",
+                "lastHeartbeatTime": now, "lastTransitionTime": now,
+            }]}})),
+        )
+        .await
+        .with_context(|| format!("marking node {name} NotReady"))?;
+    Ok(())
+}

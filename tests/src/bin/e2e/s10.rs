@@ -30,6 +30,7 @@ use anyhow::{Context as _, Result, anyhow};
 use arc_watchdog_core::reasons::{Missing, Reason};
 use arc_watchdog_tests::control_plane;
 use arc_watchdog_tests::kubelet::process_group_alive;
+use arc_watchdog_tests::node;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::events::v1::Event as EventV1;
@@ -182,20 +183,9 @@ async fn lose_node(
     );
 
     // The node lifecycle controller, once the heartbeats stop.
+    node::mark_not_ready(&stack.client, NODE).await?;
     let now = Timestamp::now().to_string();
     let nodes: Api<Node> = Api::all(stack.client.clone());
-    nodes
-        .patch_status(
-            NODE,
-            &PatchParams::default(),
-            &Patch::Strategic(json!({"status": {"conditions": [{
-                "type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
-                "message": "Kubelet stopped posting node status.",
-                "lastHeartbeatTime": now, "lastTransitionTime": now,
-            }]}})),
-        )
-        .await
-        .context("marking the node NotReady")?;
     nodes
         .patch(
             NODE,
