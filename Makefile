@@ -59,8 +59,8 @@ test-integration: go-tools
 	cargo test -p arc-watchdog-tests --test 'integration*'
 
 .PHONY: mutants
-# Mutation testing of the pure core (parser, detector, mutation, review
-# handling) with cargo-mutants: hours on 2 cores, not part of `make test`.
+# Mutation testing of the pure core (core crate, parser, detector, mutation,
+# review handling) with cargo-mutants: hours on 2 cores, not part of `make test`.
 # MUTANTS_ARGS='--shard 0/20 --sharding round-robin' runs every 20th mutant.
 # See scripts/mutants.sh.
 mutants:

@@ -3,8 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use arc_watchdog::parser::{
-    Entry, FatalKind, ListenerEvent, LogFormat, OwnedEntry, Parser, classify, parse_kubectl_prefix,
-    sample_log_with_stats,
+    Entry, FatalKind, ListenerEvent, LogFormat, OwnedEntry, Parser, classify, line_time, lossy,
+    parse_kubectl_prefix, sample_log_with_stats,
 };
 
 const CONFLICT: ListenerEvent = ListenerEvent::SessionConflict { fatal: true };
@@ -448,6 +448,39 @@ fn nul_and_invalid_utf8_are_tolerated() {
     assert_eq!(evs, vec![OTHER, EST, CONFLICT, OTHER]);
     assert!(got[0].continuation);
     assert!(got[0].as_entry().text().contains('\u{fffd}'));
+}
+
+#[test]
+fn lossy_keeps_valid_text_and_marks_invalid_bytes() {
+    assert_eq!(lossy(b"Getting next message"), "Getting next message");
+    assert_eq!(lossy(b"a\xffb\xc3"), "a\u{fffd}b\u{fffd}");
+    assert_eq!(lossy(b""), "");
+}
+
+#[test]
+fn zone_offsets_without_colon_are_read_and_nothing_else_is() {
+    let at = |s: &str| Some(s.parse::<jiff::Timestamp>().unwrap());
+    assert_eq!(
+        line_time(br#"{"time":"2026-03-02T04:10:00-0130","msg":"x"}"#),
+        at("2026-03-02T05:40:00Z")
+    );
+    assert_eq!(
+        line_time(b"time=2026-03-02T04:10:00+0100 level=INFO msg=x"),
+        at("2026-03-02T03:10:00Z")
+    );
+    // An offset alone, too short to hold one, no sign, not digits (slog's
+    // text format: no fallback to epoch seconds).
+    for ts in [
+        "+0100",
+        "0100",
+        "abc",
+        "",
+        "2026-03-02T04:10:00Z0100",
+        "2026-03-02T04:10:00+01ab",
+    ] {
+        let line = format!("time={ts} level=INFO msg=x");
+        assert_eq!(line_time(line.as_bytes()), None, "{line}");
+    }
 }
 
 #[test]

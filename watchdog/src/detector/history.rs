@@ -285,6 +285,19 @@ mod tests {
     }
 
     #[test]
+    fn remove_one_takes_only_the_first_equal_time() {
+        let mut list = vec![t(1), t(2), t(1)];
+        assert!(remove_one(&mut list, t(1)));
+        assert_eq!(list, vec![t(2), t(1)]);
+        assert!(!remove_one(&mut list, t(3)));
+        assert_eq!(list, vec![t(2), t(1)]);
+        assert!(remove_one(&mut list, t(1)));
+        assert!(remove_one(&mut list, t(2)));
+        assert!(list.is_empty());
+        assert!(!remove_one(&mut list, t(2)));
+    }
+
+    #[test]
     fn merge_unites_counts_and_keeps_what_a_session_cleared() {
         let stored = History {
             conflicts: vec![t(1), t(2)],

@@ -249,3 +249,184 @@ pub(super) fn derive_loop(h: &History, t: &Thresholds, now: Timestamp) -> Option
     }
     Some(l)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Small numbers so that every boundary is a few seconds away:
+    /// 10 s steady for the first 60 s, doubling up to 40 s, suspicion after
+    /// two starts at the cap (10 + 20 + 40 + 40 = 110 s waited).
+    fn th() -> Thresholds {
+        Thresholds {
+            backoff_initial: Duration::from_secs(10),
+            backoff_steady_for: Duration::from_secs(60),
+            backoff_max: Duration::from_secs(40),
+            duplicate_after_caps: 2,
+            ..Thresholds::default()
+        }
+    }
+
+    const SUSPECT_MS: u64 = 110_000;
+
+    fn t(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).unwrap()
+    }
+
+    fn before(at: Timestamp, ms: u64) -> Timestamp {
+        sub(at, Duration::from_millis(ms))
+    }
+
+    /// A loop detected at `t(0)` whose current delay is `delay_ms` and was
+    /// due to end at `t(10)`; failures at `t(10)` or later were served.
+    fn looping(conflict_loop: bool, delay_ms: u64) -> LoopState {
+        LoopState {
+            since: t(0),
+            cause: Cause::SessionConflict,
+            conflict_loop,
+            crash_loop: !conflict_loop,
+            delay_ms,
+            not_before: t(10),
+            last_failure: t(0),
+            times_at_cap: 0,
+            waited_ms: 0,
+            duplicate_suspected: false,
+        }
+    }
+
+    #[test]
+    fn the_thresholds_suspect_after_110_seconds() {
+        assert_eq!(ms(duplicate_suspected_after(&th())), SUSPECT_MS);
+    }
+
+    #[test]
+    fn a_failure_counts_as_served_from_one_second_before_the_delay_ends() {
+        // Just outside the slack: not served, nothing but the failure moves.
+        let mut l = looping(false, 10_000);
+        let at = before(t(9), 1);
+        assert!(escalate_loop(&mut l, at, Cause::Network, &th()).is_none());
+        assert_eq!(l.cause, Cause::Network);
+        assert_eq!(l.last_failure, at);
+        assert_eq!((l.delay_ms, l.waited_ms, l.not_before), (10_000, 0, t(10)));
+
+        // At the slack's edge, at the delay's end and well after: served.
+        for at in [t(9), t(10), t(30)] {
+            let mut l = looping(false, 10_000);
+            assert!(escalate_loop(&mut l, at, Cause::Network, &th()).is_some());
+            assert_eq!(l.waited_ms, 10_000);
+            assert_eq!(l.last_failure, at);
+            assert_eq!(l.not_before, add(at, Duration::from_millis(l.delay_ms)));
+        }
+    }
+
+    #[test]
+    fn the_delay_stays_steady_until_backoff_steady_for_then_doubles() {
+        let mut l = looping(false, 20_000);
+        let at = before(t(60), 1);
+        escalate_loop(&mut l, at, Cause::Network, &th()).unwrap();
+        assert_eq!(l.delay_ms, 10_000);
+        assert_eq!(l.not_before, add(at, Duration::from_secs(10)));
+
+        let mut l = looping(false, 20_000);
+        escalate_loop(&mut l, t(60), Cause::Network, &th()).unwrap();
+        assert_eq!(l.delay_ms, 40_000);
+        assert_eq!(l.not_before, t(100));
+    }
+
+    #[test]
+    fn only_a_delay_at_the_cap_counts_as_a_start_at_the_cap() {
+        for (delay_ms, at_cap) in [(39_999, 0), (40_000, 1), (40_001, 1)] {
+            let mut l = looping(false, delay_ms);
+            escalate_loop(&mut l, t(100), Cause::Network, &th()).unwrap();
+            assert_eq!(l.times_at_cap, at_cap, "delay {delay_ms} ms");
+            assert_eq!(l.delay_ms, 40_000);
+        }
+        let mut l = looping(false, 40_000);
+        l.times_at_cap = 1;
+        escalate_loop(&mut l, t(100), Cause::Network, &th()).unwrap();
+        assert_eq!(l.times_at_cap, 2);
+    }
+
+    #[test]
+    fn a_conflict_loop_shortens_the_delay_to_the_start_that_can_raise_the_suspicion() {
+        // 80 s waited, 20 s served now: the next start comes after the
+        // 10 s that are left, not after the doubled 40 s.
+        let mut l = looping(true, 20_000);
+        l.waited_ms = 80_000;
+        let e = escalate_loop(&mut l, t(100), Cause::SessionConflict, &th()).unwrap();
+        assert!(!e.duplicate && !e.newly);
+        assert_eq!((l.waited_ms, l.delay_ms), (100_000, 10_000));
+        assert_eq!(l.not_before, t(110));
+
+        // Not a conflict loop: no suspicion to wait for.
+        let mut l = looping(false, 20_000);
+        l.waited_ms = 80_000;
+        escalate_loop(&mut l, t(100), Cause::SessionConflict, &th()).unwrap();
+        assert_eq!(l.delay_ms, 40_000);
+
+        // Already suspected (and not re-raised by this crash): nothing to
+        // wait for either.
+        let mut l = looping(true, 20_000);
+        l.waited_ms = 80_000;
+        l.duplicate_suspected = true;
+        escalate_loop(&mut l, t(100), Cause::Network, &th()).unwrap();
+        assert_eq!(l.delay_ms, 40_000);
+
+        // Nothing left to wait: the doubled delay, never zero.
+        let mut l = looping(true, 20_000);
+        l.waited_ms = 90_000;
+        let e = escalate_loop(&mut l, t(100), Cause::Network, &th()).unwrap();
+        assert!(!e.duplicate);
+        assert_eq!((l.waited_ms, l.delay_ms), (SUSPECT_MS, 40_000));
+    }
+
+    #[test]
+    fn the_suspicion_needs_a_conflict_in_a_conflict_loop_after_enough_caps_or_waiting() {
+        // The second start at the cap, nothing else near its limit.
+        let at_second_cap = |conflict_loop: bool, cause: Cause| {
+            let mut l = looping(conflict_loop, 40_000);
+            l.times_at_cap = 1;
+            let e = escalate_loop(&mut l, t(100), cause, &th()).unwrap();
+            assert_eq!(l.waited_ms, 40_000);
+            (e.duplicate, e.newly, l.duplicate_suspected)
+        };
+        assert_eq!(
+            at_second_cap(true, Cause::SessionConflict),
+            (true, true, true)
+        );
+        assert_eq!(at_second_cap(true, Cause::Network), (false, false, false));
+        assert_eq!(
+            at_second_cap(false, Cause::SessionConflict),
+            (false, false, false)
+        );
+
+        // One start at the cap only.
+        let mut l = looping(true, 40_000);
+        let e = escalate_loop(&mut l, t(100), Cause::SessionConflict, &th()).unwrap();
+        assert_eq!((l.times_at_cap, e.duplicate), (1, false));
+
+        // No start at the cap, but exactly as long a wait: suspected, the
+        // capped delay from now on.
+        let mut l = looping(true, 20_000);
+        l.waited_ms = SUSPECT_MS - 20_000;
+        let e = escalate_loop(&mut l, t(100), Cause::SessionConflict, &th()).unwrap();
+        assert_eq!((l.times_at_cap, l.waited_ms), (0, SUSPECT_MS));
+        assert!(e.duplicate && e.newly && l.duplicate_suspected);
+        assert_eq!((l.delay_ms, l.not_before), (40_000, t(140)));
+
+        // A millisecond short of it: not yet, and the next start comes
+        // after that last millisecond.
+        let mut l = looping(true, 20_000);
+        l.waited_ms = SUSPECT_MS - 20_000 - 1;
+        let e = escalate_loop(&mut l, t(100), Cause::SessionConflict, &th()).unwrap();
+        assert!(!e.duplicate && !l.duplicate_suspected);
+        assert_eq!(l.delay_ms, 1);
+
+        // Raised before: still in force, but not new.
+        let mut l = looping(true, 40_000);
+        l.times_at_cap = 2;
+        l.duplicate_suspected = true;
+        let e = escalate_loop(&mut l, t(100), Cause::SessionConflict, &th()).unwrap();
+        assert!(e.duplicate && !e.newly && l.duplicate_suspected);
+    }
+}

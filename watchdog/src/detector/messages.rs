@@ -171,3 +171,25 @@ pub(super) fn budget_exhausted(
         format_duration(window)
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn milliseconds_read_as_durations() {
+        assert_eq!(fmt_ms(1_500), "1s 500ms");
+        assert_eq!(fmt_ms(600_000), "10m");
+        let until: Timestamp = "2026-03-02T04:00:30Z".parse().unwrap();
+        assert_eq!(
+            delay_start(Cause::SessionConflict, 30_000, until),
+            "session_conflict loop: delaying the listener's next start by 30s \
+             (until 2026-03-02T04:00:30Z)"
+        );
+        let m = duplicate_suspected(2_730_000, 600_000, false);
+        assert!(
+            m.starts_with("the session conflict persisted through 45m 30s of delayed starts (up to 10m apart) (still): "),
+            "{m}"
+        );
+    }
+}

@@ -91,15 +91,12 @@ fn parse_loose_ts(s: &[u8]) -> Option<Timestamp> {
     if let Some(ts) = parse_ts(s) {
         return Some(ts);
     }
-    let n = s.len();
-    if n > 5 && matches!(s[n - 5], b'+' | b'-') && s[n - 4..].iter().all(u8::is_ascii_digit) {
-        let mut fixed = Vec::with_capacity(n + 1);
-        fixed.extend_from_slice(&s[..n - 2]);
-        fixed.push(b':');
-        fixed.extend_from_slice(&s[n - 2..]);
-        return parse_ts(&fixed);
-    }
-    None
+    // The colon goes between the offset's hours and minutes, the last four
+    // bytes; whatever else is wrong is left to `parse_ts` to reject.
+    let (head, &[sign @ (b'+' | b'-'), h1, h2, m1, m2]) = s.split_last_chunk::<5>()? else {
+        return None;
+    };
+    parse_ts(&[head, &[sign, h1, h2, b':', m1, m2]].concat())
 }
 
 fn json_value_after<'a>(s: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
