@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use arc_watchdog::names;
 use arc_watchdog_tests::control_plane::{
-    ControlPlane, LISTENER_NAMESPACE, Webhook, eventually, metric_value, watchdog_container,
+    ControlPlane, LISTENER_NAMESPACE, Webhook, metric_value, watchdog_container,
 };
 use arc_watchdog_tests::node::FakeNode;
 use arc_watchdog_tests::per_listener;
@@ -34,12 +34,7 @@ const SUSPEND_FOR: Duration = Duration::from_secs(3600);
 
 /// Waits until the webhook's `/metrics` has `metric` == `want`.
 async fn await_metric(wh: &Webhook, metric: &str, want: f64) {
-    eventually(DEADLINE, &format!("{metric} == {want}"), || {
-        let text = wh.metrics();
-        async move { (metric_value(&text.await.ok()?, metric, &[])? == want).then_some(()) }
-    })
-    .await
-    .unwrap();
+    wh.await_metric(metric, &[], want, DEADLINE).await.unwrap();
 }
 
 /// The status a kubelet reports for a native-injected listener pod whose

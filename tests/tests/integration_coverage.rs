@@ -60,20 +60,9 @@ async fn reports(cp: &ControlPlane) -> Vec<Event> {
 
 /// Waits until the webhook's `/metrics` has `metric{labels}` == `want`.
 async fn await_metric(wh: &Webhook, metric: &str, labels: &[(&str, &str)], want: f64) {
-    let last = std::cell::Cell::new(None);
-    let last_ref = &last;
-    let found = eventually(DEADLINE, &format!("{metric}{labels:?} == {want}"), || {
-        let text = wh.metrics();
-        async move {
-            let value = metric_value(&text.await.ok()?, metric, labels);
-            last_ref.set(value);
-            (value == Some(want)).then_some(())
-        }
-    })
-    .await;
-    if let Err(err) = found {
-        panic!("{err:#}; last value {:?}", last.get());
-    }
+    wh.await_metric(metric, labels, want, DEADLINE)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use arc_watchdog_tests::control_plane::{
-    ControlPlane, LISTENER_NAMESPACE, Webhook, eventually, listener_name, metric_value,
+    ControlPlane, LISTENER_NAMESPACE, Webhook, eventually, listener_name,
 };
 use arc_watchdog_tests::node::{self, FakeNode};
 use arc_watchdog_webhook::missing::{self, Missing};
@@ -64,20 +64,9 @@ async fn create_runner_set(cp: &ControlPlane, name: &str) -> DynamicObject {
 
 /// Waits until the webhook's `/metrics` has `metric{labels}` == `want`.
 async fn await_metric(wh: &Webhook, metric: &str, labels: &[(&str, &str)], want: f64) {
-    let last = std::cell::Cell::new(None);
-    let last_ref = &last;
-    let found = eventually(DEADLINE, &format!("{metric}{labels:?} == {want}"), || {
-        let text = wh.metrics();
-        async move {
-            let value = metric_value(&text.await.ok()?, metric, labels);
-            last_ref.set(value);
-            (value == Some(want)).then_some(())
-        }
-    })
-    .await;
-    if let Err(err) = found {
-        panic!("{err:#}; last value {:?}", last.get());
-    }
+    wh.await_metric(metric, labels, want, DEADLINE)
+        .await
+        .unwrap();
 }
 
 async fn await_gauges(wh: &Webhook, want: &[(Missing, f64)]) {

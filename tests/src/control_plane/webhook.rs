@@ -384,6 +384,31 @@ impl Webhook {
         Ok(body)
     }
 
+    /// Waits up to `within` until `/metrics` has `metric{labels}` == `want`;
+    /// the error names the last value seen.
+    pub async fn await_metric(
+        &self,
+        metric: &str,
+        labels: &[(&str, &str)],
+        want: f64,
+        within: Duration,
+    ) -> Result<()> {
+        let last = std::sync::Mutex::new(None);
+        let found =
+            super::http::eventually(within, &format!("{metric}{labels:?} == {want}"), || async {
+                let value = super::http::metric_value(&self.metrics().await.ok()?, metric, labels);
+                *last
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = value;
+                (value == Some(want)).then_some(())
+            })
+            .await;
+        let last = *last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        found.with_context(|| format!("last value {last:?}"))
+    }
+
     /// Stops the process (by pid).
     pub fn stop(&self) {
         self.proc.stop();
