@@ -9,7 +9,7 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount, Volume};
+use k8s_openapi::api::core::v1::{ConfigMap, KeyToPath, Secret, ServiceAccount, Volume};
 use kube::api::{Api, PostParams};
 
 use super::PodRun;
@@ -28,27 +28,10 @@ impl PodRun {
     }
 
     async fn materialize_volume(&self, v: &Volume, dir: &Path) -> Result<()> {
-        let client = self.ctx.client.clone();
         if let Some(s) = &v.secret {
             let name = s.secret_name.clone().unwrap_or_default();
-            let api: Api<Secret> = Api::namespaced(client.clone(), &self.ns);
-            match api.get_opt(&name).await? {
-                Some(sec) => {
-                    let data: BTreeMap<String, Vec<u8>> = sec
-                        .data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, v.0))
-                        .collect();
-                    write_items(
-                        dir,
-                        &data,
-                        s.items
-                            .as_deref()
-                            .map(|i| i.iter().map(|k| (k.key.clone(), k.path.clone())).collect()),
-                    )
-                    .await?;
-                }
+            match self.secret_data(&name).await? {
+                Some(data) => write_items(dir, &data, s.items.as_deref()).await?,
                 None if s.optional == Some(true) => {}
                 None => bail!("secret {name} not found"),
             }
@@ -56,16 +39,7 @@ impl PodRun {
         if let Some(c) = &v.config_map {
             let data = self.config_map_data(&c.name).await?;
             match data {
-                Some(d) => {
-                    write_items(
-                        dir,
-                        &d,
-                        c.items
-                            .as_deref()
-                            .map(|i| i.iter().map(|k| (k.key.clone(), k.path.clone())).collect()),
-                    )
-                    .await?
-                }
+                Some(d) => write_items(dir, &d, c.items.as_deref()).await?,
                 None if c.optional == Some(true) => {}
                 None => bail!("configmap {} not found", c.name),
             }
@@ -78,38 +52,15 @@ impl PodRun {
                 }
                 if let Some(c) = &src.config_map {
                     match self.config_map_data(&c.name).await? {
-                        Some(d) => {
-                            write_items(
-                                dir,
-                                &d,
-                                c.items.as_deref().map(|i| {
-                                    i.iter().map(|k| (k.key.clone(), k.path.clone())).collect()
-                                }),
-                            )
-                            .await?
-                        }
+                        Some(d) => write_items(dir, &d, c.items.as_deref()).await?,
                         None if c.optional == Some(true) => {}
                         None => bail!("configmap {} not found", c.name),
                     }
                 }
-                if let Some(s) = &src.secret {
-                    let api: Api<Secret> = Api::namespaced(client.clone(), &self.ns);
-                    if let Some(sec) = api.get_opt(&s.name).await? {
-                        let data: BTreeMap<String, Vec<u8>> = sec
-                            .data
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|(k, v)| (k, v.0))
-                            .collect();
-                        write_items(
-                            dir,
-                            &data,
-                            s.items.as_deref().map(|i| {
-                                i.iter().map(|k| (k.key.clone(), k.path.clone())).collect()
-                            }),
-                        )
-                        .await?;
-                    }
+                if let Some(s) = &src.secret
+                    && let Some(data) = self.secret_data(&s.name).await?
+                {
+                    write_items(dir, &data, s.items.as_deref()).await?;
                 }
                 if let Some(d) = &src.downward_api {
                     for item in d.items.iter().flatten() {
@@ -129,6 +80,18 @@ impl PodRun {
             }
         }
         Ok(())
+    }
+
+    /// The Secret `name`'s data, or `None` when there is no such Secret.
+    async fn secret_data(&self, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>> {
+        let api: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        Ok(api.get_opt(name).await?.map(|sec| {
+            sec.data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect()
+        }))
     }
 
     pub(super) async fn config_map_data(
@@ -196,13 +159,13 @@ async fn write_file(path: &Path, data: &[u8]) -> Result<()> {
 async fn write_items(
     dir: &Path,
     data: &BTreeMap<String, Vec<u8>>,
-    items: Option<Vec<(String, String)>>,
+    items: Option<&[KeyToPath]>,
 ) -> Result<()> {
     match items {
         Some(items) => {
-            for (key, path) in items {
-                if let Some(v) = data.get(&key) {
-                    write_file(&dir.join(path), v).await?;
+            for item in items {
+                if let Some(v) = data.get(&item.key) {
+                    write_file(&dir.join(&item.path), v).await?;
                 }
             }
         }
