@@ -62,6 +62,25 @@ impl Outcome {
         self.notes.extend(leg.notes);
     }
 
+    /// Runs a scenario's two legs at once (without and with arc-watchdog,
+    /// each on a stack of its own), each recording into a part of its own,
+    /// and takes both parts in before either result is looked at: a leg
+    /// that fails keeps what it recorded up to then.
+    pub(crate) async fn side_by_side<A, B>(
+        &mut self,
+        without: impl AsyncFnOnce(&mut Outcome) -> Result<A>,
+        with: impl AsyncFnOnce(&mut Outcome) -> Result<B>,
+    ) -> (Result<A>, Result<B>) {
+        let (mut a, mut b) = (
+            Outcome::new("", &self.version),
+            Outcome::new("", &self.version),
+        );
+        let results = tokio::join!(without(&mut a), with(&mut b));
+        self.merge(a);
+        self.merge(b);
+        results
+    }
+
     pub(crate) fn line(&self) -> String {
         let nums: Vec<String> = self
             .numbers

@@ -75,15 +75,14 @@ pub(crate) async fn s10(bins: &Binaries, args: &Args) -> Result<Outcome> {
         ],
         ..StackOpts::native(args)
     };
-    let (mut a, mut b) = (Outcome::new("", version), Outcome::new("", version));
-    let (ra, rb) = tokio::join!(
-        leg(bins, without, "without", &mut a),
-        leg(bins, with, "with", &mut b)
-    );
+    let (ra, rb) = o
+        .side_by_side(
+            async |a| leg(bins, without, "without", a).await,
+            async |b| leg(bins, with, "with", b).await,
+        )
+        .await;
     ra?;
     rb?;
-    o.merge(a);
-    o.merge(b);
     Ok(o)
 }
 

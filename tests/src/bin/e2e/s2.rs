@@ -203,13 +203,12 @@ pub(crate) async fn s2(
         watchdog: Some(SidecarMode::Native),
         ..without.clone()
     };
-    let (mut a, mut b) = (Outcome::new("", version), Outcome::new("", version));
-    let (ra, rb) = tokio::join!(
-        leg(bins, without, ttl, &mut a),
-        leg(bins, with, ttl, &mut b)
-    );
-    o.merge(a);
-    o.merge(b);
+    let (ra, rb) = o
+        .side_by_side(
+            async |a| leg(bins, without, ttl, a).await,
+            async |b| leg(bins, with, ttl, b).await,
+        )
+        .await;
     let (Ok(without), Ok(with)) = (ra, rb) else {
         return Ok(o);
     };

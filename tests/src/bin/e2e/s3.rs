@@ -130,14 +130,13 @@ pub(crate) async fn s3(bins: &Binaries, args: &Args, version: &'static str) -> R
         watchdog: Some(SidecarMode::Classic),
         ..without.clone()
     };
-    let (mut a, mut b) = (Outcome::new("", version), Outcome::new("", version));
-    let (ra, rb) = tokio::join!(
-        leg(bins, without, "without", &mut a),
-        leg(bins, with, "with", &mut b)
-    );
+    let (ra, rb) = o
+        .side_by_side(
+            async |a| leg(bins, without, "without", a).await,
+            async |b| leg(bins, with, "with", b).await,
+        )
+        .await;
     ra?;
     rb?;
-    o.merge(a);
-    o.merge(b);
     Ok(o)
 }

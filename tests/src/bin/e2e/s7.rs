@@ -278,13 +278,12 @@ fn ratio(a: usize, b: usize) -> f64 {
 pub(crate) async fn s7(bins: &Binaries, args: &Args) -> Result<Outcome> {
     let mut o = Outcome::new("S7-startup-failure", "0.14.2");
     o.num("window_s", WINDOW.as_secs());
-    let (mut a, mut b) = (Outcome::new("", "0.14.2"), Outcome::new("", "0.14.2"));
-    let (without, with) = tokio::join!(
-        leg(bins, args, false, &mut a),
-        leg(bins, args, true, &mut b)
-    );
-    o.merge(a);
-    o.merge(b);
+    let (without, with) = o
+        .side_by_side(
+            async |a| leg(bins, args, false, a).await,
+            async |b| leg(bins, args, true, b).await,
+        )
+        .await;
     let (without, with) = match (without, with) {
         (Ok(x), Ok(y)) => (x, y),
         (x, y) => {
