@@ -30,6 +30,7 @@ jobs="${MUTANTS_JOBS:-1}"
 timeout="${MUTANTS_TIMEOUT:-300}"
 read -r -a extra <<<"${MUTANTS_ARGS:-}"
 out="${MUTANTS_OUT:-target/mutants}"
+mkdir -p "$out"
 
 if ! "$root/bin/cargo-mutants" mutants --version >/dev/null 2>&1; then
     echo "==> installing cargo-mutants $version into $root (once: a few minutes)"
@@ -60,13 +61,32 @@ for name in "${which[@]}"; do
     [ -n "${tests[$name]:-}" ] || { echo "unknown package set '$name' (watchdog, webhook or core)" >&2; exit 1; }
     read -r package args <<<"${tests[$name]}"
     test_flags=()
-    for p in ${test_packages[$name]:-}; do test_flags+=(--test-package "$p"); done
+    baseline=()
+    if [ -n "${test_packages[$name]:-}" ]; then
+        # cargo-mutants builds and tests its unmutated baseline with the
+        # mutated package alone, not the --test-package ones, so a test
+        # target of another package fails that build. The baseline is run
+        # here instead, with every test package, and skipped there (the
+        # absolute --timeout bounds each mutant's test run without it).
+        cargo_packages=()
+        for p in ${test_packages[$name]}; do
+            test_flags+=(--test-package "$p")
+            cargo_packages+=(-p "$p")
+        done
+        echo "==> unmutated baseline of $package: cargo test ${cargo_packages[*]} $args"
+        # shellcheck disable=SC2086 # $args is a list of cargo arguments
+        cargo test "${cargo_packages[@]}" $args --quiet >"$out/$name.baseline.log" 2>&1 || {
+            echo "the unmutated tests fail, so no mutant can be judged; see $out/$name.baseline.log" >&2
+            exit 4
+        }
+        baseline=(--baseline=skip)
+    fi
     for a in $args; do test_flags+=("--cargo-arg=$a"); done
     echo "==> mutants of $package (tests: $args)"
     start=$(date +%s)
     mkdir -p "$out/$name"
     rc=0
-    cargo mutants --package "$package" "${test_flags[@]}" --jobs "$jobs" \
+    cargo mutants --package "$package" "${test_flags[@]}" ${baseline[@]+"${baseline[@]}"} --jobs "$jobs" \
         --timeout "$timeout" --output "$out/$name" ${extra[@]+"${extra[@]}"} || rc=$?
     echo "==> $package: cargo-mutants exited $rc after $(( $(date +%s) - start )) s; results in $out/$name/mutants.out"
     for kind in caught missed timeout unviable; do
