@@ -130,7 +130,7 @@ struct AbuseLoadArgs {
     #[arg(long, env = "ARC_WATCHDOG_BENCH_REVIEWERS", default_value_t = 2)]
     reviewers: usize,
     /// How long reviews are measured, without and then with the abuse.
-    #[arg(long = "abuse-duration", env = "ARC_WATCHDOG_BENCH_ABUSE_DURATION", default_value = "10s", value_parser = arc_watchdog::settings::parse_duration)]
+    #[arg(id = "abuse_duration", long = "abuse-duration", env = "ARC_WATCHDOG_BENCH_ABUSE_DURATION", default_value = "10s", value_parser = arc_watchdog::settings::parse_duration)]
     duration: std::time::Duration,
 }
 
@@ -184,6 +184,7 @@ struct StartupLoadArgs {
     /// Listener pods started with the sidecar, and as many without
     /// (alternating); the medians are compared.
     #[arg(
+        id = "startup_runs",
         long = "startup-runs",
         env = "ARC_WATCHDOG_BENCH_STARTUP_RUNS",
         default_value_t = 5
@@ -318,4 +319,16 @@ fn main() -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// Every subcommand's flags are consistent: `all` flattens the
+    /// figures' flags, and two with one id would share one value.
+    #[test]
+    fn flags_are_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -46,6 +46,10 @@ const GOAL: Duration = Duration::from_secs(1);
 /// The stand-in listener's first line.
 const FIRST_LINE: &str = "stand-in listener: started";
 
+/// What the watchdog logs once it knows its history (with a fresh Lease,
+/// the moment its start gate opens).
+const HISTORY_LOADED: &str = "history loaded from the Lease";
+
 /// Longest wait for one pod's first line, and for one pod to be gone.
 const POD_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -296,17 +300,32 @@ async fn run_once(
     .await
     .with_context(|| format!("kubelet: {:?}", pod_events(kubelet, &name)))?;
     let first_line = elapsed(created_at, first);
-    let steps = pod_events(kubelet, &name)
-        .iter()
+    let mut steps: Vec<(Timestamp, String)> = pod_events(kubelet, &name)
+        .into_iter()
         .filter(|e| e.at <= first)
         .map(|e| {
-            format!(
-                "{} {} at {} ms",
-                e.container.as_deref().unwrap_or("pod"),
-                e.what.split_whitespace().next().unwrap_or(""),
-                elapsed(created_at, e.at).as_millis()
+            let what = e.what.split_whitespace().next().unwrap_or("").to_owned();
+            (
+                e.at,
+                format!("{} {what}", e.container.as_deref().unwrap_or("pod")),
             )
         })
+        .collect();
+    // When the watchdog's gate opened: its history is known (a fresh Lease:
+    // no backoff). From then on the listener waits for the next probe.
+    let watchdog = arc_watchdog::names::CONTAINER_NAME;
+    if let Some((at, _)) = node
+        .logs()
+        .stamped_lines(ns, &name, watchdog)
+        .into_iter()
+        .find(|(_, line)| line.contains(HISTORY_LOADED))
+    {
+        steps.push((at, format!("{watchdog} gate-open")));
+    }
+    steps.sort_by_key(|(at, _)| *at);
+    let steps = steps
+        .iter()
+        .map(|(at, what)| format!("{what} at {} ms", elapsed(created_at, *at).as_millis()))
         .collect::<Vec<_>>()
         .join(", ");
 
