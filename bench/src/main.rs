@@ -16,6 +16,7 @@ mod load;
 mod parse;
 mod proc;
 mod sizes;
+mod startup;
 mod watchdog_rss;
 
 use std::net::SocketAddr;
@@ -49,6 +50,9 @@ enum Command {
     WatchdogRss(RssArgs),
     /// Stripped sizes of the release binaries.
     BinarySize(BinArgs),
+    /// Time the injected native sidecar adds to a listener's start (real
+    /// kube-apiserver, process kubelet).
+    SidecarStartup(StartupArgs),
     /// The baseline of `admission-tls`: a trivial HTTPS echo server with
     /// the same TLS and HTTP stack (started by `admission-tls` itself).
     #[command(hide = true)]
@@ -126,7 +130,7 @@ struct AbuseLoadArgs {
     #[arg(long, env = "ARC_WATCHDOG_BENCH_REVIEWERS", default_value_t = 2)]
     reviewers: usize,
     /// How long reviews are measured, without and then with the abuse.
-    #[arg(long = "abuse-duration", env = "ARC_WATCHDOG_BENCH_ABUSE_DURATION", default_value = "10s", value_parser = arc_watchdog::settings::parse_duration)]
+    #[arg(id = "abuse_duration", long = "abuse-duration", env = "ARC_WATCHDOG_BENCH_ABUSE_DURATION", default_value = "10s", value_parser = arc_watchdog::settings::parse_duration)]
     duration: std::time::Duration,
 }
 
@@ -167,6 +171,32 @@ struct RssLoadArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+struct StartupArgs {
+    #[command(flatten)]
+    bins: BinArgs,
+    #[command(flatten)]
+    load: StartupLoadArgs,
+}
+
+/// The pods of `sidecar-startup` (and `all`).
+#[derive(Debug, Clone, Args)]
+struct StartupLoadArgs {
+    /// Listener pods started with the sidecar, and as many without
+    /// (alternating); the medians are compared.
+    #[arg(
+        id = "startup_runs",
+        long = "startup-runs",
+        env = "ARC_WATCHDOG_BENCH_STARTUP_RUNS",
+        default_value_t = 5
+    )]
+    runs: usize,
+    /// The process kubelet's pod start latency (sandbox and container
+    /// creation on a real node; see `arc_watchdog_tests::kubelet`).
+    #[arg(long, env = "ARC_WATCHDOG_BENCH_POD_START_LATENCY", default_value = "3s", value_parser = arc_watchdog_core::settings::parse_duration)]
+    pod_start_latency: std::time::Duration,
+}
+
+#[derive(Debug, Clone, Args)]
 struct AllArgs {
     #[command(flatten)]
     criterion: CriterionArgs,
@@ -178,6 +208,8 @@ struct AllArgs {
     rss: RssLoadArgs,
     #[command(flatten)]
     abuse: AbuseLoadArgs,
+    #[command(flatten)]
+    startup: StartupLoadArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -266,6 +298,11 @@ fn main() -> anyhow::Result<()> {
                 };
                 print_all(&watchdog_rss::measure(&rss).await?);
                 print_all(&sizes::binary_sizes(&args.tls.bins.bin_dir)?);
+                let startup = StartupArgs {
+                    bins: args.tls.bins.clone(),
+                    load: args.startup.clone(),
+                };
+                print_all(&startup::measure(&startup).await?);
             }
             Command::AdmissionVsFloor(args) => {
                 print_all(&admission::vs_floor(&args.criterion_dir)?);
@@ -277,8 +314,21 @@ fn main() -> anyhow::Result<()> {
             Command::ParseThroughput(args) => print_all(&parse::throughput(&args)?),
             Command::WatchdogRss(args) => print_all(&watchdog_rss::measure(&args).await?),
             Command::BinarySize(args) => print_all(&sizes::binary_sizes(&args.bin_dir)?),
+            Command::SidecarStartup(args) => print_all(&startup::measure(&args).await?),
             Command::TlsEcho(_) => {}
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// Every subcommand's flags are consistent: `all` flattens the
+    /// figures' flags, and two with one id would share one value.
+    #[test]
+    fn flags_are_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -36,8 +36,14 @@ pub const TOKEN_VOLUME: &str = "arc-watchdog-token";
 pub const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// Name of the watchdog's container port.
 pub const PORT_NAME: &str = "watchdog";
-/// Period of the start-gate probe, in seconds.
-pub const STARTUP_PERIOD_SECONDS: i32 = 5;
+/// Period of the start-gate probe, in seconds: the least Kubernetes
+/// allows. The kubelet starts the listener at the first probe that finds
+/// the gate open, and the first probe after the watchdog's start usually
+/// comes before it serves; so with no backoff pending, one period is what
+/// the sidecar adds to the listener's start (`make bench`,
+/// `sidecar-startup-added`). A probe is one loopback GET, and only while
+/// the listener waits.
+pub const STARTUP_PERIOD_SECONDS: i32 = 1;
 /// Extra time on top of the longest backoff and the fail-open grace before
 /// the kubelet gives up on the start gate (and restarts the watchdog):
 /// covers the watchdog's own start-up, API latency and probe jitter.
@@ -621,15 +627,18 @@ mod tests {
     fn startup_probe_outlasts_longest_backoff_and_grace() {
         let cfg = InjectConfig::new("img");
         let threshold = startup_failure_threshold(&cfg);
-        // 10m backoff + 20s grace + 60s margin = 680s = 136 probes of 5s.
-        assert_eq!(threshold, 136);
+        // 10m backoff + 20s grace + 60s margin = 680s = 680 probes of 1s.
+        assert_eq!(threshold, 680);
         let covered =
             Duration::from_secs(u64::try_from(threshold * STARTUP_PERIOD_SECONDS).unwrap());
         assert!(covered >= cfg.thresholds.backoff_max + cfg.fail_open_grace);
 
         let mut long = cfg.clone();
         long.thresholds.backoff_max = Duration::from_secs(3600);
-        assert_eq!(startup_failure_threshold(&long), (3600 + 20 + 60) / 5);
+        assert_eq!(
+            startup_failure_threshold(&long),
+            (3600 + 20 + 60) / STARTUP_PERIOD_SECONDS
+        );
 
         let mut huge = cfg;
         huge.thresholds.backoff_max = Duration::from_secs(u64::MAX / 2);
@@ -662,6 +671,19 @@ mod tests {
             Some(names::PATH_STARTZ)
         );
         assert_eq!(gate.period_seconds, Some(STARTUP_PERIOD_SECONDS));
+        // No initial delay: the gate is asked from the start.
+        assert_eq!(gate.initial_delay_seconds, None);
+    }
+
+    #[test]
+    fn start_gate_is_probed_as_often_as_kubernetes_allows() {
+        // With no backoff pending the listener starts at the first probe
+        // after the watchdog serves: the period is what the sidecar adds
+        // to every listener start, so it is the least a Probe may have.
+        let gate = watchdog_container(&InjectConfig::new("img"), SidecarMode::Native)
+            .startup_probe
+            .unwrap();
+        assert_eq!(gate.period_seconds, Some(1));
     }
 
     #[test]

@@ -154,6 +154,19 @@ impl Webhook {
         kubeconfig: &Path,
         extra_args: &[&str],
     ) -> Result<Self> {
+        let bin = workspace_bin("arc-watchdog-webhook", "arc-watchdog-webhook")?;
+        Self::start_binary(cp, name, &bin, kubeconfig, extra_args).await
+    }
+
+    /// [`Self::start`] with the webhook binary `bin` (a release build, say)
+    /// instead of the one cargo builds for the tests.
+    pub async fn start_binary(
+        cp: &ControlPlane,
+        name: &str,
+        bin: &Path,
+        kubeconfig: &Path,
+        extra_args: &[&str],
+    ) -> Result<Self> {
         let dir = cp.dir().join(name);
         let cert_dir = dir.join("certs");
         fs::create_dir_all(&cert_dir)?;
@@ -176,7 +189,15 @@ impl Webhook {
                 cert_dir.join(arc_watchdog_certs::TLS_KEY_FILE).display()
             ),
         ];
-        let wh = Self::new(cp, kubeconfig, Some(ca), cert_dir, tls_args, extra_args)?;
+        let wh = Self::new(
+            cp,
+            bin.to_path_buf(),
+            kubeconfig,
+            Some(ca),
+            cert_dir,
+            tls_args,
+            extra_args,
+        )?;
         wh.run(name)?;
         wh.wait_ready(Duration::from_secs(30)).await?;
         Ok(wh)
@@ -213,20 +234,21 @@ impl Webhook {
             format!("--tls-secret-namespace={WEBHOOK_NAMESPACE}"),
             "--tls-extra-sans=127.0.0.1".to_owned(),
         ];
-        let wh = Self::new(cp, kubeconfig, None, dir, tls_args, extra_args)?;
+        let bin = workspace_bin("arc-watchdog-webhook", "arc-watchdog-webhook")?;
+        let wh = Self::new(cp, bin, kubeconfig, None, dir, tls_args, extra_args)?;
         wh.run(name)?;
         Ok(wh)
     }
 
     fn new(
         cp: &ControlPlane,
+        bin: PathBuf,
         kubeconfig: &Path,
         ca: Option<arc_watchdog_certs::Ca>,
         cert_dir: PathBuf,
         tls_args: Vec<String>,
         extra_args: &[&str],
     ) -> Result<Self> {
-        let bin = workspace_bin("arc-watchdog-webhook", "arc-watchdog-webhook")?;
         let port = free_port()?;
         let admin_port = free_port()?;
         let mut args = vec![

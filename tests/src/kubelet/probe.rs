@@ -1,6 +1,16 @@
 //! Native sidecars' startup probes: a sidecar counts as started (and the
 //! next container may start) once its `httpGet` startupProbe answers; it
 //! is restarted when it exits or the probe keeps failing.
+//!
+//! Timing as the kubelet's prober worker has it (`pkg/kubelet/prober/
+//! worker.go`): no probe before `initialDelaySeconds` have passed since the
+//! container started, then one every `periodSeconds` on a fixed-rate ticker
+//! (ticks missed while a probe ran: the first runs at once, the others are
+//! dropped, as with Go's `time.Ticker`), each given
+//! `timeoutSeconds`; Kubernetes' defaults where the spec has none. What the
+//! real kubelet adds on top is not modelled: it sees a container running
+//! only after its next relist of the runtime (up to a second), and its
+//! ticker's phase is that of the pod's admission.
 
 use std::time::Duration;
 
@@ -27,15 +37,12 @@ impl PodRun {
             self.runs[i].started = true;
             return Ok(Step::Done);
         };
-        let period = Duration::from_secs(
-            u64::try_from(probe.period_seconds.unwrap_or(10).max(1)).unwrap_or(10),
-        );
-        let initial = Duration::from_secs(
-            u64::try_from(probe.initial_delay_seconds.unwrap_or(0).max(0)).unwrap_or(0),
-        );
-        let threshold = probe.failure_threshold.unwrap_or(3).max(1);
+        let timing = ProbeTiming::of(&probe);
         let mut failures = 0;
-        let mut next = Instant::now() + initial;
+        // `tick`: the ticker's tick the next probe belongs to; `next`:
+        // when that probe runs (later than its tick when it was missed).
+        let mut tick = Instant::now() + timing.initial_delay;
+        let mut next = tick;
         loop {
             tokio::select! {
                 r = rx.changed() => {
@@ -49,24 +56,73 @@ impl PodRun {
                     }
                 }
                 () = tokio::time::sleep_until(next) => {
-                    if http_probe(&probe, &spec).await {
+                    let ok = tokio::time::timeout(timing.timeout, http_probe(&probe, &spec))
+                        .await
+                        .unwrap_or(false);
+                    if ok {
                         self.runs[i].started = true;
                         self.ctx.event(&self.pod, Some(&spec.name), "probe-ok".into());
                         self.write_status().await;
                         return Ok(Step::Done);
                     }
                     failures += 1;
-                    if failures >= threshold {
+                    if failures >= timing.failure_threshold {
                         self.ctx.event(&self.pod, Some(&spec.name), "startup probe failed: killing".into());
                         if let Some(p) = self.procs.get(&i) {
                             let _ = signal_group(p.pid, "KILL").await;
                         }
                         failures = 0;
                     }
-                    next = Instant::now() + period;
+                    (next, tick) = timing.next_probe(tick, Instant::now());
                 }
             }
         }
+    }
+}
+
+/// When and how a probe runs, from its spec with Kubernetes' defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ProbeTiming {
+    /// `initialDelaySeconds` (default 0).
+    initial_delay: Duration,
+    /// `periodSeconds` (default 10, at least 1).
+    period: Duration,
+    /// `timeoutSeconds` (default 1, at least 1).
+    timeout: Duration,
+    /// `failureThreshold` (default 3, at least 1).
+    failure_threshold: i32,
+}
+
+impl ProbeTiming {
+    fn of(probe: &Probe) -> Self {
+        let secs = |v: Option<i32>, default: u64, least: u64| {
+            Duration::from_secs(
+                v.map_or(default, |v| u64::try_from(v).unwrap_or(0))
+                    .max(least),
+            )
+        };
+        Self {
+            initial_delay: secs(probe.initial_delay_seconds, 0, 0),
+            period: secs(probe.period_seconds, 10, 1),
+            timeout: secs(probe.timeout_seconds, 1, 1),
+            failure_threshold: probe.failure_threshold.unwrap_or(3).max(1),
+        }
+    }
+
+    /// After the probe of tick `tick` ended at `now`: when the next probe
+    /// runs, and the tick it belongs to. Ticks come at a fixed rate; as with
+    /// Go's `time.Ticker` (a channel of one), the first tick missed while
+    /// the probe ran is delivered at once and the others are dropped.
+    fn next_probe(&self, tick: Instant, now: Instant) -> (Instant, Instant) {
+        let following = tick + self.period;
+        if following > now {
+            return (following, following);
+        }
+        let mut last = following;
+        while last + self.period <= now {
+            last += self.period;
+        }
+        (now, last)
     }
 }
 
@@ -88,4 +144,59 @@ async fn http_probe(probe: &Probe, c: &Container) -> bool {
     let path = get.path.clone().unwrap_or_else(|| "/".into());
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     matches!(crate::control_plane::http_get(addr, &path).await, Ok((s, _)) if (200..400).contains(&s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubernetes_defaults_apply_where_the_spec_is_silent() {
+        let t = ProbeTiming::of(&Probe::default());
+        assert_eq!(t.initial_delay, Duration::ZERO);
+        assert_eq!(t.period, Duration::from_secs(10));
+        assert_eq!(t.timeout, Duration::from_secs(1));
+        assert_eq!(t.failure_threshold, 3);
+        let t = ProbeTiming::of(&Probe {
+            initial_delay_seconds: Some(2),
+            period_seconds: Some(1),
+            timeout_seconds: Some(0),
+            failure_threshold: Some(680),
+            ..Probe::default()
+        });
+        assert_eq!(t.initial_delay, Duration::from_secs(2));
+        assert_eq!(t.period, Duration::from_secs(1));
+        assert_eq!(t.timeout, Duration::from_secs(1));
+        assert_eq!(t.failure_threshold, 680);
+    }
+
+    #[test]
+    fn probes_tick_at_a_fixed_rate_and_drop_missed_ticks() {
+        let t = ProbeTiming::of(&Probe {
+            period_seconds: Some(1),
+            ..Probe::default()
+        });
+        let start = Instant::now();
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        // A quick probe: the next one is a period after its tick, not a
+        // period after it ended.
+        assert_eq!(
+            t.next_probe(start, start + ms(30)),
+            (start + s(1), start + s(1))
+        );
+        // A probe that ran past two ticks: the first runs at once, the
+        // second is dropped, and the rate goes on from the last tick.
+        let late = start + ms(2500);
+        assert_eq!(t.next_probe(start, late), (late, start + s(2)));
+        assert_eq!(
+            t.next_probe(start + s(2), late + ms(30)),
+            (start + s(3), start + s(3))
+        );
+        // Ending exactly on a tick: that tick is delivered at once.
+        assert_eq!(
+            t.next_probe(start, start + s(1)),
+            (start + s(1), start + s(1))
+        );
+    }
 }
