@@ -154,6 +154,19 @@ impl Webhook {
         kubeconfig: &Path,
         extra_args: &[&str],
     ) -> Result<Self> {
+        let bin = workspace_bin("arc-watchdog-webhook", "arc-watchdog-webhook")?;
+        Self::start_bin(cp, name, kubeconfig, bin, extra_args).await
+    }
+
+    /// [`Self::start`] with the webhook binary `bin` (a release build, for
+    /// the benchmarks) instead of building the workspace's.
+    pub async fn start_bin(
+        cp: &ControlPlane,
+        name: &str,
+        kubeconfig: &Path,
+        bin: PathBuf,
+        extra_args: &[&str],
+    ) -> Result<Self> {
         let dir = cp.dir().join(name);
         let cert_dir = dir.join("certs");
         fs::create_dir_all(&cert_dir)?;
@@ -176,7 +189,15 @@ impl Webhook {
                 cert_dir.join(arc_watchdog_certs::TLS_KEY_FILE).display()
             ),
         ];
-        let wh = Self::new(cp, kubeconfig, Some(ca), cert_dir, tls_args, extra_args)?;
+        let wh = Self::new(
+            cp,
+            kubeconfig,
+            bin,
+            Some(ca),
+            cert_dir,
+            tls_args,
+            extra_args,
+        )?;
         wh.run(name)?;
         wh.wait_ready(Duration::from_secs(30)).await?;
         Ok(wh)
@@ -213,7 +234,8 @@ impl Webhook {
             format!("--tls-secret-namespace={WEBHOOK_NAMESPACE}"),
             "--tls-extra-sans=127.0.0.1".to_owned(),
         ];
-        let wh = Self::new(cp, kubeconfig, None, dir, tls_args, extra_args)?;
+        let bin = workspace_bin("arc-watchdog-webhook", "arc-watchdog-webhook")?;
+        let wh = Self::new(cp, kubeconfig, bin, None, dir, tls_args, extra_args)?;
         wh.run(name)?;
         Ok(wh)
     }
@@ -221,12 +243,12 @@ impl Webhook {
     fn new(
         cp: &ControlPlane,
         kubeconfig: &Path,
+        bin: PathBuf,
         ca: Option<arc_watchdog_certs::Ca>,
         cert_dir: PathBuf,
         tls_args: Vec<String>,
         extra_args: &[&str],
     ) -> Result<Self> {
-        let bin = workspace_bin("arc-watchdog-webhook", "arc-watchdog-webhook")?;
         let port = free_port()?;
         let admin_port = free_port()?;
         let mut args = vec![
@@ -407,6 +429,11 @@ impl Webhook {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         found.with_context(|| format!("last value {last:?}"))
+    }
+
+    /// The pid of the running process (for `/proc/<pid>/status`).
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.pid()
     }
 
     /// Stops the process (by pid).
