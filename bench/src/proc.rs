@@ -18,13 +18,23 @@ pub async fn free_addr() -> anyhow::Result<SocketAddr> {
 
 /// Peak resident set size (`VmHWM`) of process `pid`, in KiB.
 pub fn vm_hwm_kib(pid: u32) -> anyhow::Result<u64> {
+    status_kib(pid, "VmHWM")
+}
+
+/// Resident set size now (`VmRSS`) of process `pid`, in KiB.
+pub fn vm_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    status_kib(pid, "VmRSS")
+}
+
+/// The `field` (in kB) of `/proc/<pid>/status`.
+fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("no VmHWM in {path}"))
+        .with_context(|| format!("no {field} in {path}"))
 }
 
 /// The resident set of process `pid` by kind (`RssAnon`, `RssFile`,
