@@ -46,6 +46,7 @@ pub async fn measure(args: &ScaleArgs) -> anyhow::Result<Vec<Figure>> {
         load.listeners
     );
 
+    let cpu_before = proc::cpu_seconds(pid)?;
     let populated = populate::populate(
         &client,
         LISTENER_NAMESPACE,
@@ -58,9 +59,10 @@ pub async fn measure(args: &ScaleArgs) -> anyhow::Result<Vec<Figure>> {
     let rss_kib = proc::vm_rss_kib(pid)?;
     let hwm_kib = proc::vm_hwm_kib(pid)?;
     eprintln!(
-        "webhook-at-scale: {} objects after {:.1} s; webhook: {}",
+        "webhook-at-scale: {} objects after {:.1} s; webhook: {:.1} s CPU meanwhile, {}",
         populated.object_count,
         populated.objects.as_secs_f64(),
+        proc::cpu_seconds(pid)? - cpu_before,
         proc::rss_breakdown(pid)
     );
 
@@ -95,7 +97,9 @@ pub async fn measure(args: &ScaleArgs) -> anyhow::Result<Vec<Figure>> {
         .await
         .with_context(|| format!("loading the webhook; its log:\n{}", cp.logs(20)))?;
     eprintln!(
-        "webhook-at-scale: after {} reviews: VmHWM {:.1} MiB, {}; whole run {:.0} s",
+        "webhook-at-scale: {:.0} reviews/s (serde floor {:.0}/s); after {} reviews: VmHWM {:.1} MiB, {}; whole run {:.0} s",
+        result.rps(),
+        baseline.rps(),
         result.requests,
         mib(proc::vm_hwm_kib(pid)?),
         proc::rss_breakdown(pid),
