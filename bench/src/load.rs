@@ -1,7 +1,10 @@
 //! `admission-tls` and `webhook-rss`: a keep-alive HTTPS load generator
 //! (hyper over tokio-rustls) against the release webhook, and, in the same
 //! run, against a trivial echo server with the same TLS and HTTP stack (the
-//! baseline: what TLS, HTTP and the machine cost without the webhook).
+//! baseline: what TLS, HTTP and the machine cost without the webhook). The
+//! echo server also serves as the serde floor of `webhook-at-scale`
+//! (`--parse`: every body parsed into a `serde_json::Value` and serialised
+//! back).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -89,7 +92,7 @@ pub(crate) fn client_config(ca_pem: &str) -> anyhow::Result<Arc<rustls::ClientCo
 /// Checks an answer: the webhook must have injected (a JSONPatch in an
 /// allowed AdmissionReview), the echo must have echoed.
 #[derive(Debug, Clone)]
-enum Expect {
+pub(crate) enum Expect {
     Injected,
     Echo(Bytes),
 }
@@ -187,7 +190,7 @@ async fn worker(
 }
 
 /// Runs `cfg` against `addr` and gathers the latencies.
-async fn run_load(
+pub(crate) async fn run_load(
     addr: SocketAddr,
     tls: Arc<rustls::ClientConfig>,
     path: &'static str,
@@ -247,20 +250,8 @@ pub async fn admission_tls(args: &TlsArgs) -> anyhow::Result<Vec<Figure>> {
     };
 
     // Baseline first: the echo server, a child process like the webhook.
-    let echo_addr = proc::free_addr().await?;
-    let echo_log = dir.path().join("echo.log");
-    let mut echo = Command::new(std::env::current_exe()?)
-        .args(["tls-echo", "--listen", &echo_addr.to_string()])
-        .arg("--tls-cert")
-        .arg(&cert)
-        .arg("--tls-key")
-        .arg(&key)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&echo_log)?)
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting the echo server")?;
-    proc::wait_listening(echo_addr, &mut echo, Duration::from_secs(10)).await?;
+    let (mut echo, echo_addr) =
+        spawn_echo(&cert, &key, false, &dir.path().join("echo.log")).await?;
     let baseline = run_load(
         echo_addr,
         Arc::clone(&tls),
@@ -345,9 +336,38 @@ pub async fn admission_tls(args: &TlsArgs) -> anyhow::Result<Vec<Figure>> {
     ])
 }
 
+/// Starts the echo server (`tls-echo`, this binary) as a child process
+/// serving `cert` and `key` on a free loopback port, `--parse` when
+/// `parse`, its stderr to `log`; returns once it listens.
+pub(crate) async fn spawn_echo(
+    cert: &Path,
+    key: &Path,
+    parse: bool,
+    log: &Path,
+) -> anyhow::Result<(tokio::process::Child, SocketAddr)> {
+    let addr = proc::free_addr().await?;
+    let mut echo = Command::new(std::env::current_exe()?)
+        .args(["tls-echo", "--listen", &addr.to_string()])
+        .arg("--tls-cert")
+        .arg(cert)
+        .arg("--tls-key")
+        .arg(key)
+        .args(parse.then_some("--parse"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the echo server")?;
+    proc::wait_listening(addr, &mut echo, Duration::from_secs(10)).await?;
+    Ok((echo, addr))
+}
+
 /// The baseline server: answers every request with its own body, over the
 /// same rustls + hyper-util stack as the webhook, on two worker threads.
-pub fn serve_echo(listen: &SocketAddr, cert: &Path, key: &Path) -> anyhow::Result<()> {
+/// With `parse`, the body is parsed into a `serde_json::Value` and that is
+/// serialised as the answer (the serde floor: for compact JSON the same
+/// bytes); a body that is not JSON is answered 400.
+pub fn serve_echo(listen: &SocketAddr, cert: &Path, key: &Path, parse: bool) -> anyhow::Result<()> {
     if !listen.ip().is_loopback() {
         bail!("the echo server binds loopback addresses only, not {listen}");
     }
@@ -379,7 +399,13 @@ pub fn serve_echo(listen: &SocketAddr, cert: &Path, key: &Path) -> anyhow::Resul
                 let service = hyper::service::service_fn(
                     |req: http::Request<hyper::body::Incoming>| async move {
                         let body = req.into_body().collect().await?.to_bytes();
+                        let (status, body) = if parse {
+                            reserialise(&body)
+                        } else {
+                            (http::StatusCode::OK, body)
+                        };
                         let mut response = http::Response::new(Full::new(body));
+                        *response.status_mut() = status;
                         response.headers_mut().insert(
                             http::header::CONTENT_TYPE,
                             http::HeaderValue::from_static("application/json"),
@@ -391,4 +417,18 @@ pub fn serve_echo(listen: &SocketAddr, cert: &Path, key: &Path) -> anyhow::Resul
             });
         }
     })
+}
+
+/// The serde floor's work on one body: parse it into a `Value`, serialise
+/// that.
+fn reserialise(body: &[u8]) -> (http::StatusCode, Bytes) {
+    let serialised = serde_json::from_slice::<serde_json::Value>(body)
+        .and_then(|value| serde_json::to_vec(&value));
+    match serialised {
+        Ok(answer) => (http::StatusCode::OK, Bytes::from(answer)),
+        Err(err) => (
+            http::StatusCode::BAD_REQUEST,
+            Bytes::from(format!("not JSON: {err}")),
+        ),
+    }
 }

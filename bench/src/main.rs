@@ -12,6 +12,7 @@
 
 mod abuse;
 mod admission;
+mod at_scale;
 mod load;
 mod parse;
 mod proc;
@@ -53,6 +54,10 @@ enum Command {
     /// Time the injected native sidecar adds to a listener's start (real
     /// kube-apiserver, process kubelet).
     SidecarStartup(StartupArgs),
+    /// The webhook against the real kube-apiserver with many listeners:
+    /// time until every per-listener object exists, its RSS, and its
+    /// admission latency against the serde floor.
+    WebhookAtScale(ScaleArgs),
     /// The baseline of `admission-tls`: a trivial HTTPS echo server with
     /// the same TLS and HTTP stack (started by `admission-tls` itself).
     #[command(hide = true)]
@@ -197,6 +202,53 @@ struct StartupLoadArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+struct ScaleArgs {
+    #[command(flatten)]
+    bins: BinArgs,
+    #[command(flatten)]
+    load: ScaleLoadArgs,
+}
+
+/// The scale and the review load of `webhook-at-scale` (and `all`).
+#[derive(Debug, Clone, Args)]
+struct ScaleLoadArgs {
+    /// AutoscalingListeners (each with its ServiceAccount and listener pod)
+    /// created through the API server.
+    #[arg(long, env = "ARC_WATCHDOG_BENCH_LISTENERS", default_value_t = 1000)]
+    listeners: usize,
+    /// Listeners being created at a time (one admin client).
+    #[arg(
+        long,
+        env = "ARC_WATCHDOG_BENCH_CREATE_CONCURRENCY",
+        default_value_t = 16
+    )]
+    create_concurrency: usize,
+    /// Longest wait for the listeners and every per-listener object.
+    #[arg(long, env = "ARC_WATCHDOG_BENCH_OBJECTS_TIMEOUT", default_value = "10m", value_parser = arc_watchdog_core::settings::parse_duration)]
+    objects_timeout: std::time::Duration,
+    /// Connections sending reviews (keep-alive), each with one in flight.
+    #[arg(
+        long,
+        env = "ARC_WATCHDOG_BENCH_REVIEW_CONCURRENCY",
+        default_value_t = 50
+    )]
+    review_concurrency: usize,
+    /// Most reviews measured per target (after the warm-up).
+    #[arg(
+        long,
+        env = "ARC_WATCHDOG_BENCH_REVIEW_REQUESTS",
+        default_value_t = 20_000
+    )]
+    review_requests: u64,
+    /// Longest review measurement per target (after the warm-up).
+    #[arg(long, env = "ARC_WATCHDOG_BENCH_REVIEW_DURATION", default_value = "10s", value_parser = arc_watchdog_core::settings::parse_duration)]
+    review_duration: std::time::Duration,
+    /// Warm-up of each review load (not counted).
+    #[arg(long, env = "ARC_WATCHDOG_BENCH_REVIEW_WARMUP", default_value = "1s", value_parser = arc_watchdog_core::settings::parse_duration)]
+    review_warmup: std::time::Duration,
+}
+
+#[derive(Debug, Clone, Args)]
 struct AllArgs {
     #[command(flatten)]
     criterion: CriterionArgs,
@@ -210,6 +262,8 @@ struct AllArgs {
     abuse: AbuseLoadArgs,
     #[command(flatten)]
     startup: StartupLoadArgs,
+    #[command(flatten)]
+    scale: ScaleLoadArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -223,6 +277,10 @@ struct EchoArgs {
     /// PEM key.
     #[arg(long)]
     tls_key: PathBuf,
+    /// Parse every body into a `serde_json::Value` and answer with it
+    /// serialised (the serde floor) instead of echoing the bytes.
+    #[arg(long)]
+    parse: bool,
 }
 
 /// One figure, printed in the format `make bench` promises.
@@ -278,7 +336,7 @@ fn main() -> anyhow::Result<()> {
     // guess. Already installed is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
     if let Command::TlsEcho(args) = &cli.command {
-        return load::serve_echo(&args.listen, &args.tls_cert, &args.tls_key);
+        return load::serve_echo(&args.listen, &args.tls_cert, &args.tls_key, args.parse);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -297,6 +355,11 @@ fn main() -> anyhow::Result<()> {
                     load: args.rss.clone(),
                 };
                 print_all(&watchdog_rss::measure(&rss).await?);
+                let scale = ScaleArgs {
+                    bins: args.tls.bins.clone(),
+                    load: args.scale.clone(),
+                };
+                print_all(&at_scale::measure(&scale).await?);
                 print_all(&sizes::binary_sizes(&args.tls.bins.bin_dir)?);
                 let startup = StartupArgs {
                     bins: args.tls.bins.clone(),
@@ -315,6 +378,7 @@ fn main() -> anyhow::Result<()> {
             Command::WatchdogRss(args) => print_all(&watchdog_rss::measure(&args).await?),
             Command::BinarySize(args) => print_all(&sizes::binary_sizes(&args.bin_dir)?),
             Command::SidecarStartup(args) => print_all(&startup::measure(&args).await?),
+            Command::WebhookAtScale(args) => print_all(&at_scale::measure(&args).await?),
             Command::TlsEcho(_) => {}
         }
         Ok(())

@@ -18,13 +18,45 @@ pub async fn free_addr() -> anyhow::Result<SocketAddr> {
 
 /// Peak resident set size (`VmHWM`) of process `pid`, in KiB.
 pub fn vm_hwm_kib(pid: u32) -> anyhow::Result<u64> {
+    status_kib(pid, "VmHWM")
+}
+
+/// Resident set size now (`VmRSS`) of process `pid`, in KiB.
+pub fn vm_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    status_kib(pid, "VmRSS")
+}
+
+/// The `field` (in kB) of `/proc/<pid>/status`.
+fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("no VmHWM in {path}"))
+        .with_context(|| format!("no {field} in {path}"))
+}
+
+/// CPU time (user and system) process `pid` has used so far, in seconds:
+/// `utime` and `stime` of `/proc/<pid>/stat`, in the kernel's fixed
+/// `USER_HZ` of 100 ticks per second.
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The command name may hold spaces and parentheses: fields count from
+    // the last `)`, after which the state (field 3) comes first: utime
+    // and stime (fields 14 and 15) are at 11 and 12.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no CPU time in {path}"))
+    };
+    Ok((ticks(11)? + ticks(12)?) as f64 / 100.0)
 }
 
 /// The resident set of process `pid` by kind (`RssAnon`, `RssFile`,

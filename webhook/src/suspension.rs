@@ -81,6 +81,27 @@ impl Suspension {
     }
 }
 
+/// What [`LeaseView`] keeps of a Lease: its name, namespace and the two
+/// annotations of [`Suspension`]; the watchdog's history annotation, the
+/// holder, owners and managed fields of a thousand Leases are not kept in
+/// memory for nothing. Pure.
+pub fn slim_lease(lease: &mut Lease) {
+    let meta = std::mem::take(&mut lease.metadata);
+    let annotations = meta.annotations.map(|mut a| {
+        a.retain(|k, _| {
+            k == names::ANNOTATION_SUSPENDED_UNTIL || k == names::ANNOTATION_SUSPENDED_REASON
+        });
+        a
+    });
+    lease.metadata = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        annotations,
+        ..Default::default()
+    };
+    lease.spec = None;
+}
+
 fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_owned();
@@ -160,7 +181,9 @@ impl LeaseView {
             let api: Api<Lease> = Api::namespaced(client.clone(), ns);
             let stream = reflector::reflector(
                 writer,
-                watcher(api, watcher::Config::default().labels(&selector)).default_backoff(),
+                watcher(api, watcher::Config::default().labels(&selector))
+                    .default_backoff()
+                    .modify(slim_lease),
             );
             let namespace = ns.clone();
             let cancel = cancel.clone();
@@ -256,6 +279,42 @@ mod tests {
             annotations[names::ANNOTATION_SUSPENDED_UNTIL],
             "2025-01-01T01:00:00Z"
         );
+    }
+
+    #[test]
+    fn a_slim_lease_holds_its_suspension_and_names_only() {
+        let whole = Suspension {
+            until: at("2025-01-01T01:00:00Z"),
+            reason: "ImagePullBackOff".into(),
+        }
+        .store_on(Lease {
+            metadata: ObjectMeta {
+                name: Some("arc-watchdog.l".into()),
+                namespace: Some("arc-systems".into()),
+                resource_version: Some("7".into()),
+                annotations: Some(
+                    [("arc-watchdog.dev/history".to_owned(), "{}".repeat(500))].into(),
+                ),
+                managed_fields: Some(vec![Default::default()]),
+                ..ObjectMeta::default()
+            },
+            spec: Some(Default::default()),
+        });
+        let mut kept = whole.clone();
+        slim_lease(&mut kept);
+        assert_eq!(Suspension::of(&kept), Suspension::of(&whole));
+        assert!(Suspension::of(&kept).is_some());
+        assert_eq!(kept.metadata.name.as_deref(), Some("arc-watchdog.l"));
+        assert_eq!(kept.metadata.namespace.as_deref(), Some("arc-systems"));
+        assert_eq!(
+            kept.metadata.annotations.as_ref().map(BTreeMap::len),
+            Some(2)
+        );
+        assert_eq!(kept.metadata.managed_fields, None);
+        assert_eq!(kept.spec, None);
+        let mut none = Lease::default();
+        slim_lease(&mut none);
+        assert_eq!(Suspension::of(&none), None);
     }
 
     #[test]

@@ -5,12 +5,12 @@
 
 use anyhow::{Context as _, Result, anyhow};
 use k8s_openapi::api::core::v1::{Container, Pod};
-use kube::ResourceExt as _;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
+use kube::{Client, ResourceExt as _};
 
 use super::ControlPlane;
-use super::resources::FIELD_MANAGER;
+use super::resources::{FIELD_MANAGER, create_service_account};
 
 /// Namespace of ARC's controller, where listener pods run
 /// (manifests/listener-namespace/).
@@ -92,17 +92,7 @@ impl ControlPlane {
         scale_set: &str,
         edit: impl FnOnce(&mut Pod),
     ) -> Result<Pod> {
-        let name = listener_name(scale_set);
-        let al = self
-            .create_autoscaling_listener(namespace, scale_set)
-            .await?;
-        let client = self.admin_client().await?;
-        let pods: Api<Pod> = Api::namespaced(client, namespace);
-        let mut pod = listener_pod(scale_set, &al.uid().unwrap_or_default());
-        edit(&mut pod);
-        pods.create(&PostParams::default(), &pod)
-            .await
-            .with_context(|| format!("creating listener pod {namespace}/{name}"))
+        create_listener(&self.admin_client().await?, namespace, scale_set, edit).await
     }
 
     /// Creates (or, if it exists, keeps) the ServiceAccount and the
@@ -113,32 +103,7 @@ impl ControlPlane {
         namespace: &str,
         scale_set: &str,
     ) -> Result<DynamicObject> {
-        let name = listener_name(scale_set);
-        self.create_service_account(namespace, &name).await?;
-        let client = self.admin_client().await?;
-        let ar = kube::discovery::ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk("actions.github.com", "v1alpha1", "AutoscalingListener"),
-            "autoscalinglisteners",
-        );
-        let listeners: Api<DynamicObject> = Api::namespaced_with(client, namespace, &ar);
-        let al = serde_json::json!({
-            "apiVersion": "actions.github.com/v1alpha1", "kind": "AutoscalingListener",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {
-                "autoscalingRunnerSetName": scale_set, "autoscalingRunnerSetNamespace": "arc-runners",
-                "ephemeralRunnerSetName": format!("{scale_set}-ers"), "githubConfigSecret": format!("{scale_set}-secret"),
-                "githubConfigUrl": "https://github.com/example-org", "image": ARC_LISTENER_IMAGE,
-                "maxRunners": 2, "minRunners": 0, "runnerScaleSetId": 1,
-            }
-        });
-        listeners
-            .patch(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&al),
-            )
-            .await
-            .with_context(|| format!("creating AutoscalingListener {namespace}/{name}"))
+        create_autoscaling_listener(&self.admin_client().await?, namespace, scale_set).await
     }
 
     /// Creates a pod shaped like ARC's controller (the listener pod's shape
@@ -166,6 +131,57 @@ impl ControlPlane {
             .await
             .with_context(|| format!("creating pod {namespace}/{name}"))
     }
+}
+
+/// [`ControlPlane::create_listener_with`] with `client` (one client for
+/// many listeners: each [`ControlPlane::admin_client`] is a new connection).
+pub async fn create_listener(
+    client: &Client,
+    namespace: &str,
+    scale_set: &str,
+    edit: impl FnOnce(&mut Pod),
+) -> Result<Pod> {
+    let name = listener_name(scale_set);
+    let al = create_autoscaling_listener(client, namespace, scale_set).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let mut pod = listener_pod(scale_set, &al.uid().unwrap_or_default());
+    edit(&mut pod);
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .with_context(|| format!("creating listener pod {namespace}/{name}"))
+}
+
+/// [`ControlPlane::create_autoscaling_listener`] with `client`.
+pub async fn create_autoscaling_listener(
+    client: &Client,
+    namespace: &str,
+    scale_set: &str,
+) -> Result<DynamicObject> {
+    let name = listener_name(scale_set);
+    create_service_account(client, namespace, &name).await?;
+    let ar = kube::discovery::ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("actions.github.com", "v1alpha1", "AutoscalingListener"),
+        "autoscalinglisteners",
+    );
+    let listeners: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &ar);
+    let al = serde_json::json!({
+        "apiVersion": "actions.github.com/v1alpha1", "kind": "AutoscalingListener",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "autoscalingRunnerSetName": scale_set, "autoscalingRunnerSetNamespace": "arc-runners",
+            "ephemeralRunnerSetName": format!("{scale_set}-ers"), "githubConfigSecret": format!("{scale_set}-secret"),
+            "githubConfigUrl": "https://github.com/example-org", "image": ARC_LISTENER_IMAGE,
+            "maxRunners": 2, "minRunners": 0, "runnerScaleSetId": 1,
+        }
+    });
+    listeners
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&al),
+        )
+        .await
+        .with_context(|| format!("creating AutoscalingListener {namespace}/{name}"))
 }
 
 /// Who a pod's containers run as.

@@ -61,12 +61,12 @@ use std::process::{Child, ChildStdin};
 use std::sync::{Arc, Mutex};
 
 pub use fixtures::{
-    ARC_LISTENER_IMAGE, LISTENER_NAMESPACE, ListenerLoad, LoadOutcome, PodIdentity, listener_name,
-    listener_pod, watchdog_container,
+    ARC_LISTENER_IMAGE, LISTENER_NAMESPACE, ListenerLoad, LoadOutcome, PodIdentity,
+    create_autoscaling_listener, create_listener, listener_name, listener_pod, watchdog_container,
 };
 pub use http::{eventually, http_get, metric_value};
 pub use process::{free_port, tail_logs};
-pub use resources::FIELD_MANAGER;
+pub use resources::{FIELD_MANAGER, create_service_account};
 pub use tools::{
     ARC_MODULE, ARC_RELEASE, CERT_MANAGER_MODULE, KUBE_VERSION, crd_pins, go_module_dir,
     go_module_dir_in, go_tool, workspace_bin, workspace_root,

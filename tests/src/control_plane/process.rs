@@ -130,6 +130,11 @@ impl ProcSlot {
         self.0.lock().ok()?.as_mut().and_then(Proc::exited)
     }
 
+    /// The pid of the process, if one runs.
+    pub(super) fn pid(&self) -> Option<u32> {
+        self.0.lock().ok()?.as_ref().map(|p| p.child.id())
+    }
+
     /// Waits until `GET path` on `addr` answers 200; fails early, with
     /// `log_tail()`, when the process exits.
     pub(super) async fn await_http_ok(

@@ -10,13 +10,28 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, anyhow, ensure};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::ResourceExt as _;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::GroupVersionKind;
+use kube::{Client, ResourceExt as _};
 use serde::Deserialize as _;
 
 use super::ControlPlane;
 use super::tools::{ARC_MODULE, CERT_MANAGER_MODULE, crd_pins, go_module_dir_in, sorted_files};
+
+/// [`ControlPlane::create_service_account`] with `client` (one client for
+/// many objects: each [`ControlPlane::admin_client`] is a new connection).
+pub async fn create_service_account(client: &Client, namespace: &str, name: &str) -> Result<()> {
+    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let sa = serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": namespace}});
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&sa),
+    )
+    .await
+    .with_context(|| format!("creating service account {namespace}/{name}"))?;
+    Ok(())
+}
 
 /// Field manager used for server-side apply from tests.
 pub const FIELD_MANAGER: &str = "arc-watchdog-tests";
@@ -46,16 +61,7 @@ impl ControlPlane {
     /// Creates a ServiceAccount (idempotent). The ServiceAccount admission
     /// plugin is on: a pod naming a missing ServiceAccount is refused.
     pub async fn create_service_account(&self, namespace: &str, name: &str) -> Result<()> {
-        let api: Api<ServiceAccount> = Api::namespaced(self.admin_client().await?, namespace);
-        let sa = serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": namespace}});
-        api.patch(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&sa),
-        )
-        .await
-        .with_context(|| format!("creating service account {namespace}/{name}"))?;
-        Ok(())
+        create_service_account(&self.admin_client().await?, namespace, name).await
     }
 
     /// Server-side applies every document of a (multi-document) YAML text.

@@ -431,6 +431,11 @@ impl Webhook {
         found.with_context(|| format!("last value {last:?}"))
     }
 
+    /// The pid of the running process (for `/proc/<pid>/status`).
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.pid()
+    }
+
     /// Stops the process (by pid).
     pub fn stop(&self) {
         self.proc.stop();

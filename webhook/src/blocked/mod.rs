@@ -217,6 +217,68 @@ pub fn blocked(pod: &Pod, now: Timestamp, blocked_after: Duration) -> Option<Blo
     })
 }
 
+/// What [`classify`], [`blocked`], [`runs_suspended`] and the release read
+/// of `pod`, and nothing else: names, UID, labels, the two annotations of
+/// injection and suspension, owners, timestamps, the names of its
+/// containers, and the phase, start time and statuses of the listener and
+/// watchdog containers. The release keeps every listener pod of the
+/// listener namespaces; a whole pod (its spec with the injected sidecar,
+/// managed fields, conditions) is many times that. Pure.
+pub fn slim(pod: Pod) -> Pod {
+    let Pod {
+        metadata,
+        spec,
+        status,
+        ..
+    } = pod;
+    let annotations = metadata.annotations.map(|mut a| {
+        a.retain(|k, _| k == names::ANNOTATION_INJECTED || k == names::ANNOTATION_POD_SUSPENDED);
+        a
+    });
+    let containers = spec
+        .map(|s| {
+            s.containers
+                .into_iter()
+                .map(|c| k8s_openapi::api::core::v1::Container {
+                    name: c.name,
+                    ..Default::default()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let read = |list: Option<Vec<ContainerStatus>>| {
+        list.map(|l| {
+            l.into_iter()
+                .filter(|c| c.name == names::LISTENER_CONTAINER || c.name == names::CONTAINER_NAME)
+                .collect::<Vec<_>>()
+        })
+    };
+    Pod {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: metadata.name,
+            namespace: metadata.namespace,
+            uid: metadata.uid,
+            labels: metadata.labels,
+            annotations,
+            owner_references: metadata.owner_references,
+            creation_timestamp: metadata.creation_timestamp,
+            deletion_timestamp: metadata.deletion_timestamp,
+            ..Default::default()
+        },
+        spec: Some(k8s_openapi::api::core::v1::PodSpec {
+            containers,
+            ..Default::default()
+        }),
+        status: status.map(|s| k8s_openapi::api::core::v1::PodStatus {
+            phase: s.phase,
+            start_time: s.start_time,
+            container_statuses: read(s.container_statuses),
+            init_container_statuses: read(s.init_container_statuses),
+            ..Default::default()
+        }),
+    }
+}
+
 /// A live listener pod (not finished, not being deleted) that was admitted
 /// without the watchdog because injection was suspended.
 pub fn runs_suspended(pod: &Pod) -> bool {

@@ -23,7 +23,8 @@ impl Settings {
     }
 }
 
-/// The listener pods of the watched namespaces, by (namespace, name).
+/// The listener pods of the watched namespaces, by (namespace, name), each
+/// kept as [`slim`] leaves it.
 #[derive(Debug, Default)]
 pub(super) struct Pods {
     pub(super) live: BTreeMap<(String, String), Pod>,
@@ -40,7 +41,7 @@ impl Pods {
         };
         match event {
             watcher::Event::Apply(pod) => {
-                self.live.insert(key(&pod), pod);
+                self.live.insert(key(&pod), slim(pod));
             }
             watcher::Event::Delete(pod) => {
                 self.live.remove(&key(&pod));
@@ -52,7 +53,7 @@ impl Pods {
                 self.relist
                     .entry(namespace.to_owned())
                     .or_default()
-                    .insert(key(&pod), pod);
+                    .insert(key(&pod), slim(pod));
             }
             watcher::Event::InitDone => {
                 let found = self.relist.remove(namespace).unwrap_or_default();

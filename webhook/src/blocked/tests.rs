@@ -346,3 +346,107 @@ fn relists_replace_a_namespace_only() {
     pods.apply("b", watcher::Event::Delete(p("y")));
     assert_eq!(pods.live.len(), 1);
 }
+
+#[test]
+fn a_slim_pod_is_judged_as_the_whole_pod_and_keeps_only_what_is_read() {
+    let with_extras = |mut p: Pod| {
+        p.metadata.managed_fields = Some(vec![Default::default(); 3]);
+        p.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert("other".to_owned(), "x".repeat(1000));
+        p.metadata.owner_references = Some(vec![OwnerReference {
+            kind: names::AUTOSCALING_LISTENER_KIND.to_owned(),
+            name: "set-listener".to_owned(),
+            uid: "al-1".to_owned(),
+            ..OwnerReference::default()
+        }]);
+        if let Some(s) = p.spec.as_mut() {
+            s.containers[0].image = Some("listener:1".to_owned());
+            s.containers.push(Container {
+                name: "extra".to_owned(),
+                ..Container::default()
+            });
+        }
+        if let Some(s) = p.status.as_mut() {
+            s.pod_ip = Some("10.0.0.1".to_owned());
+            s.init_container_statuses.get_or_insert_default().push(cs(
+                "other-init",
+                running(),
+                true,
+                0,
+            ));
+        }
+        p
+    };
+    let mut suspended = pod(cs(names::CONTAINER_NAME, running(), true, 0));
+    suspended.metadata.annotations = Some(
+        [(
+            names::ANNOTATION_POD_SUSPENDED.to_owned(),
+            "2025-01-01T01:00:00Z".to_owned(),
+        )]
+        .into(),
+    );
+    let mut crashed = pod(cs(names::CONTAINER_NAME, terminated(1), false, 3));
+    if let Some(s) = crashed.status.as_mut() {
+        s.start_time = None;
+    }
+    let pods = [
+        pod(cs(names::CONTAINER_NAME, waiting("ErrImagePull"), false, 0)),
+        pod(cs(
+            names::CONTAINER_NAME,
+            waiting("CrashLoopBackOff"),
+            false,
+            5,
+        )),
+        pod(cs(
+            names::CONTAINER_NAME,
+            waiting("ContainerCreating"),
+            false,
+            0,
+        )),
+        pod(cs(names::CONTAINER_NAME, running(), false, 0)),
+        pod(cs(names::CONTAINER_NAME, running(), true, 0)),
+        crashed,
+        suspended,
+    ];
+    let now = at("2025-01-01T00:10:00Z");
+    let bound = Duration::from_secs(120);
+    for whole in pods.into_iter().map(with_extras) {
+        let kept = slim(whole.clone());
+        assert_eq!(classify(&kept), classify(&whole), "{whole:?}");
+        assert_eq!(blocked(&kept, now, bound), blocked(&whole, now, bound));
+        assert_eq!(runs_suspended(&kept), runs_suspended(&whole));
+        assert_eq!(
+            kept.metadata.owner_references,
+            whole.metadata.owner_references
+        );
+        assert_eq!(kept.metadata.managed_fields, None);
+        let annotations = kept.metadata.annotations.unwrap_or_default();
+        assert!(!annotations.contains_key("other"), "{annotations:?}");
+        let spec = kept.spec.unwrap_or_default();
+        assert_eq!(spec.containers.len(), 2);
+        assert_eq!(spec.containers[0].image, None);
+        assert_eq!(spec.init_containers, None);
+        let status = kept.status.unwrap_or_default();
+        assert_eq!(status.pod_ip, None);
+        assert_eq!(
+            status.init_container_statuses.unwrap_or_default().len(),
+            1,
+            "only the watchdog's status"
+        );
+    }
+}
+
+#[test]
+fn the_release_keeps_pods_slim() {
+    let mut pods = Pods::default();
+    let mut whole = pod(cs(names::CONTAINER_NAME, running(), true, 0));
+    whole.metadata.managed_fields = Some(vec![Default::default()]);
+    pods.apply("arc-systems", watcher::Event::Apply(whole.clone()));
+    pods.apply("arc-systems", watcher::Event::Init);
+    pods.apply("arc-systems", watcher::Event::InitApply(whole.clone()));
+    pods.apply("arc-systems", watcher::Event::InitDone);
+    let kept: Vec<&Pod> = pods.live.values().collect();
+    assert_eq!(kept, vec![&slim(whole)]);
+}

@@ -1,0 +1,155 @@
+//! `webhook-at-scale`: the release webhook against the real kube-apiserver
+//! (the harness's [`ControlPlane`], installed from `manifests/` as a user
+//! would, the webhook as a process with its own ServiceAccount) with many
+//! ARC listeners: how long until its controller has made every
+//! per-listener object, its resident memory then, and its admission
+//! latency under concurrent reviews against the serde floor on the same
+//! TLS and HTTP stack, measured in the same run.
+
+mod populate;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use arc_watchdog_tests::control_plane::{ControlPlane, LISTENER_NAMESPACE, Webhook};
+
+use crate::load::{self, Expect, LoadConfig};
+use crate::proc::{self, mib};
+use crate::{Figure, ScaleArgs};
+
+/// The memory goal of the webhook at scale, in MiB.
+const RSS_GOAL_MIB: f64 = 64.0;
+
+/// The `webhook-at-scale-*` figures.
+pub async fn measure(args: &ScaleArgs) -> anyhow::Result<Vec<Figure>> {
+    let bin = proc::binary(&args.bins.bin_dir, "arc-watchdog-webhook")?;
+    let load = &args.load;
+    let began = Instant::now();
+    let cp = ControlPlane::start()
+        .await
+        .context("starting etcd and kube-apiserver")?;
+    cp.prepare_arc_watchdog()
+        .await
+        .context("installing ARC's CRDs and manifests/")?;
+    let kubeconfig = cp.webhook_kubeconfig().await?;
+    // Flags as installed: every controller on, the sidecar mode from the
+    // cluster.
+    let webhook = Webhook::start_binary(&cp, "webhook", &bin, &kubeconfig, &[]).await?;
+    webhook.register(&cp).await?;
+    let pid = webhook.pid().context("the webhook has no pid")?;
+    let client = cp.admin_client().await?;
+    eprintln!(
+        "webhook-at-scale: control plane and webhook ready after {:.1} s; creating {} listeners",
+        began.elapsed().as_secs_f64(),
+        load.listeners
+    );
+
+    let cpu_before = proc::cpu_seconds(pid)?;
+    let populated = populate::populate(
+        &client,
+        LISTENER_NAMESPACE,
+        load.listeners,
+        load.create_concurrency,
+        load.objects_timeout,
+    )
+    .await
+    .with_context(|| format!("filling the control plane; its logs:\n{}", cp.logs(20)))?;
+    let rss_kib = proc::vm_rss_kib(pid)?;
+    let hwm_kib = proc::vm_hwm_kib(pid)?;
+    eprintln!(
+        "webhook-at-scale: {} objects after {:.1} s; webhook: {:.1} s CPU meanwhile, {}",
+        populated.object_count,
+        populated.objects.as_secs_f64(),
+        proc::cpu_seconds(pid)? - cpu_before,
+        proc::rss_breakdown(pid)
+    );
+
+    // The serde floor on the webhook's own certificate, then the webhook,
+    // each with the same load; the webhook keeps its watches meanwhile.
+    let cert = webhook.cert_dir.join(arc_watchdog_certs::TLS_CERT_FILE);
+    let key = webhook.cert_dir.join(arc_watchdog_certs::TLS_KEY_FILE);
+    let tls = load::client_config(webhook.ca_pem())?;
+    let body = load::compact_review()?;
+    let cfg = LoadConfig {
+        concurrency: load.review_concurrency.max(1),
+        max_requests: load.review_requests.max(1),
+        max_duration: load.review_duration,
+        warmup: load.review_warmup,
+    };
+    let (mut floor, floor_addr) =
+        load::spawn_echo(&cert, &key, true, &cp.dir().join("serde-floor.log")).await?;
+    let baseline = load::run_load(
+        floor_addr,
+        Arc::clone(&tls),
+        "/mutate",
+        body.clone(),
+        Expect::Echo(body.clone()),
+        cfg,
+    )
+    .await
+    .context("loading the serde floor");
+    proc::stop(&mut floor).await;
+    let baseline = baseline?;
+    let webhook_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, webhook.port));
+    let result = load::run_load(webhook_addr, tls, "/mutate", body, Expect::Injected, cfg)
+        .await
+        .with_context(|| format!("loading the webhook; its log:\n{}", cp.logs(20)))?;
+    eprintln!(
+        "webhook-at-scale: {:.0} reviews/s (serde floor {:.0}/s); after {} reviews: VmHWM {:.1} MiB, {}; whole run {:.0} s",
+        result.rps(),
+        baseline.rps(),
+        result.requests,
+        mib(proc::vm_hwm_kib(pid)?),
+        proc::rss_breakdown(pid),
+        began.elapsed().as_secs_f64()
+    );
+    drop(webhook);
+    drop(cp);
+
+    let n = load.listeners;
+    let floor_name = |q: &str, ms: f64| {
+        format!(
+            "serde-floor ({q} {ms:.2} ms, same TLS+HTTP stack, c={}, {n} listeners watched)",
+            cfg.concurrency
+        )
+    };
+    let goal = |what: &str| format!("goal ({RSS_GOAL_MIB:.0} MiB; {what} with {n} listeners)");
+    let latency = |name: &str, q: f64, label: &str| {
+        let (ours, floor) = (result.quantile_ms(q), baseline.quantile_ms(q));
+        Figure::new(name, format!("{ours:.2}"), "ms")
+            .against(ours / floor, floor_name(label, floor))
+    };
+    Ok(vec![
+        Figure::new(
+            "webhook-at-scale-objects",
+            format!("{:.1}", populated.objects.as_secs_f64()),
+            "s",
+        )
+        .against(
+            populated.objects.as_secs_f64() / populated.created.as_secs_f64(),
+            format!(
+                "creating {n} listeners ({:.1} s, {} at a time; {}/{n} pods injected, {} objects)",
+                populated.created.as_secs_f64(),
+                load.create_concurrency,
+                populated.injected,
+                populated.object_count
+            ),
+        ),
+        Figure::new(
+            "webhook-at-scale-vmrss",
+            format!("{:.1}", mib(rss_kib)),
+            "MiB",
+        )
+        .against(mib(rss_kib) / RSS_GOAL_MIB, goal("VmRSS")),
+        Figure::new(
+            "webhook-at-scale-vmhwm",
+            format!("{:.1}", mib(hwm_kib)),
+            "MiB",
+        )
+        .against(mib(hwm_kib) / RSS_GOAL_MIB, goal("VmHWM")),
+        latency("webhook-at-scale-admission-p99", 0.99, "p99"),
+        latency("webhook-at-scale-admission-p50", 0.50, "p50"),
+    ])
+}
