@@ -214,4 +214,15 @@ mod tests {
         };
         assert!(t.validate().unwrap_err().contains("--backoff-max"));
     }
+
+    #[test]
+    fn a_backoff_that_never_grows_is_valid() {
+        // The maximum may equal the first backoff: every backoff is then the same.
+        let t = Thresholds {
+            backoff_initial: Duration::from_secs(60),
+            backoff_max: Duration::from_secs(60),
+            ..Thresholds::default()
+        };
+        assert_eq!(t.validate(), Ok(()));
+    }
 }
