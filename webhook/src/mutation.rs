@@ -17,8 +17,6 @@ use std::time::Duration;
 pub use arc_watchdog_core::SidecarMode;
 use arc_watchdog_core::names;
 use arc_watchdog_core::settings::Thresholds;
-use json_patch::jsonptr::PointerBuf;
-use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapProjection, Container, ContainerPort, DownwardAPIProjection,
     DownwardAPIVolumeFile, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector,
@@ -28,7 +26,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
-use serde_json::Value;
+use serde::Serialize;
 
 /// Name of the projected volume that carries the watchdog's API token.
 pub const TOKEN_VOLUME: &str = "arc-watchdog-token";
@@ -275,35 +273,89 @@ pub fn mutate_suspended(
     }
 }
 
+/// A JSON patch (RFC 6902) as the webhook builds it: only `add`
+/// operations, each value kept as the typed object it adds and serialised
+/// straight to JSON. A `serde_json::Value` tree of the same patch costs more
+/// than the rest of a review together (building it, writing it, dropping
+/// it), for the same bytes: a typed Kubernetes object writes its fields in
+/// the sorted order a `Value` map has.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct Patch(pub Vec<PatchOperation>);
+
+/// One operation of a [`Patch`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum PatchOperation {
+    /// Adds `value` at `path`.
+    Add {
+        /// JSON pointer (RFC 6901) of the target.
+        path: String,
+        /// What is added there.
+        value: PatchValue,
+    },
+}
+
+/// What an `add` of a [`Patch`] adds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum PatchValue {
+    /// One container, into an existing list.
+    Container(Box<Container>),
+    /// A whole list of containers, where the pod has none.
+    Containers(Vec<Container>),
+    /// One volume, into an existing list.
+    Volume(Box<Volume>),
+    /// A whole list of volumes, where the pod has none.
+    Volumes(Vec<Volume>),
+    /// One annotation's value, into an existing map.
+    String(String),
+    /// A whole annotations map, where the pod has none.
+    Annotations(BTreeMap<String, String>),
+}
+
 fn suspended_patch(pod: &Pod, until: Timestamp) -> Patch {
     Patch(vec![add_annotation(
         pod,
         names::ANNOTATION_POD_SUSPENDED,
-        Value::String(until.to_string()),
+        until.to_string(),
     )])
 }
 
 /// Adds one annotation: into the existing map, or the map itself when the
 /// pod has none (a JSON patch cannot add a key to a missing object).
-fn add_annotation(pod: &Pod, key: &str, value: Value) -> PatchOperation {
+fn add_annotation(pod: &Pod, key: &str, value: String) -> PatchOperation {
     if pod.metadata.annotations.is_some() {
-        add(ptr(&["metadata", "annotations", key]), value)
-    } else {
-        let mut annotations = serde_json::Map::new();
-        annotations.insert(key.to_owned(), value);
         add(
-            ptr(&["metadata", "annotations"]),
-            Value::Object(annotations),
+            pointer(&["metadata", "annotations", key]),
+            PatchValue::String(value),
+        )
+    } else {
+        add(
+            pointer(&["metadata", "annotations"]),
+            PatchValue::Annotations(BTreeMap::from([(key.to_owned(), value)])),
         )
     }
 }
 
-fn add(path: PointerBuf, value: Value) -> PatchOperation {
-    PatchOperation::Add(AddOperation { path, value })
+fn add(path: String, value: PatchValue) -> PatchOperation {
+    PatchOperation::Add { path, value }
 }
 
-fn ptr(tokens: &[&str]) -> PointerBuf {
-    PointerBuf::from_tokens(tokens.iter().copied())
+/// The JSON pointer (RFC 6901) of `tokens`: `~` and `/` escaped.
+fn pointer(tokens: &[&str]) -> String {
+    let mut path = String::new();
+    for token in tokens {
+        path.push('/');
+        for c in token.chars() {
+            match c {
+                '~' => path.push_str("~0"),
+                '/' => path.push_str("~1"),
+                c => path.push(c),
+            }
+        }
+    }
+    path
 }
 
 /// The UID of the AutoscalingListener that owns `pod`, when it has one of
@@ -336,7 +388,6 @@ fn build_patch(pod: &Pod, cfg: &InjectConfig, mode: SidecarMode) -> Patch {
             .get_or_insert_with(Vec::new)
             .push(format!("--listener-uid={uid}"));
     }
-    let container = to_value(&watchdog);
     let mut ops = Vec::with_capacity(3);
 
     match mode {
@@ -344,42 +395,47 @@ fn build_patch(pod: &Pod, cfg: &InjectConfig, mode: SidecarMode) -> Patch {
             // Adding at index 0 needs an existing array; when there is none
             // (or it is null) the whole array is added instead.
             if spec.and_then(|s| s.init_containers.as_ref()).is_some() {
-                ops.push(add(ptr(&["spec", "initContainers", "0"]), container));
+                ops.push(add(
+                    pointer(&["spec", "initContainers", "0"]),
+                    PatchValue::Container(Box::new(watchdog)),
+                ));
             } else {
                 ops.push(add(
-                    ptr(&["spec", "initContainers"]),
-                    Value::Array(vec![container]),
+                    pointer(&["spec", "initContainers"]),
+                    PatchValue::Containers(vec![watchdog]),
                 ));
             }
         }
         SidecarMode::Classic => {
-            ops.push(add(ptr(&["spec", "containers", "-"]), container));
+            ops.push(add(
+                pointer(&["spec", "containers", "-"]),
+                PatchValue::Container(Box::new(watchdog)),
+            ));
         }
     }
 
     let volumes = spec.and_then(|s| s.volumes.as_ref());
     let has_token_volume = volumes.is_some_and(|v| v.iter().any(|v| v.name == TOKEN_VOLUME));
     if !has_token_volume {
-        let volume = to_value(&token_volume());
         if volumes.is_some() {
-            ops.push(add(ptr(&["spec", "volumes", "-"]), volume));
+            ops.push(add(
+                pointer(&["spec", "volumes", "-"]),
+                PatchValue::Volume(Box::new(token_volume())),
+            ));
         } else {
-            ops.push(add(ptr(&["spec", "volumes"]), Value::Array(vec![volume])));
+            ops.push(add(
+                pointer(&["spec", "volumes"]),
+                PatchValue::Volumes(vec![token_volume()]),
+            ));
         }
     }
 
     ops.push(add_annotation(
         pod,
         names::ANNOTATION_INJECTED,
-        Value::String(mode.as_str().to_owned()),
+        mode.as_str().to_owned(),
     ));
     Patch(ops)
-}
-
-fn to_value<T: serde::Serialize>(v: &T) -> Value {
-    // Serialising k8s-openapi types into a Value cannot fail: they hold
-    // only strings, numbers, maps and lists with string keys.
-    serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
 /// How many failed start-gate probes the kubelet tolerates: enough that
@@ -723,12 +779,51 @@ mod tests {
     }
 
     #[test]
+    fn the_typed_patch_writes_the_bytes_of_its_value_tree() {
+        // The answer's bytes stay those of a patch built as a
+        // `serde_json::Value` (sorted keys): every field the watchdog's
+        // container and volume set, in both modes, pod shapes and settings.
+        let pod = |extra: serde_json::Value| -> Pod {
+            let mut v = serde_json::json!({
+                "metadata": {"name": "l", "labels": {names::LISTENER_COMPONENT_LABEL: names::LISTENER_COMPONENT_VALUE},
+                    "ownerReferences": [{"apiVersion": names::AUTOSCALING_LISTENER_API_VERSION,
+                        "kind": names::AUTOSCALING_LISTENER_KIND, "name": "l", "uid": "0d6f4f3e-5a8b"}]},
+                "spec": {"containers": [{"name": "listener"}]},
+            });
+            if let (Some(o), Some(extra)) = (v["spec"].as_object_mut(), extra.as_object()) {
+                o.extend(extra.clone());
+            }
+            serde_json::from_value(v).unwrap()
+        };
+        let mut other = InjectConfig::new("img/x:1");
+        other.port = 19102;
+        other.thresholds.dry_run = true;
+        other.thresholds.hung_after = Some(Duration::from_secs(3600));
+        other.resources.cpu_limit = Some("100m".to_owned());
+        for cfg in [InjectConfig::new("img"), other] {
+            for mode in [SidecarMode::Native, SidecarMode::Classic] {
+                for extra in [
+                    serde_json::json!({}),
+                    serde_json::json!({"initContainers": [], "volumes": []}),
+                ] {
+                    let Mutation::Inject { patch, .. } = mutate(&pod(extra), &cfg, mode) else {
+                        panic!("not injected");
+                    };
+                    let tree = serde_json::to_value(&patch).unwrap();
+                    assert_eq!(
+                        String::from_utf8(serde_json::to_vec(&patch).unwrap()).unwrap(),
+                        serde_json::to_string(&tree).unwrap()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn annotation_key_slash_is_escaped() {
-        let p = ptr(&["metadata", "annotations", names::ANNOTATION_INJECTED]);
-        assert_eq!(
-            p.as_str(),
-            "/metadata/annotations/arc-watchdog.dev~1injected"
-        );
+        let p = pointer(&["metadata", "annotations", names::ANNOTATION_INJECTED]);
+        assert_eq!(p, "/metadata/annotations/arc-watchdog.dev~1injected");
+        assert_eq!(pointer(&["a~b", "c/d~1"]), "/a~0b/c~1d~01");
     }
 
     #[test]

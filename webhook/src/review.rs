@@ -213,6 +213,17 @@ impl Answer {
     }
 }
 
+/// Capacity of the buffers an answer is written into: an injecting answer
+/// and its patch fit.
+const ANSWER_CAPACITY: usize = 4 * 1024;
+
+/// The JSON of `patch`.
+fn patch_json(patch: &mutation::Patch) -> Result<Vec<u8>, serde_json::Error> {
+    let mut json = Vec::with_capacity(ANSWER_CAPACITY);
+    serde_json::to_writer(&mut json, patch)?;
+    Ok(json)
+}
+
 fn answer(uid: String, answer: Answer) -> ReviewResult {
     let review = ReviewOut {
         api_version: ADMISSION_API_VERSION,
@@ -226,8 +237,11 @@ fn answer(uid: String, answer: Answer) -> ReviewResult {
             warnings: answer.warnings,
         },
     };
-    match serde_json::to_vec(&review) {
-        Ok(body) => ReviewResult {
+    // Sized for an injecting answer (a few KiB), so the buffer is not
+    // regrown and copied on the way.
+    let mut body = Vec::with_capacity(ANSWER_CAPACITY);
+    match serde_json::to_writer(&mut body, &review) {
+        Ok(()) => ReviewResult {
             status: 200,
             body,
             outcome: answer.outcome,
@@ -397,7 +411,7 @@ fn review_answer<O>(
             request.uid,
             Answer::plain(Outcome::Skipped(Skip::Pod(reason))),
         ),
-        Mutation::Suspended { until, patch } => match serde_json::to_vec(&patch) {
+        Mutation::Suspended { until, patch } => match patch_json(&patch) {
             Ok(patch) => answer(
                 request.uid,
                 Answer {
@@ -421,7 +435,7 @@ fn review_answer<O>(
                 ),
             ),
         },
-        Mutation::Inject { mode, patch } => match serde_json::to_vec(&patch) {
+        Mutation::Inject { mode, patch } => match patch_json(&patch) {
             Ok(patch) => answer(
                 request.uid,
                 Answer {
