@@ -77,7 +77,8 @@ image:
 # Benchmarks (not part of `make test`): one line per figure,
 # `bench <name>: <value> <unit> [ratio=<x> against <baseline>]`.
 # Release builds are CPU heavy: niced. See README, section Performance.
-bench:
+# apiserver-cost runs a real kube-apiserver and kubectl: go-tools first.
+bench: go-tools
 	@mkdir -p target/bench
 	nice cargo bench -p arc-watchdog-webhook --bench admission -- --noplot > target/bench/admission.log
 	nice cargo build --release -p arc-watchdog -p arc-watchdog-webhook -p arc-watchdog-certs -p arc-watchdog-bench

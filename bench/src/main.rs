@@ -12,6 +12,7 @@
 
 mod abuse;
 mod admission;
+mod cluster_cost;
 mod load;
 mod parse;
 mod proc;
@@ -49,6 +50,11 @@ enum Command {
     WatchdogRss(RssArgs),
     /// Stripped sizes of the release binaries.
     BinarySize(BinArgs),
+    /// What injected watchdogs cost the real kube-apiserver: requests,
+    /// held streams and Lease writes per watchdog, per conflict generation,
+    /// and the API server's CPU and memory against N watchdogs and N
+    /// `kubectl logs -f` + `kubectl get pod -w` pairs.
+    ApiserverCost(CostArgs),
     /// The baseline of `admission-tls`: a trivial HTTPS echo server with
     /// the same TLS and HTTP stack (started by `admission-tls` itself).
     #[command(hide = true)]
@@ -167,6 +173,34 @@ struct RssLoadArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+struct CostArgs {
+    #[command(flatten)]
+    bins: BinArgs,
+    #[command(flatten)]
+    load: CostLoadArgs,
+}
+
+/// The load of `apiserver-cost` (and `all`).
+#[derive(Debug, Clone, Args)]
+struct CostLoadArgs {
+    /// Numbers of watchdogs (and of kubectl pairs) measured, each a window;
+    /// comma-separated.
+    #[arg(
+        long,
+        env = "ARC_WATCHDOG_BENCH_WATCHDOG_COUNTS",
+        value_delimiter = ',',
+        default_value = "1,10,50,100"
+    )]
+    watchdog_counts: Vec<usize>,
+    /// Length of each measured window (there are 2 + 2 x the counts).
+    #[arg(long = "cost-window", env = "ARC_WATCHDOG_BENCH_COST_WINDOW", default_value = "60s", value_parser = arc_watchdog_core::settings::parse_duration)]
+    window: std::time::Duration,
+    /// How often each listener logs a poll line ("Getting next message").
+    #[arg(long, env = "ARC_WATCHDOG_BENCH_POLL_EVERY", default_value = "30s", value_parser = arc_watchdog_core::settings::parse_duration)]
+    poll_every: std::time::Duration,
+}
+
+#[derive(Debug, Clone, Args)]
 struct AllArgs {
     #[command(flatten)]
     criterion: CriterionArgs,
@@ -178,6 +212,8 @@ struct AllArgs {
     rss: RssLoadArgs,
     #[command(flatten)]
     abuse: AbuseLoadArgs,
+    #[command(flatten)]
+    cost: CostLoadArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -201,18 +237,18 @@ pub struct Figure {
     /// The value, already rounded for display.
     pub value: String,
     /// Unit of the value.
-    pub unit: &'static str,
+    pub unit: String,
     /// Ratio against a baseline measured in the same run, and its name.
     pub ratio: Option<(f64, String)>,
 }
 
 impl Figure {
     /// A figure without a ratio.
-    pub fn new(name: impl Into<String>, value: String, unit: &'static str) -> Self {
+    pub fn new(name: impl Into<String>, value: String, unit: impl Into<String>) -> Self {
         Self {
             name: name.into(),
             value,
-            unit,
+            unit: unit.into(),
             ratio: None,
         }
     }
@@ -266,6 +302,11 @@ fn main() -> anyhow::Result<()> {
                 };
                 print_all(&watchdog_rss::measure(&rss).await?);
                 print_all(&sizes::binary_sizes(&args.tls.bins.bin_dir)?);
+                let cost = CostArgs {
+                    bins: args.tls.bins.clone(),
+                    load: args.cost.clone(),
+                };
+                print_all(&cluster_cost::measure(&cost).await?);
             }
             Command::AdmissionVsFloor(args) => {
                 print_all(&admission::vs_floor(&args.criterion_dir)?);
@@ -277,6 +318,7 @@ fn main() -> anyhow::Result<()> {
             Command::ParseThroughput(args) => print_all(&parse::throughput(&args)?),
             Command::WatchdogRss(args) => print_all(&watchdog_rss::measure(&args).await?),
             Command::BinarySize(args) => print_all(&sizes::binary_sizes(&args.bin_dir)?),
+            Command::ApiserverCost(args) => print_all(&cluster_cost::measure(&args).await?),
             Command::TlsEcho(_) => {}
         }
         Ok(())
