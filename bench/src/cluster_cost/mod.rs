@@ -29,9 +29,12 @@
 //! - `apiserver-cost-watchdogs[N=..]`, `apiserver-cost-kubectl[N=..]`:
 //!   the API server's CPU (ms per minute) and memory growth (KiB over its
 //!   phase's baseline) with N watchdogs or N kubectl pairs;
+//!   `apiserver-goroutines-*[N=..]`: its goroutines;
 //!   `watchdogs-rss-sum[N=..]`, `kubectl-rss-sum[N=..]`: their own memory;
-//! - `apiserver-cost-per-watchdog`: the slopes, with the ratio of the CPU
-//!   slopes against the kubectl floor's.
+//! - `apiserver-cost-per-watchdog`, `apiserver-goroutines-per-watchdog`,
+//!   `watchdog-rss-per-watchdog`: the slopes (± standard error), each with
+//!   its ratio against the kubectl floor's when that slope stands out of
+//!   its noise.
 
 pub mod apiserver_metrics;
 mod conflict;
