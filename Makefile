@@ -76,8 +76,9 @@ image:
 
 # Benchmarks (not part of `make test`): one line per figure,
 # `bench <name>: <value> <unit> [ratio=<x> against <baseline>]`.
-# Release builds are CPU heavy: niced. sidecar-startup and webhook-at-scale
-# run the real kube-apiserver and etcd (go-tools). See README, section Performance.
+# Release builds are CPU heavy: niced. apiserver-cost, webhook-at-scale and
+# sidecar-startup run the real kube-apiserver and etcd (and kubectl): go-tools.
+# See README, section Performance.
 bench: go-tools
 	@mkdir -p target/bench
 	nice cargo bench -p arc-watchdog-webhook --bench admission -- --noplot > target/bench/admission.log

@@ -13,6 +13,7 @@
 mod abuse;
 mod admission;
 mod at_scale;
+mod cluster_cost;
 mod load;
 mod parse;
 mod proc;
@@ -37,7 +38,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Every figure, in the order of the README.
-    All(AllArgs),
+    All(Box<AllArgs>),
     /// Ratio of the two criterion estimates of the `admission` bench.
     AdmissionVsFloor(CriterionArgs),
     /// Requests/s and p99 of the webhook over TLS, and its peak RSS.
@@ -58,6 +59,11 @@ enum Command {
     /// time until every per-listener object exists, its RSS, and its
     /// admission latency against the serde floor.
     WebhookAtScale(ScaleArgs),
+    /// What injected watchdogs cost the real kube-apiserver: requests,
+    /// held streams and Lease writes per watchdog, per conflict generation,
+    /// and the API server's CPU and memory against N watchdogs and N
+    /// `kubectl logs -f` + `kubectl get pod -w` pairs.
+    ApiserverCost(CostArgs),
     /// The baseline of `admission-tls`: a trivial HTTPS echo server with
     /// the same TLS and HTTP stack (started by `admission-tls` itself).
     #[command(hide = true)]
@@ -249,6 +255,34 @@ struct ScaleLoadArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+struct CostArgs {
+    #[command(flatten)]
+    bins: BinArgs,
+    #[command(flatten)]
+    load: CostLoadArgs,
+}
+
+/// The load of `apiserver-cost` (and `all`).
+#[derive(Debug, Clone, Args)]
+struct CostLoadArgs {
+    /// Numbers of watchdogs (and of kubectl pairs) measured, each a window;
+    /// comma-separated.
+    #[arg(
+        long,
+        env = "ARC_WATCHDOG_BENCH_WATCHDOG_COUNTS",
+        value_delimiter = ',',
+        default_value = "1,10,50,100"
+    )]
+    watchdog_counts: Vec<usize>,
+    /// Length of each measured window (there are 2 + 2 x the counts).
+    #[arg(long = "cost-window", env = "ARC_WATCHDOG_BENCH_COST_WINDOW", default_value = "60s", value_parser = arc_watchdog_core::settings::parse_duration)]
+    window: std::time::Duration,
+    /// How often each listener logs a poll line ("Getting next message").
+    #[arg(long, env = "ARC_WATCHDOG_BENCH_POLL_EVERY", default_value = "30s", value_parser = arc_watchdog_core::settings::parse_duration)]
+    poll_every: std::time::Duration,
+}
+
+#[derive(Debug, Clone, Args)]
 struct AllArgs {
     #[command(flatten)]
     criterion: CriterionArgs,
@@ -264,6 +298,8 @@ struct AllArgs {
     startup: StartupLoadArgs,
     #[command(flatten)]
     scale: ScaleLoadArgs,
+    #[command(flatten)]
+    cost: CostLoadArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -291,18 +327,18 @@ pub struct Figure {
     /// The value, already rounded for display.
     pub value: String,
     /// Unit of the value.
-    pub unit: &'static str,
+    pub unit: String,
     /// Ratio against a baseline measured in the same run, and its name.
     pub ratio: Option<(f64, String)>,
 }
 
 impl Figure {
     /// A figure without a ratio.
-    pub fn new(name: impl Into<String>, value: String, unit: &'static str) -> Self {
+    pub fn new(name: impl Into<String>, value: String, unit: impl Into<String>) -> Self {
         Self {
             name: name.into(),
             value,
-            unit,
+            unit: unit.into(),
             ratio: None,
         }
     }
@@ -366,6 +402,11 @@ fn main() -> anyhow::Result<()> {
                     load: args.startup.clone(),
                 };
                 print_all(&startup::measure(&startup).await?);
+                let cost = CostArgs {
+                    bins: args.tls.bins.clone(),
+                    load: args.cost.clone(),
+                };
+                print_all(&cluster_cost::measure(&cost).await?);
             }
             Command::AdmissionVsFloor(args) => {
                 print_all(&admission::vs_floor(&args.criterion_dir)?);
@@ -379,6 +420,7 @@ fn main() -> anyhow::Result<()> {
             Command::BinarySize(args) => print_all(&sizes::binary_sizes(&args.bin_dir)?),
             Command::SidecarStartup(args) => print_all(&startup::measure(&args).await?),
             Command::WebhookAtScale(args) => print_all(&at_scale::measure(&args).await?),
+            Command::ApiserverCost(args) => print_all(&cluster_cost::measure(&args).await?),
             Command::TlsEcho(_) => {}
         }
         Ok(())

@@ -37,26 +37,43 @@ fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("no {field} in {path}"))
 }
 
-/// CPU time (user and system) process `pid` has used so far, in seconds:
-/// `utime` and `stime` of `/proc/<pid>/stat`, in the kernel's fixed
-/// `USER_HZ` of 100 ticks per second.
-pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+/// CPU time (user + system) process `pid` has used so far.
+pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
     let path = format!("/proc/{pid}/stat");
     let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    // The command name may hold spaces and parentheses: fields count from
-    // the last `)`, after which the state (field 3) comes first: utime
-    // and stime (fields 14 and 15) are at 11 and 12.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| -> anyhow::Result<u64> {
-        fields
-            .get(i)
-            .and_then(|v| v.parse().ok())
-            .with_context(|| format!("no CPU time in {path}"))
-    };
-    Ok((ticks(11)? + ticks(12)?) as f64 / 100.0)
+    let ticks = cpu_ticks(&stat).with_context(|| format!("no utime/stime in {path}"))?;
+    Ok(Duration::from_secs_f64(
+        ticks as f64 / clock_ticks_per_second()?,
+    ))
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line. The
+/// command name (field 2) may hold spaces and parentheses: fields are
+/// counted after its closing parenthesis.
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state): utime is field 14, stime 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// `getconf CLK_TCK`: the unit of `/proc/<pid>/stat`'s times.
+fn clock_ticks_per_second() -> anyhow::Result<f64> {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    if let Some(t) = TICKS.get() {
+        return Ok(*t);
+    }
+    let out = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .context("running getconf CLK_TCK")?;
+    let ticks: f64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .context("reading getconf CLK_TCK")?;
+    Ok(*TICKS.get_or_init(|| ticks))
 }
 
 /// The resident set of process `pid` by kind (`RssAnon`, `RssFile`,
@@ -230,4 +247,16 @@ pub fn spawn_webhook(
         .with_context(|| format!("starting {}", bin.display()))?;
     let pid = child.id().context("the webhook has no pid")?;
     Ok((child, pid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_ticks_counted_after_the_command_name() {
+        let stat = "4242 (kube apiserver) S 1 4242 4242 0 -1 4194560 9000 0 0 0 731 269 0 0 20 0 12 0 1000 0 0";
+        assert_eq!(cpu_ticks(stat), Some(1000));
+        assert_eq!(cpu_ticks("4242 (x) S 1"), None);
+    }
 }

@@ -23,7 +23,7 @@ use crate::proc::{self, mib};
 use crate::{Figure, RssArgs};
 
 /// The last line: a 0.14 fatal session conflict.
-const LAST_LINE: &str = "2026/09/14 22:01:01 Application returned an error: failed to create actions message session client: failed to create message session: failed to do the session request: request POST https://pipelines.actions.githubusercontent.com/Xyz/_apis/runtime/runnerscalesets/7/sessions?api-version=6.0-preview failed(status=\"409 Conflict\", activity_id=9b1e2c44-0d7f-4a55-8c3e-51aa0e2f6d11): unexpected status code 409 Conflict: GitHub.Actions.Runtime.WebApi.RunnerScaleSetSessionConflictException, GitHub.Actions.Runtime.WebApi: The actions runner scale set bench already has an active session for owner bench-listener.";
+pub(crate) const LAST_LINE: &str = "2026/09/14 22:01:01 Application returned an error: failed to create actions message session client: failed to create message session: failed to do the session request: request POST https://pipelines.actions.githubusercontent.com/Xyz/_apis/runtime/runnerscalesets/7/sessions?api-version=6.0-preview failed(status=\"409 Conflict\", activity_id=9b1e2c44-0d7f-4a55-8c3e-51aa0e2f6d11): unexpected status code 409 Conflict: GitHub.Actions.Runtime.WebApi.RunnerScaleSetSessionConflictException, GitHub.Actions.Runtime.WebApi: The actions runner scale set bench already has an active session for owner bench-listener.";
 
 /// How the watchdog's own log shows that it classified the closing line.
 const SEEN_MARKER: &str = "\"event\":\"SessionConflict";

@@ -19,7 +19,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// The sidecar: follow the listener, decide, act (injected by the webhook).
-    Run(run::RunArgs),
+    // Boxed: the largest arguments by far, parsed once.
+    Run(Box<run::RunArgs>),
     /// Replay saved listener logs (one file per container run, oldest first)
     /// and print what `run` would have seen and done, as JSON.
     Analyze(analyze::AnalyzeArgs),
@@ -52,7 +53,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run(args) => block_on("run", run::run(args)),
+        Command::Run(args) => block_on("run", run::run(*args)),
         Command::Doctor(args) => block_on("doctor", run::doctor(args)),
         Command::Status(args) => status::command(args),
     }

@@ -10,12 +10,16 @@ mod run_support;
 use std::time::{Duration, Instant};
 
 use arc_watchdog::run::lease::BOOKKEEPING_SAVE_INTERVAL;
+use arc_watchdog::settings::format_duration;
 use jiff::Timestamp;
 use run_support::*;
 
 /// How long the listener floods its log, and how fast.
 const FLOOD: Duration = Duration::from_secs(3);
 const LINE_EVERY: Duration = Duration::from_millis(5);
+/// The bookkeeping interval of the flood test: short, so that the test
+/// sees a coalesced save (the default is minutes).
+const INTERVAL: Duration = Duration::from_secs(10);
 
 fn lease_updates(api: &StandIn) -> usize {
     api.requests("PUT", &format!("/leases/arc-watchdog.{POD}"))
@@ -26,7 +30,8 @@ fn lease_updates(api: &StandIn) -> usize {
 async fn established_lines_coalesce_lease_saves_but_a_conflict_is_saved_at_once() {
     // The test window must be shorter than the interval, or one periodic
     // save more would be allowed.
-    assert!(FLOOD < BOOKKEEPING_SAVE_INTERVAL);
+    assert!(FLOOD < INTERVAL);
+    let interval = format!("--bookkeeping-save-interval={}", format_duration(INTERVAL));
     let api = StandIn::start().await.unwrap();
     api.set_lease(None);
     api.set_pod(pod_json(
@@ -35,7 +40,7 @@ async fn established_lines_coalesce_lease_saves_but_a_conflict_is_saved_at_once(
         0,
     ));
     api.with(|s| s.log = vec![(Timestamp::now(), ESTABLISHED.to_owned())]);
-    let (started, cancel) = start_watchdog(&api, "20s", &[]).await;
+    let (started, cancel) = start_watchdog(&api, "20s", &[&interval]).await;
     // The run got its session: that much is saved at once.
     api.wait_for("the established run in the Lease", |s| {
         stored(s).is_some_and(|h| {
@@ -155,5 +160,56 @@ async fn established_lines_coalesce_lease_saves_but_a_conflict_is_saved_at_once(
         lease_updates(&api),
         updates_before_stop + 1,
         "one save on shutdown"
+    );
+}
+
+/// With the default interval, an idle listener that logs its poll lines
+/// (bookkeeping only) has its Lease written not at all after its session
+/// is saved: at most once per [`BOOKKEEPING_SAVE_INTERVAL`] (minutes).
+#[tokio::test]
+async fn an_idle_listeners_poll_lines_leave_the_lease_alone() {
+    assert!(BOOKKEEPING_SAVE_INTERVAL >= Duration::from_secs(600));
+    assert_eq!(
+        run_args("20s", &[]).bookkeeping_save_interval,
+        BOOKKEEPING_SAVE_INTERVAL,
+        "the flag's default"
+    );
+    let api = StandIn::start().await.unwrap();
+    api.set_lease(None);
+    api.set_pod(pod_json(
+        Some("containerd://c1"),
+        running("2026-11-28T10:00:00Z"),
+        0,
+    ));
+    api.with(|s| s.log = vec![(Timestamp::now(), ESTABLISHED.to_owned())]);
+    let (started, cancel) = start_watchdog(&api, "20s", &[]).await;
+    api.wait_for("the established run in the Lease", |s| {
+        stored(s).is_some_and(|h| h.run.is_some_and(|r| r.established))
+    })
+    .await;
+    let before = lease_updates(&api);
+    let first = Timestamp::now();
+    for n in 1..=30u32 {
+        let last = Timestamp::now();
+        api.with(|s| {
+            s.log.push((
+                last,
+                format!("2026-03-02T05:00:02Z\tINFO\tlistener-app.listener\tGetting next message\t{{\"lastMessageID\": {n}}}"),
+            ))
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        lease_updates(&api),
+        before,
+        "Lease writes for 3 s of poll lines"
+    );
+    // Not lost: a graceful stop saves what waited.
+    stop(started, cancel).await;
+    assert_eq!(lease_updates(&api), before + 1, "one save on shutdown");
+    let at_stop = api.with(|s| stored(s).and_then(|h| h.run).and_then(|r| r.high_water));
+    assert!(
+        at_stop.is_some_and(|t| t >= first),
+        "the poll lines were not saved on shutdown: {at_stop:?}"
     );
 }

@@ -46,7 +46,7 @@ pub async fn measure(args: &ScaleArgs) -> anyhow::Result<Vec<Figure>> {
         load.listeners
     );
 
-    let cpu_before = proc::cpu_seconds(pid)?;
+    let cpu_before = proc::cpu_time(pid)?;
     let populated = populate::populate(
         &client,
         LISTENER_NAMESPACE,
@@ -62,7 +62,7 @@ pub async fn measure(args: &ScaleArgs) -> anyhow::Result<Vec<Figure>> {
         "webhook-at-scale: {} objects after {:.1} s; webhook: {:.1} s CPU meanwhile, {}",
         populated.object_count,
         populated.objects.as_secs_f64(),
-        proc::cpu_seconds(pid)? - cpu_before,
+        (proc::cpu_time(pid)? - cpu_before).as_secs_f64(),
         proc::rss_breakdown(pid)
     );
 

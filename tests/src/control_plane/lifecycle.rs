@@ -299,6 +299,16 @@ impl ControlPlane {
         Ok(t0.elapsed())
     }
 
+    /// The process id of kube-apiserver, while it runs (for reading its CPU
+    /// time and memory from `/proc`).
+    pub fn apiserver_pid(&self) -> Option<u32> {
+        let mut procs = self.procs.lock().ok()?;
+        procs
+            .iter_mut()
+            .filter(|p| p.name == APISERVER)
+            .find_map(|p| p.exited().is_none().then(|| p.pid()))
+    }
+
     /// Whether kube-apiserver runs (it may be stopped by
     /// [`Self::stop_apiserver`]).
     pub fn apiserver_running(&self) -> bool {

@@ -38,7 +38,8 @@
 //! - `fixtures.rs`: ARC-shaped listener and controller pods, pod identities;
 //! - `webhook.rs`: installing arc-watchdog and running its webhook;
 //! - `watchdog.rs`: `arc-watchdog run` as a process for one pod;
-//! - `process.rs`: child processes, the reaper, leftovers, kept logs;
+//! - `process.rs`: child processes (also a caller's, [`OwnedProcess`]), the
+//!   reaper, leftovers, kept logs;
 //! - `pki.rs`: the API server's certificates and client certificates;
 //! - `kubeconfig.rs`: kubeconfig text and clients built from it;
 //! - `tools.rs`: the Go tools, workspace binaries and Go module directories;
@@ -65,7 +66,7 @@ pub use fixtures::{
     create_autoscaling_listener, create_listener, listener_name, listener_pod, watchdog_container,
 };
 pub use http::{eventually, http_get, metric_value};
-pub use process::{free_port, tail_logs};
+pub use process::{OwnedProcess, free_port, tail_logs};
 pub use resources::{FIELD_MANAGER, create_service_account};
 pub use tools::{
     ARC_MODULE, ARC_RELEASE, CERT_MANAGER_MODULE, KUBE_VERSION, crd_pins, go_module_dir,

@@ -101,6 +101,57 @@ impl Proc {
     pub(super) fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()
     }
+
+    /// Its process id.
+    pub(super) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// A process a caller starts beside the control plane (e.g. `kubectl logs
+/// -f`), owned like the control plane's own: its output in
+/// `<dir>/<name>.log`, ended by its pid on [`OwnedProcess::stop`] and on
+/// drop, and by the reaper when this process goes away first.
+#[derive(Debug)]
+pub struct OwnedProcess {
+    proc: ProcSlot,
+    pid: u32,
+}
+
+impl OwnedProcess {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// SIGTERM, then SIGKILL after 5s (blocking); by pid.
+    pub fn stop(&self) {
+        self.proc.stop();
+    }
+
+    /// Whether it has exited.
+    pub fn exited(&self) -> bool {
+        self.proc.exited().is_some()
+    }
+}
+
+impl Drop for OwnedProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl super::ControlPlane {
+    /// Starts `cmd` as a process of this control plane named `name` (unique
+    /// among its processes): see [`OwnedProcess`].
+    pub fn start_process(&self, name: &str, cmd: Command) -> Result<OwnedProcess> {
+        let proc = Proc::start(self.dir(), name, cmd, false)?;
+        let pid = proc.pid();
+        Ok(OwnedProcess {
+            proc: ProcSlot(Mutex::new(Some(proc))),
+            pid,
+        })
+    }
 }
 
 /// One process that a test may stop and start again ([`super::Webhook`],

@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -30,6 +30,7 @@ pub struct WatchdogProcess {
     pub addr: SocketAddr,
     /// Its log file (JSON lines).
     pub log: PathBuf,
+    pid: u32,
 }
 
 impl WatchdogProcess {
@@ -37,6 +38,17 @@ impl WatchdogProcess {
     /// is added (e.g. `RUST_LOG`). Waits until `/healthz` answers.
     pub async fn start(cp: &ControlPlane, pod: &Pod, extra_env: &[(&str, &str)]) -> Result<Self> {
         let bin = workspace_bin("arc-watchdog", "arc-watchdog")?;
+        Self::start_bin(cp, pod, &bin, extra_env).await
+    }
+
+    /// [`Self::start`] with the `arc-watchdog` binary at `bin` (e.g. a
+    /// release build, for the bench).
+    pub async fn start_bin(
+        cp: &ControlPlane,
+        pod: &Pod,
+        bin: &Path,
+        extra_env: &[(&str, &str)],
+    ) -> Result<Self> {
         let id = PodIdentity::of(pod)?;
         let container = watchdog_container(pod).ok_or_else(|| {
             anyhow!(
@@ -52,7 +64,7 @@ impl WatchdogProcess {
         let kubeconfig = cp.write_token_kubeconfig(&tag, &token)?;
         let port = free_port()?;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let mut cmd = Command::new(&bin);
+        let mut cmd = Command::new(bin);
         cmd.args(&args)
             .env("KUBECONFIG", &kubeconfig)
             .env(arc_watchdog::names::ENV_POD_NAME, &id.name)
@@ -62,10 +74,12 @@ impl WatchdogProcess {
             .envs(extra_env.iter().copied());
         let proc = Proc::start(cp.dir(), &tag, cmd, false)?;
         let log = proc.log.clone();
+        let pid = proc.pid();
         let wd = Self {
             proc: ProcSlot(Mutex::new(Some(proc))),
             addr,
             log,
+            pid,
         };
         wd.proc
             .await_http_ok(
@@ -77,6 +91,11 @@ impl WatchdogProcess {
             )
             .await?;
         Ok(wd)
+    }
+
+    /// Its process id (for reading its memory from `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 
     /// `GET path` on its HTTP port: status and body.

@@ -29,7 +29,8 @@ mod server;
 mod status;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context as _, Result};
 use futures::StreamExt as _;
@@ -53,6 +54,8 @@ pub struct FakeNode {
     server: JoinHandle<()>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     client: Client,
+    /// Final DELETEs sent by [`FakeNode::finish_deletions`].
+    deletes_sent: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for FakeNode {
@@ -107,6 +110,7 @@ impl FakeNode {
             server,
             tasks: Mutex::new(Vec::new()),
             client,
+            deletes_sent: Arc::default(),
         })
     }
 
@@ -161,6 +165,7 @@ impl FakeNode {
         let pods: Api<Pod> = Api::all(client.clone());
         let node = self.name.clone();
         let logs = self.logs.clone();
+        let deletes_sent = self.deletes_sent.clone();
         let cfg = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
         let task = tokio::spawn(async move {
             let mut stream = watcher::watcher(pods.clone(), cfg).boxed();
@@ -191,6 +196,7 @@ impl FakeNode {
                         }),
                         ..DeleteParams::default()
                     };
+                    deletes_sent.fetch_add(1, Ordering::Relaxed);
                     if let Err(e) = api.delete(&name, &dp).await {
                         tracing::debug!(error = %e, pod = %name, "fake kubelet: final delete failed");
                     }
@@ -201,6 +207,13 @@ impl FakeNode {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(task);
+    }
+
+    /// How many final DELETEs [`Self::finish_deletions`] has sent (one per
+    /// update seen of a pod being deleted: the later ones find it gone),
+    /// for callers that count the requests the API server served.
+    pub fn deletes_sent(&self) -> usize {
+        self.deletes_sent.load(Ordering::Relaxed)
     }
 
     /// Removes the Node object and stops the server.

@@ -69,6 +69,14 @@ pub struct RunArgs {
     #[arg(long, env = "ARC_WATCHDOG_STEP_ASIDE_AFTER", default_value = "60s", value_parser = parse_duration)]
     pub step_aside_after: Duration,
 
+    /// Longest time a change of mere bookkeeping (the listener's latest
+    /// line, which no other pod generation acts on) waits to be written to
+    /// the Lease: an idle listener's Lease is written at most once per
+    /// interval. Conflicts, failures, evictions and the backoff are written
+    /// at once, and a graceful stop writes what waits.
+    #[arg(long, env = "ARC_WATCHDOG_BOOKKEEPING_SAVE_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    pub bookkeeping_save_interval: Duration,
+
     /// Format of the watchdog's own logs (stdout).
     #[arg(
         long,

@@ -32,22 +32,26 @@ use super::http::Shared;
 pub use crate::detector::HISTORY_ANNOTATION;
 use crate::detector::History;
 
-/// Longest time a change of mere bookkeeping (a run's latest output and its
-/// dedupe high-water mark, which move with every log line) waits before it
-/// is saved. A busy listener writes many lines a second; saving each would
-/// mean as many Lease updates, hundreds a second. Another
-/// pod generation does not act on these fields, so losing up to this much
-/// of them to a crash costs at most a few re-read lines (deduplicated or
-/// harmless) and an earlier hung check; everything it does act on is saved
-/// at once (see [`needs_prompt_save`]).
-pub const BOOKKEEPING_SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+/// Default of `--bookkeeping-save-interval`: the longest time a change of
+/// mere bookkeeping (a run's latest output and its dedupe high-water mark,
+/// which move with every log line) waits before it is saved. A listener
+/// that holds its session logs a poll line every minute or faster; saving
+/// each would mean a Lease write per line (and, as the webhook's
+/// controller owns the Lease, a reconcile of the listener's objects per
+/// write), for fields no other pod generation acts on. What is lost to a
+/// crash is re-read from the log on the next start (the follow resumes at
+/// the saved high-water mark, and the lines after it are bookkeeping only),
+/// a graceful stop saves it, and everything a generation acts on is saved at
+/// once (see [`needs_prompt_save`]). So an idle listener's Lease is written
+/// at most once per this interval.
+pub const BOOKKEEPING_SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10 * 60);
 
 /// Whether `new` differs from the `saved` history in anything but
 /// bookkeeping: conflicts, failed starts, evictions, the loop and its
 /// backoff (the start gate), duplicate suspicion, a pending eviction, a run
 /// started, established or ended. Such a change is saved at once; a change
 /// of bookkeeping only (the run's `last_output`, `high_water`, `seen`) waits
-/// for [`BOOKKEEPING_SAVE_INTERVAL`].
+/// for the bookkeeping interval ([`BOOKKEEPING_SAVE_INTERVAL`]).
 pub fn needs_prompt_save(saved: &History, new: &History) -> bool {
     substance(saved) != substance(new)
 }
@@ -344,13 +348,15 @@ pub(crate) enum LeaseMsg {
 }
 
 /// When the history is handed to the Lease task: at once when it matters
-/// for another pod generation, a bookkeeping-only change at most every
-/// [`BOOKKEEPING_SAVE_INTERVAL`]. The Lease task saves only the latest
+/// for another pod generation, a bookkeeping-only change at most once per
+/// interval (`--bookkeeping-save-interval`). The Lease task saves only the latest
 /// history, one save at a time; the latest contains every earlier change,
 /// so coalescing never loses one.
 #[derive(Debug)]
 pub(crate) struct SaveSchedule {
     tx: watch::Sender<Option<History>>,
+    /// How long a bookkeeping-only change waits.
+    interval: std::time::Duration,
     /// The history last handed to the Lease task (or found stored).
     last_saved: Option<History>,
     /// A bookkeeping-only change waits for this time to be saved.
@@ -358,10 +364,12 @@ pub(crate) struct SaveSchedule {
 }
 
 impl SaveSchedule {
-    /// A schedule handing histories to `tx`.
-    pub(crate) fn new(tx: watch::Sender<Option<History>>) -> Self {
+    /// A schedule handing histories to `tx`, bookkeeping-only changes
+    /// after `interval`.
+    pub(crate) fn new(tx: watch::Sender<Option<History>>, interval: std::time::Duration) -> Self {
         Self {
             tx,
+            interval,
             last_saved: None,
             due: None,
         }
@@ -393,7 +401,7 @@ impl SaveSchedule {
         if prompt || self.due.is_some_and(|due| due <= now) {
             self.publish(history);
         } else if self.due.is_none() {
-            self.due = Some(now + BOOKKEEPING_SAVE_INTERVAL);
+            self.due = Some(now + self.interval);
         }
     }
 

@@ -156,7 +156,7 @@ impl Sidecar {
         let pods = Api::<Pod>::namespaced(client.clone(), &ns);
         let (pod_tx, _) = watch::channel(PodView::default());
         let (follow_tx, _) = mpsc::channel(1);
-        let saves = SaveSchedule::new(watch::channel(None).0);
+        let saves = SaveSchedule::new(watch::channel(None).0, args.bookkeeping_save_interval);
         let (events, _) = EventQueue::new(1, shared.clone());
         let (evict_tx, _) = mpsc::channel(1);
         let detector = Detector::new(args.thresholds.clone());
@@ -200,7 +200,7 @@ impl Sidecar {
         let (evict_tx, mut evict_rx) = mpsc::channel(4);
         self.evict_tx = evict_tx;
         let (lease_tx, lease_rx) = watch::channel(None);
-        self.saves = SaveSchedule::new(lease_tx);
+        self.saves = SaveSchedule::new(lease_tx, self.args.bookkeeping_save_interval);
         let (lease_msg_tx, mut lease_msg_rx) = mpsc::channel(16);
 
         let pod_ref = ObjectReference {
