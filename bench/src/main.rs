@@ -108,6 +108,11 @@ struct TlsArgs {
     /// Warm-up before measuring (not counted).
     #[arg(long, env = "ARC_WATCHDOG_BENCH_WARMUP", default_value = "1s", value_parser = arc_watchdog_core::settings::parse_duration)]
     warmup: std::time::Duration,
+    /// Turns each of the echo and the webhook is loaded, alternating which
+    /// goes first; the requests and the time above are shared out among
+    /// them, and each turn has its own warm-up.
+    #[arg(long, env = "ARC_WATCHDOG_BENCH_ROUNDS", default_value_t = 5)]
+    rounds: u32,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -360,6 +365,17 @@ impl std::fmt::Display for Figure {
     }
 }
 
+/// Median of `values` (mean of the middle two for an even count; 0 for none).
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
 fn print_all(figures: &[Figure]) {
     for figure in figures {
         println!("{figure}");
@@ -436,5 +452,12 @@ mod tests {
     #[test]
     fn flags_are_consistent() {
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(super::median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(super::median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(super::median(&mut []), 0.0);
     }
 }

@@ -167,18 +167,7 @@ fn median_ms(samples: &[Sample], with_sidecar: bool) -> f64 {
         .filter(|s| s.with_sidecar == with_sidecar)
         .map(|s| s.first_line.as_secs_f64() * 1000.0)
         .collect();
-    median(&mut ms)
-}
-
-/// Median of `values` (mean of the middle two for an even count; 0 for none).
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    match n {
-        0 => 0.0,
-        _ if n % 2 == 1 => values[n / 2],
-        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
+    crate::median(&mut ms)
 }
 
 /// The stand-in listener: prints one line, then waits to be stopped (a
@@ -357,16 +346,4 @@ fn pod_events(kubelet: &ProcessKubelet, pod: &str) -> Vec<KubeletEvent> {
 
 fn elapsed(from: Timestamp, to: Timestamp) -> Duration {
     Duration::try_from(to.duration_since(from)).unwrap_or(Duration::ZERO)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn median_of_odd_and_even_counts() {
-        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
-        assert_eq!(median(&mut []), 0.0);
-    }
 }
