@@ -187,10 +187,16 @@ impl Listener {
         let name = pod.metadata.name.clone().unwrap();
         let uid = pod.metadata.uid.clone().unwrap();
         node.run_pod(LISTENER_NAMESPACE, &name).await.unwrap();
+        // What the watchdog has read is seen in its Lease's high water: a
+        // line of mere bookkeeping is saved within a second here, not the
+        // default 10 minutes.
         let wd = WatchdogProcess::start(
             cp,
             &pod,
-            &[("ARC_WATCHDOG_FAIL_OPEN_GRACE", fail_open_grace)],
+            &[
+                ("ARC_WATCHDOG_FAIL_OPEN_GRACE", fail_open_grace),
+                ("ARC_WATCHDOG_BOOKKEEPING_SAVE_INTERVAL", "1s"),
+            ],
         )
         .await
         .unwrap();
