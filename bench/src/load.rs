@@ -244,6 +244,84 @@ pub(crate) async fn run_load(
     })
 }
 
+/// One side of [`in_turns`]: where it listens and what its answers must be.
+#[derive(Debug, Clone)]
+pub(crate) struct Side {
+    pub addr: SocketAddr,
+    pub expect: Expect,
+    /// For errors: "the echo server", "the webhook", ...
+    pub name: String,
+}
+
+/// What [`in_turns`] measured: each side's turns, in order.
+#[derive(Debug)]
+pub(crate) struct Turns {
+    pub baseline: Vec<LoadResult>,
+    pub measured: Vec<LoadResult>,
+}
+
+impl Turns {
+    /// Each side's turns taken as one.
+    pub fn pooled(&self) -> (LoadResult, LoadResult) {
+        (
+            LoadResult::pooled(&self.baseline),
+            LoadResult::pooled(&self.measured),
+        )
+    }
+
+    /// The measured side's `q` latency quantile over the baseline's, turn by
+    /// turn (each against the baseline's turn next to it), and their median.
+    pub fn quantile_ratios(&self, q: f64) -> (f64, Vec<f64>) {
+        let ratios: Vec<f64> = self
+            .baseline
+            .iter()
+            .zip(&self.measured)
+            .map(|(b, m)| m.quantile_ms(q) / b.quantile_ms(q))
+            .collect();
+        (crate::median(&mut ratios.clone()), ratios)
+    }
+}
+
+/// Loads `baseline` and `measured` in turns, `rounds` times each,
+/// alternating which goes first, each turn with `cfg` (its own warm-up).
+/// On a shared machine a burst of other tenants' load then lands on both
+/// sides alike instead of on one whole measurement of one side.
+pub(crate) async fn in_turns(
+    baseline: &Side,
+    measured: &Side,
+    tls: &Arc<rustls::ClientConfig>,
+    body: &Bytes,
+    cfg: LoadConfig,
+    rounds: u32,
+) -> anyhow::Result<Turns> {
+    let load = |side: &Side| {
+        let name = side.name.clone();
+        let run = run_load(
+            side.addr,
+            Arc::clone(tls),
+            "/mutate",
+            body.clone(),
+            side.expect.clone(),
+            cfg,
+        );
+        async move { run.await.with_context(|| format!("loading {name}")) }
+    };
+    let mut turns = Turns {
+        baseline: Vec::new(),
+        measured: Vec::new(),
+    };
+    for round in 0..rounds.max(1) {
+        if round % 2 == 0 {
+            turns.baseline.push(load(baseline).await?);
+            turns.measured.push(load(measured).await?);
+        } else {
+            turns.measured.push(load(measured).await?);
+            turns.baseline.push(load(baseline).await?);
+        }
+    }
+    Ok(turns)
+}
+
 /// The `admission-tls` figures and `webhook-rss`.
 pub async fn admission_tls(args: &TlsArgs) -> anyhow::Result<Vec<Figure>> {
     let webhook_bin = proc::binary(&args.bins.bin_dir, "arc-watchdog-webhook")?;
@@ -294,40 +372,23 @@ pub async fn admission_tls(args: &TlsArgs) -> anyhow::Result<Vec<Figure>> {
         )
         .await?;
         let idle_kib = proc::vm_hwm_kib(pid)?;
-        let load_echo = || {
-            run_load(
-                echo_addr,
-                Arc::clone(&tls),
-                "/mutate",
-                body.clone(),
-                Expect::Echo(body.clone()),
-                cfg,
-            )
-        };
-        let load_webhook = || {
-            run_load(
-                listen,
-                Arc::clone(&tls),
-                "/mutate",
-                body.clone(),
-                Expect::Injected,
-                cfg,
-            )
-        };
-        let mut turns = Vec::new();
-        for round in 0..rounds {
-            let (echo_turn, webhook_turn) = if round % 2 == 0 {
-                let e = load_echo().await.context("loading the echo server")?;
-                (e, load_webhook().await)
-            } else {
-                let w = load_webhook().await;
-                (load_echo().await.context("loading the echo server")?, w)
-            };
-            let webhook_turn = webhook_turn.with_context(|| {
-                format!("loading the webhook (its log: {})", webhook_log.display())
-            })?;
-            turns.push((echo_turn, webhook_turn));
-        }
+        let turns = in_turns(
+            &Side {
+                addr: echo_addr,
+                expect: Expect::Echo(body.clone()),
+                name: "the echo server".to_owned(),
+            },
+            &Side {
+                addr: listen,
+                expect: Expect::Injected,
+                name: format!("the webhook (its log: {})", webhook_log.display()),
+            },
+            &tls,
+            &body,
+            cfg,
+            rounds,
+        )
+        .await?;
         let peak_kib = proc::vm_hwm_kib(pid)?;
         eprintln!("webhook-rss: after load: {}", proc::rss_breakdown(pid));
         anyhow::Ok((idle_kib, turns, peak_kib))
@@ -340,16 +401,8 @@ pub async fn admission_tls(args: &TlsArgs) -> anyhow::Result<Vec<Figure>> {
         let _ = dir.keep();
     }
     let (idle_kib, turns, peak_kib) = measured?;
-    let (echo_turns, webhook_turns): (Vec<_>, Vec<_>) = turns.into_iter().unzip();
-    let (baseline, result) = (
-        LoadResult::pooled(&echo_turns),
-        LoadResult::pooled(&webhook_turns),
-    );
-    let p99_ratios: Vec<f64> = echo_turns
-        .iter()
-        .zip(&webhook_turns)
-        .map(|(e, w)| w.quantile_ms(0.99) / e.quantile_ms(0.99))
-        .collect();
+    let (baseline, result) = turns.pooled();
+    let (p99_ratio, p99_ratios) = turns.quantile_ratios(0.99);
 
     let baseline_name = |what: &str| {
         format!(
@@ -368,7 +421,7 @@ pub async fn admission_tls(args: &TlsArgs) -> anyhow::Result<Vec<Figure>> {
             "ms",
         )
         .against(
-            crate::median(&mut p99_ratios.clone()),
+            p99_ratio,
             baseline_name(&format!(
                 "p99 {:.2} ms; the median of the turns' ratios, {}",
                 baseline.quantile_ms(0.99),

@@ -257,6 +257,11 @@ struct ScaleLoadArgs {
     /// Warm-up of each review load (not counted).
     #[arg(long, env = "ARC_WATCHDOG_BENCH_REVIEW_WARMUP", default_value = "1s", value_parser = arc_watchdog_core::settings::parse_duration)]
     review_warmup: std::time::Duration,
+    /// Turns each of the serde floor and the webhook is loaded,
+    /// alternating which goes first; the reviews and the time above are
+    /// shared out among them.
+    #[arg(long, env = "ARC_WATCHDOG_BENCH_REVIEW_ROUNDS", default_value_t = 5)]
+    review_rounds: u32,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -9,13 +9,12 @@
 mod populate;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
 use arc_watchdog_tests::control_plane::{ControlPlane, LISTENER_NAMESPACE, Webhook};
 
-use crate::load::{self, Expect, LoadConfig};
+use crate::load::{self, Expect, LoadConfig, Side};
 use crate::proc::{self, mib};
 use crate::{Figure, ScaleArgs};
 
@@ -66,36 +65,43 @@ pub async fn measure(args: &ScaleArgs) -> anyhow::Result<Vec<Figure>> {
         proc::rss_breakdown(pid)
     );
 
-    // The serde floor on the webhook's own certificate, then the webhook,
-    // each with the same load; the webhook keeps its watches meanwhile.
+    // The serde floor on the webhook's own certificate and the webhook,
+    // loaded in turns with the same load; the webhook keeps its watches
+    // meanwhile.
     let cert = webhook.cert_dir.join(arc_watchdog_certs::TLS_CERT_FILE);
     let key = webhook.cert_dir.join(arc_watchdog_certs::TLS_KEY_FILE);
     let tls = load::client_config(webhook.ca_pem())?;
     let body = load::compact_review()?;
+    let rounds = load.review_rounds.max(1);
     let cfg = LoadConfig {
         concurrency: load.review_concurrency.max(1),
-        max_requests: load.review_requests.max(1),
-        max_duration: load.review_duration,
+        max_requests: (load.review_requests / u64::from(rounds)).max(1),
+        max_duration: load.review_duration / rounds,
         warmup: load.review_warmup,
     };
     let (mut floor, floor_addr) =
         load::spawn_echo(&cert, &key, true, &cp.dir().join("serde-floor.log")).await?;
-    let baseline = load::run_load(
-        floor_addr,
-        Arc::clone(&tls),
-        "/mutate",
-        body.clone(),
-        Expect::Echo(body.clone()),
+    let turns = load::in_turns(
+        &Side {
+            addr: floor_addr,
+            expect: Expect::Echo(body.clone()),
+            name: "the serde floor".to_owned(),
+        },
+        &Side {
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, webhook.port)),
+            expect: Expect::Injected,
+            name: "the webhook".to_owned(),
+        },
+        &tls,
+        &body,
         cfg,
+        rounds,
     )
     .await
-    .context("loading the serde floor");
+    .with_context(|| format!("the control plane's logs:\n{}", cp.logs(20)));
     proc::stop(&mut floor).await;
-    let baseline = baseline?;
-    let webhook_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, webhook.port));
-    let result = load::run_load(webhook_addr, tls, "/mutate", body, Expect::Injected, cfg)
-        .await
-        .with_context(|| format!("loading the webhook; its log:\n{}", cp.logs(20)))?;
+    let turns = turns?;
+    let (baseline, result) = turns.pooled();
     eprintln!(
         "webhook-at-scale: {:.0} reviews/s (serde floor {:.0}/s); after {} reviews: VmHWM {:.1} MiB, {}; whole run {:.0} s",
         result.rps(),
@@ -109,17 +115,24 @@ pub async fn measure(args: &ScaleArgs) -> anyhow::Result<Vec<Figure>> {
     drop(cp);
 
     let n = load.listeners;
-    let floor_name = |q: &str, ms: f64| {
+    let floor_name = |q: &str, ms: f64, turns: &str| {
         format!(
-            "serde-floor ({q} {ms:.2} ms, same TLS+HTTP stack, c={}, {n} listeners watched)",
+            "serde-floor ({q} {ms:.2} ms; {turns}, same TLS+HTTP stack, c={}, {rounds} alternating turns each, {n} listeners watched)",
             cfg.concurrency
         )
     };
     let goal = |what: &str| format!("goal ({RSS_GOAL_MIB:.0} MiB; {what} with {n} listeners)");
     let latency = |name: &str, q: f64, label: &str| {
-        let (ours, floor) = (result.quantile_ms(q), baseline.quantile_ms(q));
-        Figure::new(name, format!("{ours:.2}"), "ms")
-            .against(ours / floor, floor_name(label, floor))
+        let (ratio, ratios) = turns.quantile_ratios(q);
+        let ratios: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+        Figure::new(name, format!("{:.2}", result.quantile_ms(q)), "ms").against(
+            ratio,
+            floor_name(
+                label,
+                baseline.quantile_ms(q),
+                &format!("the median of the turns' ratios, {}", ratios.join(" ")),
+            ),
+        )
     };
     Ok(vec![
         Figure::new(
