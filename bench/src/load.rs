@@ -47,6 +47,27 @@ pub struct LoadConfig {
     pub warmup: Duration,
 }
 
+impl LoadConfig {
+    /// One turn of [`in_turns`]: at most `requests` and `duration` in all,
+    /// shared out among `rounds` turns of each side, each turn with its own
+    /// `warmup`.
+    pub fn per_turn(
+        concurrency: usize,
+        requests: u64,
+        duration: Duration,
+        warmup: Duration,
+        rounds: u32,
+    ) -> Self {
+        let rounds = rounds.max(1);
+        Self {
+            concurrency: concurrency.max(1),
+            max_requests: (requests / u64::from(rounds)).max(1),
+            max_duration: duration / rounds,
+            warmup,
+        }
+    }
+}
+
 /// What one load run measured.
 #[derive(Debug, Clone)]
 pub struct LoadResult {
@@ -336,12 +357,13 @@ pub async fn admission_tls(args: &TlsArgs) -> anyhow::Result<Vec<Figure>> {
     let tls = client_config(&bundle.ca_cert_pem)?;
     let body = compact_review()?;
     let rounds = args.rounds.max(1);
-    let cfg = LoadConfig {
-        concurrency: args.concurrency.max(1),
-        max_requests: (args.requests / u64::from(rounds)).max(1),
-        max_duration: args.duration / rounds,
-        warmup: args.warmup,
-    };
+    let cfg = LoadConfig::per_turn(
+        args.concurrency,
+        args.requests,
+        args.duration,
+        args.warmup,
+        rounds,
+    );
 
     // The echo server is the baseline, a child process like the webhook.
     // Both run throughout and are loaded in turns, alternating which goes

@@ -26,12 +26,9 @@ fn lease_updates(api: &StandIn) -> usize {
         .len()
 }
 
-#[tokio::test]
-async fn established_lines_coalesce_lease_saves_but_a_conflict_is_saved_at_once() {
-    // The test window must be shorter than the interval, or one periodic
-    // save more would be allowed.
-    assert!(FLOOD < INTERVAL);
-    let interval = format!("--bookkeeping-save-interval={}", format_duration(INTERVAL));
+/// A stand-in API server whose running listener has logged that its
+/// session is established, and no Lease yet.
+async fn established_listener() -> StandIn {
     let api = StandIn::start().await.unwrap();
     api.set_lease(None);
     api.set_pod(pod_json(
@@ -40,6 +37,16 @@ async fn established_lines_coalesce_lease_saves_but_a_conflict_is_saved_at_once(
         0,
     ));
     api.with(|s| s.log = vec![(Timestamp::now(), ESTABLISHED.to_owned())]);
+    api
+}
+
+#[tokio::test]
+async fn established_lines_coalesce_lease_saves_but_a_conflict_is_saved_at_once() {
+    // The test window must be shorter than the interval, or one periodic
+    // save more would be allowed.
+    assert!(FLOOD < INTERVAL);
+    let interval = format!("--bookkeeping-save-interval={}", format_duration(INTERVAL));
+    let api = established_listener().await;
     let (started, cancel) = start_watchdog(&api, "20s", &[&interval]).await;
     // The run got its session: that much is saved at once.
     api.wait_for("the established run in the Lease", |s| {
@@ -174,14 +181,7 @@ async fn an_idle_listeners_poll_lines_leave_the_lease_alone() {
         BOOKKEEPING_SAVE_INTERVAL,
         "the flag's default"
     );
-    let api = StandIn::start().await.unwrap();
-    api.set_lease(None);
-    api.set_pod(pod_json(
-        Some("containerd://c1"),
-        running("2026-11-28T10:00:00Z"),
-        0,
-    ));
-    api.with(|s| s.log = vec![(Timestamp::now(), ESTABLISHED.to_owned())]);
+    let api = established_listener().await;
     let (started, cancel) = start_watchdog(&api, "20s", &[]).await;
     api.wait_for("the established run in the Lease", |s| {
         stored(s).is_some_and(|h| h.run.is_some_and(|r| r.established))

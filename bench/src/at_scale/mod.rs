@@ -73,12 +73,13 @@ pub async fn measure(args: &ScaleArgs) -> anyhow::Result<Vec<Figure>> {
     let tls = load::client_config(webhook.ca_pem())?;
     let body = load::compact_review()?;
     let rounds = load.review_rounds.max(1);
-    let cfg = LoadConfig {
-        concurrency: load.review_concurrency.max(1),
-        max_requests: (load.review_requests / u64::from(rounds)).max(1),
-        max_duration: load.review_duration / rounds,
-        warmup: load.review_warmup,
-    };
+    let cfg = LoadConfig::per_turn(
+        load.review_concurrency,
+        load.review_requests,
+        load.review_duration,
+        load.review_warmup,
+        rounds,
+    );
     let (mut floor, floor_addr) =
         load::spawn_echo(&cert, &key, true, &cp.dir().join("serde-floor.log")).await?;
     let turns = load::in_turns(
