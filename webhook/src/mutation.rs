@@ -679,6 +679,31 @@ pub fn validate_quantity(s: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    /// A pod owned by an AutoscalingListener whose UID is `uid`.
+    fn owned_by_listener(uid: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"ownerReferences": [{
+                "apiVersion": names::AUTOSCALING_LISTENER_API_VERSION,
+                "kind": names::AUTOSCALING_LISTENER_KIND,
+                "name": "l",
+                "uid": uid,
+            }]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_a_uid_of_the_shape_kubernetes_gives_becomes_an_argument() {
+        let uid = "6f1c2d3e-0000-4b00-9c00-00000000a11c";
+        assert_eq!(listener_uid(&owned_by_listener(uid)), Some(uid));
+        let longest = "a".repeat(64);
+        assert_eq!(listener_uid(&owned_by_listener(&longest)), Some(&*longest));
+        // Each rule alone rejects: empty, too long, not hex and dashes.
+        for bad in [String::new(), "a".repeat(65), "6f1c 2d3e; x".to_owned()] {
+            assert_eq!(listener_uid(&owned_by_listener(&bad)), None, "{bad:?}");
+        }
+    }
+
     #[test]
     fn startup_probe_outlasts_longest_backoff_and_grace() {
         let cfg = InjectConfig::new("img");
