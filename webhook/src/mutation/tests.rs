@@ -4,15 +4,38 @@ use super::*;
 
 /// A pod owned by an AutoscalingListener whose UID is `uid`.
 fn owned_by_listener(uid: &str) -> Pod {
+    owned_by(
+        names::AUTOSCALING_LISTENER_API_VERSION,
+        names::AUTOSCALING_LISTENER_KIND,
+        uid,
+    )
+}
+
+/// A pod with one owner reference.
+fn owned_by(api_version: &str, kind: &str, uid: &str) -> Pod {
     serde_json::from_value(serde_json::json!({
         "metadata": {"ownerReferences": [{
-            "apiVersion": names::AUTOSCALING_LISTENER_API_VERSION,
-            "kind": names::AUTOSCALING_LISTENER_KIND,
+            "apiVersion": api_version,
+            "kind": kind,
             "name": "l",
             "uid": uid,
         }]},
     }))
     .unwrap()
+}
+
+#[test]
+fn only_an_autoscaling_listener_of_arcs_api_gives_its_uid() {
+    let uid = "6f1c2d3e-0000-4b00-9c00-00000000a11c";
+    // The same kind in another API group, and ARC's group with another kind.
+    let other_group = owned_by("example.com/v1", names::AUTOSCALING_LISTENER_KIND, uid);
+    assert_eq!(listener_uid(&other_group), None);
+    let other_kind = owned_by(
+        names::AUTOSCALING_LISTENER_API_VERSION,
+        "EphemeralRunner",
+        uid,
+    );
+    assert_eq!(listener_uid(&other_kind), None);
 }
 
 #[test]
