@@ -275,37 +275,44 @@ fn slope_figures(watchdogs: &[Window], floor: &[Window], counts: &str) -> Vec<Fi
             format!("KiB (no ratio: the floor's CPU slope is within its noise; {floor_text})");
     }
     let mut out = vec![cost];
-    let mut threads = Figure::new(
-        "apiserver-goroutines-per-watchdog",
-        pm(goroutines, 2),
-        "goroutines",
-    );
-    if floor_goroutines.measurable() {
-        threads = threads.against(
-            goroutines.value / floor_goroutines.value,
-            format!(
-                "apiserver-goroutines-per-kubectl-pair ({} goroutines)",
-                pm(floor_goroutines, 2)
-            ),
-        );
-    }
-    out.push(threads);
-    let mut rss = Figure::new(
-        "watchdog-rss-per-watchdog",
-        format!("{:.1}", mib(own.value.max(0.0) as u64)),
-        "MiB",
-    );
-    if floor_own.measurable() {
-        rss = rss.against(
-            own.value / floor_own.value,
-            format!(
-                "kubectl-rss-per-pair ({:.1} MiB)",
-                mib(floor_own.value as u64)
-            ),
-        );
-    }
-    out.push(rss);
+    out.push(against_slope(
+        Figure::new(
+            "apiserver-goroutines-per-watchdog",
+            pm(goroutines, 2),
+            "goroutines",
+        ),
+        goroutines,
+        floor_goroutines,
+        format!(
+            "apiserver-goroutines-per-kubectl-pair ({} goroutines)",
+            pm(floor_goroutines, 2)
+        ),
+    ));
+    out.push(against_slope(
+        Figure::new(
+            "watchdog-rss-per-watchdog",
+            format!("{:.1}", mib(own.value.max(0.0) as u64)),
+            "MiB",
+        ),
+        own,
+        floor_own,
+        format!(
+            "kubectl-rss-per-pair ({:.1} MiB)",
+            mib(floor_own.value as u64)
+        ),
+    ));
     out
+}
+
+/// `figure` with the ratio of `ours` to the floor's slope, when that slope
+/// stands above its noise: a ratio of a slope lost in noise would be a
+/// made-up number.
+fn against_slope(figure: Figure, ours: Slope, floor: Slope, baseline: String) -> Figure {
+    if floor.measurable() {
+        figure.against(ours.value / floor.value, baseline)
+    } else {
+        figure
+    }
 }
 
 /// The `apiserver-cost` figures.
