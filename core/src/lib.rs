@@ -9,6 +9,7 @@
 //! the test harness and the benchmarks depend on it so that each name has
 //! one definition.
 
+pub mod backoff;
 mod log_output;
 pub mod names;
 pub mod reasons;

@@ -13,6 +13,12 @@ pub const ANNOTATION_INJECT: &str = "arc-watchdog.dev/inject";
 /// (`native` or `classic`).
 pub const ANNOTATION_INJECTED: &str = "arc-watchdog.dev/injected";
 
+/// Annotation on a per-listener Lease holding the watchdog's history (its
+/// detector's memory, JSON) across pod generations. The watchdog owns the
+/// format; admission reads only the pending backoff of it
+/// ([`crate::backoff`]).
+pub const ANNOTATION_HISTORY: &str = "arc-watchdog.dev/history";
+
 /// Annotation on a per-listener Lease while the webhook injects no watchdog
 /// into that listener's pods: the RFC 3339 time the suspension ends. Set by
 /// the webhook when a watchdog kept its listener from starting.

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use arc_watchdog::detector::History;
 use arc_watchdog::names;
-use arc_watchdog::run::lease::HISTORY_ANNOTATION;
+use arc_watchdog::run::lease::ANNOTATION_HISTORY;
 use arc_watchdog_tests::control_plane::{
     ControlPlane, LISTENER_NAMESPACE, Options, WatchdogProcess, Webhook, eventually, http_get,
     metric_value,
@@ -271,7 +271,7 @@ impl Listener {
         let lease = names::lease_name(&self.name);
         self.until(WAIT, &format!("{what} read (in the Lease)"), || async {
             let stored = leases.get(&lease).await.ok()?;
-            let json = stored.metadata.annotations?.remove(HISTORY_ANNOTATION)?;
+            let json = stored.metadata.annotations?.remove(ANNOTATION_HISTORY)?;
             let high_water = History::from_json(&json).ok()?.run?.high_water?;
             (high_water >= at).then_some(())
         })

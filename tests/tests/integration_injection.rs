@@ -8,17 +8,19 @@
 
 use std::time::{Duration, Instant};
 
+use arc_watchdog::detector::{ANNOTATION_HISTORY, Cause, History, LoopState};
 use arc_watchdog::names;
 use arc_watchdog_tests::control_plane::{
     ControlPlane, LISTENER_NAMESPACE, Webhook, eventually, listener_name, listener_pod,
     metric_value, watchdog_container,
 };
 use arc_watchdog_tests::per_listener;
+use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Container, Node, Pod};
 use k8s_openapi::api::rbac::v1::Role;
 use kube::Resource as _;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use tokio::sync::{Mutex, MutexGuard};
 
 /// Who the webhook talks to the API server as.
@@ -259,8 +261,9 @@ fn injected_mode(pod: &Pod) -> Option<String> {
 }
 
 /// `pod` has a native sidecar: the watchdog is the first init container,
-/// with `restartPolicy: Always` and the start gate, and nowhere else.
-fn assert_native(pod: &Pod) -> &Container {
+/// with `restartPolicy: Always`, and nowhere else; with the start gate when
+/// `gated` says so (`None`: either, but a probe is the gate's).
+fn assert_native_gated(pod: &Pod, gated: Option<bool>) -> &Container {
     assert_eq!(injected_mode(pod).as_deref(), Some("native"));
     let spec = pod.spec.as_ref().unwrap();
     let wd = spec
@@ -275,17 +278,25 @@ fn assert_native(pod: &Pod) -> &Container {
         "the watchdog is the first init container"
     );
     assert_eq!(wd.restart_policy.as_deref(), Some("Always"));
-    let startup = wd
-        .startup_probe
-        .as_ref()
-        .and_then(|p| p.http_get.as_ref())
-        .expect("start gate");
-    assert_eq!(startup.path.as_deref(), Some(names::PATH_STARTZ));
+    if let Some(gated) = gated {
+        assert_eq!(wd.startup_probe.is_some(), gated, "start gate");
+    }
+    if let Some(probe) = &wd.startup_probe {
+        let startup = probe.http_get.as_ref().expect("an HTTP start gate");
+        assert_eq!(startup.path.as_deref(), Some(names::PATH_STARTZ));
+    }
     assert!(
         watchdog_of(&spec.containers).is_none(),
         "not also a regular container"
     );
     wd
+}
+
+/// [`assert_native_gated`], gate or not: whether a pod gets the start gate
+/// depends on its listener's Lease and on whether the webhook has listed
+/// the Leases yet (the test of the gate awaits that).
+fn assert_native(pod: &Pod) -> &Container {
+    assert_native_gated(pod, None)
 }
 
 /// `pod` has a classic sidecar: the watchdog is a regular container after
@@ -331,6 +342,118 @@ async fn listener_pod_gets_a_native_sidecar_that_can_authenticate() {
         .await
         .unwrap();
     assert_eq!(own.metadata.uid, pod.metadata.uid);
+}
+
+/// Whether a listener pod of `scale_set` created now would get the start
+/// gate: the answer of a server-side dry run, which goes through admission
+/// and stores nothing.
+async fn gated_now(client: &kube::Client, scale_set: &str, owner_uid: &str) -> bool {
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let shown = Api::<Pod>::namespaced(client.clone(), LISTENER_NAMESPACE)
+        .create(&dry_run, &listener_pod(scale_set, owner_uid))
+        .await
+        .unwrap();
+    watchdog_container(&shown)
+        .expect("injected")
+        .startup_probe
+        .is_some()
+}
+
+/// Writes a watchdog history into `listener`'s Lease whose loop holds the
+/// next start until `not_before`, as the watchdog writes it on a failed start.
+async fn write_backoff(client: &kube::Client, listener: &str, not_before: Timestamp) {
+    let history = History {
+        conflicts: vec![Timestamp::now()],
+        loop_state: Some(LoopState {
+            since: Timestamp::now(),
+            cause: Cause::SessionConflict,
+            conflict_loop: true,
+            crash_loop: false,
+            delay_ms: 30_000,
+            not_before,
+            last_failure: Timestamp::now(),
+            times_at_cap: 0,
+            waited_ms: 0,
+            duplicate_suspected: false,
+        }),
+        ..History::default()
+    };
+    Api::<Lease>::namespaced(client.clone(), LISTENER_NAMESPACE)
+        .patch(
+            &names::lease_name(listener),
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({
+                "metadata": {"annotations": {ANNOTATION_HISTORY: history.to_json()}}
+            })),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_start_gate_is_added_only_while_the_listeners_lease_holds_a_backoff() {
+    let (cp, _guard) = setup(Some(&["--sidecar-mode=native"])).await;
+    let client = cp.admin_client().await.unwrap();
+    let scale_set = "gate-backoff";
+    let listener = listener_name(scale_set);
+    let al = cp
+        .create_autoscaling_listener(LISTENER_NAMESPACE, scale_set)
+        .await
+        .unwrap();
+    let uid = al.metadata.uid.clone().unwrap();
+    per_listener::wait_for_objects(&client, LISTENER_NAMESPACE, &listener, &uid)
+        .await
+        .unwrap();
+    let gate = |want: bool, what: &'static str| {
+        let client = client.clone();
+        let uid = uid.clone();
+        async move {
+            eventually(Duration::from_secs(30), what, || async {
+                (gated_now(&client, scale_set, &uid).await == want).then_some(())
+            })
+            .await
+            .unwrap();
+        }
+    };
+    gate(false, "no start gate for a listener without a backoff").await;
+
+    // A backoff pending: the next pod waits for the watchdog's /startz.
+    write_backoff(
+        &client,
+        &listener,
+        Timestamp::now() + SignedDuration::from_mins(10),
+    )
+    .await;
+    gate(
+        true,
+        "the start gate while the Lease holds a pending backoff",
+    )
+    .await;
+    let pod = cp
+        .create_listener(LISTENER_NAMESPACE, scale_set)
+        .await
+        .unwrap();
+    assert_native_gated(&pod, Some(true));
+    // Gone, as ARC's controller deletes it before the next one.
+    Api::<Pod>::namespaced(client.clone(), LISTENER_NAMESPACE)
+        .delete(
+            &listener,
+            &kube::api::DeleteParams::default().grace_period(0),
+        )
+        .await
+        .unwrap();
+
+    // The backoff over: no gate again.
+    write_backoff(
+        &client,
+        &listener,
+        Timestamp::now() - SignedDuration::from_secs(1),
+    )
+    .await;
+    gate(false, "no start gate once the backoff has ended").await;
 }
 
 #[tokio::test]

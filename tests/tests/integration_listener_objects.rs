@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use arc_watchdog::detector::HISTORY_ANNOTATION;
+use arc_watchdog::detector::ANNOTATION_HISTORY;
 use arc_watchdog::names;
 use arc_watchdog_tests::control_plane::{
     ControlPlane, LISTENER_NAMESPACE, Webhook, listener_name, listener_pod,
@@ -287,7 +287,7 @@ async fn a_deleted_scale_set_takes_its_objects_and_a_new_one_starts_over() {
         .unwrap();
     let mut lease = leases.get(&lease_name).await.unwrap();
     lease.annotations_mut().insert(
-        HISTORY_ANNOTATION.to_owned(),
+        ANNOTATION_HISTORY.to_owned(),
         r#"{"version":1,"conflicts":["2026-01-01T00:00:00Z"]}"#.to_owned(),
     );
     leases
@@ -315,7 +315,7 @@ async fn a_deleted_scale_set_takes_its_objects_and_a_new_one_starts_over() {
         .await
         .unwrap();
     assert!(
-        !objects.lease.annotations().contains_key(HISTORY_ANNOTATION),
+        !objects.lease.annotations().contains_key(ANNOTATION_HISTORY),
         "the old listener's history is gone: {:?}",
         objects.lease.annotations()
     );

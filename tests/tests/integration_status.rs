@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use arc_watchdog::detector::{Cause, HISTORY_ANNOTATION, History, LoopState};
+use arc_watchdog::detector::{ANNOTATION_HISTORY, Cause, History, LoopState};
 use arc_watchdog::names;
 use arc_watchdog_tests::control_plane::{
     ControlPlane, LISTENER_NAMESPACE, Webhook, listener_name, workspace_bin,
@@ -121,7 +121,7 @@ async fn setup() -> &'static ControlPlane {
                     &names::lease_name(&listener_name("st-loop")),
                     &PatchParams::default(),
                     &Patch::Merge(
-                        json!({"metadata": {"annotations": {HISTORY_ANNOTATION: history}}}),
+                        json!({"metadata": {"annotations": {ANNOTATION_HISTORY: history}}}),
                     ),
                 )
                 .await

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use arc_watchdog::detector::{HISTORY_ANNOTATION, History};
+use arc_watchdog::detector::{ANNOTATION_HISTORY, History};
 use arc_watchdog::names;
 use arc_watchdog_tests::control_plane::{
     ControlPlane, LISTENER_NAMESPACE, WatchdogProcess, Webhook, eventually, metric_value,
@@ -91,7 +91,7 @@ async fn wait_for_event(client: &kube::Client, uid: &str, reason: &str, wd: &Wat
 async fn stored_history(client: &kube::Client, pod: &str) -> Option<History> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), LISTENER_NAMESPACE);
     let lease = leases.get(&names::lease_name(pod)).await.ok()?;
-    let text = lease.metadata.annotations?.get(HISTORY_ANNOTATION)?.clone();
+    let text = lease.metadata.annotations?.get(ANNOTATION_HISTORY)?.clone();
     serde_json::from_str(&text).ok()
 }
 

@@ -7,7 +7,7 @@
 mod run_support;
 
 use arc_watchdog::detector::History;
-use arc_watchdog::run::lease::{HISTORY_ANNOTATION, LeaseLoad, LeaseSave, LeaseStore};
+use arc_watchdog::run::lease::{ANNOTATION_HISTORY, LeaseLoad, LeaseSave, LeaseStore};
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
@@ -61,7 +61,7 @@ async fn a_409_is_re_read_merged_and_retried() {
     // The retry was conditional on the re-read resourceVersion.
     let lease = api.with(|s| s.lease.clone().unwrap());
     assert_eq!(
-        lease["metadata"]["annotations"][HISTORY_ANNOTATION],
+        lease["metadata"]["annotations"][ANNOTATION_HISTORY],
         stored.to_json()
     );
     assert_eq!(lease["spec"]["holderIdentity"], POD);

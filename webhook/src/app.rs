@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::blocked;
 use crate::config::{Cli, TlsMode};
 use crate::coverage;
+use crate::leases::{LeaseView, ListenerLeases, NoLeases};
 use crate::metrics::Metrics;
 use crate::missing;
 use crate::mutation::SidecarMode;
@@ -19,7 +20,6 @@ use crate::owner::ConfigOwner;
 use crate::rbac;
 use crate::self_tls;
 use crate::server::{self, AppState};
-use crate::suspension::{LeaseView, NoSuspensions, Suspensions};
 use crate::tls::{self, CertReloader};
 use crate::version::{self, ModeCell, SidecarModeFlag};
 
@@ -148,40 +148,45 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send) -> anyhow:
         (_, false) => {}
     }
 
-    // The suspensions admission honours, and the release of listeners held
-    // by a watchdog that cannot start; beside the servers, never holding
-    // readiness.
-    let suspensions: Arc<dyn Suspensions> = match (&client, &owner, cli.release_blocked_listeners) {
-        (Some(client), Some(owner), true) => {
+    // What admission reads of the listeners' Leases (pending backoffs, and
+    // the suspensions it honours when blocked listeners are released), and
+    // that release; beside the servers, never holding readiness.
+    let release = cli.release_blocked_listeners;
+    let leases: Arc<dyn ListenerLeases> = match &client {
+        Some(client) => {
             let view = LeaseView::start(
                 client,
                 &cli.listener_namespaces,
-                cli.suspend_injection_for,
+                release.then_some(cli.suspend_injection_for),
                 &cancel,
             );
-            tokio::spawn(blocked::run(
-                client.clone(),
-                cli.listener_namespaces.clone(),
-                Arc::clone(&view),
-                Arc::clone(owner),
-                Arc::clone(&metrics),
-                blocked::Settings {
-                    blocked_after: cli.blocked_after,
-                    suspend_for: cli.suspend_injection_for,
-                    instance: std::env::var("HOSTNAME").unwrap_or_default(),
-                },
-                cancel.clone(),
-            ));
+            // `owner` is there whenever the client is.
+            if let (Some(owner), true) = (&owner, release) {
+                tokio::spawn(blocked::run(
+                    client.clone(),
+                    cli.listener_namespaces.clone(),
+                    Arc::clone(&view),
+                    Arc::clone(owner),
+                    Arc::clone(&metrics),
+                    blocked::Settings {
+                        blocked_after: cli.blocked_after,
+                        suspend_for: cli.suspend_injection_for,
+                        instance: std::env::var("HOSTNAME").unwrap_or_default(),
+                    },
+                    cancel.clone(),
+                ));
+            }
             view
         }
-        (_, _, true) => {
-            tracing::warn!(
-                "--release-blocked-listeners is on but there is no Kubernetes client: a watchdog \
-                 that cannot start keeps its listener from starting"
-            );
-            Arc::new(NoSuspensions)
+        None => {
+            if release {
+                tracing::warn!(
+                    "--release-blocked-listeners is on but there is no Kubernetes client: a \
+                     watchdog that cannot start keeps its listener from starting"
+                );
+            }
+            Arc::new(NoLeases)
         }
-        (_, _, false) => Arc::new(NoSuspensions),
     };
 
     let state = Arc::new(AppState {
@@ -192,7 +197,7 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send) -> anyhow:
         body_budget: server::BodyBudget::new(cli.max_buffered_bytes),
         request_timeout: cli.request_timeout,
         ready: std::sync::atomic::AtomicBool::new(false),
-        suspensions,
+        leases,
     });
 
     // Runs beside the servers; readiness never waits for it, and it never

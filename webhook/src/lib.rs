@@ -3,9 +3,10 @@
 //!
 //! The pure parts ([`mutation`], [`review`], [`version::Cluster::auto_mode`],
 //! [`rbac::desired`], [`coverage::classify`], [`blocked::classify`], [`missing::classify`],
-//! [`suspension::Suspension`], [`self_tls::plan`]) are plain functions over data; [`server`],
-//! [`tls`], [`rbac::controller`], [`coverage::run`], [`blocked::run`], [`missing::run`] and
-//! [`suspension::LeaseView`], [`self_tls::run`] are the thin I/O around them; [`run`] wires
+//! [`suspension::Suspension`], [`leases::slim_lease`], [`self_tls::plan`]) are plain functions
+//! over data; [`server`], [`tls`], [`rbac::controller`], [`coverage::run`], [`blocked::run`],
+//! [`missing::run`], [`leases::LeaseView`] and [`self_tls::run`] are the thin I/O around them;
+//! [`run`] wires
 //! everything together for the
 //! binary. Admission ([`review::handle`]) has no side effects: the
 //! per-listener objects come from ARC's AutoscalingListeners.
@@ -15,6 +16,7 @@ pub mod config;
 pub mod coverage;
 pub mod events;
 pub mod evict;
+pub mod leases;
 pub mod metrics;
 pub mod missing;
 pub mod mutation;

@@ -15,8 +15,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use crate::mutation::{self, InjectConfig, Mutation, SidecarMode, SkipReason};
-use crate::suspension::{NoSuspensions, Suspensions};
+use crate::leases::{ListenerLeases, NoLeases};
+use crate::mutation::{
+    self, InjectConfig, ListenerFacts, Mutation, SidecarMode, SkipReason, StartGate,
+};
 
 /// API version of the AdmissionReview this webhook speaks.
 pub const ADMISSION_API_VERSION: &str = "admission.k8s.io/v1";
@@ -261,8 +263,8 @@ fn answer(uid: String, answer: Answer) -> ReviewResult {
 pub struct Context<'a> {
     /// The sidecar mode in force.
     pub mode: SidecarMode,
-    /// Listeners whose injection is suspended.
-    pub suspensions: &'a dyn Suspensions,
+    /// What the listeners' Leases say: suspensions, pending backoffs.
+    pub leases: &'a dyn ListenerLeases,
     /// The time of the review.
     pub now: Timestamp,
 }
@@ -277,14 +279,15 @@ impl std::fmt::Debug for Context<'_> {
 }
 
 /// Handles one `/mutate` body; `mode` is the sidecar mode in force. No
-/// listener is suspended: [`handle_with`] for the webhook's own view.
+/// Lease is known (no listener suspended, every start gate probed):
+/// [`handle_with`] for the webhook's own view.
 pub fn handle(body: &[u8], cfg: &InjectConfig, mode: SidecarMode) -> ReviewResult {
     handle_with(
         body,
         cfg,
         Context {
             mode,
-            suspensions: &NoSuspensions,
+            leases: &NoLeases,
             now: Timestamp::UNIX_EPOCH,
         },
     )
@@ -382,22 +385,29 @@ fn review_answer<O>(
         }
     };
 
-    // ARC names the listener pod after its AutoscalingListener, and the
-    // suspension is kept per listener.
+    // ARC names the listener pod after its AutoscalingListener, and its
+    // Lease is kept per listener.
     let namespace = pod
         .metadata
         .namespace
         .as_deref()
         .or(request.namespace.as_deref())
         .unwrap_or_default();
-    let suspended_until = pod
+    let listener = pod
         .metadata
         .name
         .as_deref()
-        .filter(|name| !name.is_empty() && !namespace.is_empty())
-        .and_then(|name| ctx.suspensions.suspended_until(namespace, name, ctx.now));
+        .filter(|name| !name.is_empty() && !namespace.is_empty());
+    let facts = ListenerFacts {
+        suspended_until: listener
+            .and_then(|name| ctx.leases.suspended_until(namespace, name, ctx.now)),
+        gate: StartGate::for_listener(
+            cfg,
+            listener.and_then(|name| ctx.leases.backoff_pending(namespace, name, ctx.now)),
+        ),
+    };
 
-    match mutation::mutate_suspended(&pod, cfg, ctx.mode, suspended_until) {
+    match mutation::mutate_for(&pod, cfg, ctx.mode, facts) {
         Mutation::Skip(SkipReason::HostNetwork) => answer(
             request.uid,
             Answer::warning(
@@ -521,7 +531,9 @@ mod tests {
 
     mod suspended {
         use super::*;
-        use crate::suspension::{FixedSuspensions, Suspension};
+        use crate::leases::FixedLeases;
+        use crate::suspension::Suspension;
+        use arc_watchdog_core::backoff::Backoff;
         use arc_watchdog_core::names;
         use std::time::Duration;
 
@@ -532,9 +544,9 @@ mod tests {
             s.parse().unwrap()
         }
 
-        fn view(namespace: &str, until: &str) -> FixedSuspensions {
-            FixedSuspensions {
-                by_listener: [(
+        fn view(namespace: &str, until: &str) -> FixedLeases {
+            FixedLeases {
+                suspensions: [(
                     (namespace.to_owned(), LISTENER.to_owned()),
                     Suspension {
                         until: at(until),
@@ -543,19 +555,97 @@ mod tests {
                 )]
                 .into(),
                 max: Duration::from_secs(3600),
+                backoffs: None,
             }
         }
 
-        fn review(body: &[u8], suspensions: &dyn Suspensions, now: &str) -> ReviewResult {
+        /// A view that knows `LISTENER`'s backoff in arc-systems: held
+        /// until `not_before`, or none.
+        fn backoff(not_before: Option<&str>) -> FixedLeases {
+            FixedLeases {
+                backoffs: Some(
+                    [(
+                        ("arc-systems".to_owned(), LISTENER.to_owned()),
+                        Backoff::until(not_before.map(at)),
+                    )]
+                    .into(),
+                ),
+                ..FixedLeases::default()
+            }
+        }
+
+        fn review(body: &[u8], leases: &dyn ListenerLeases, now: &str) -> ReviewResult {
+            review_as(body, &cfg(), leases, now)
+        }
+
+        fn review_as(
+            body: &[u8],
+            cfg: &InjectConfig,
+            leases: &dyn ListenerLeases,
+            now: &str,
+        ) -> ReviewResult {
             handle_with(
                 body,
-                &cfg(),
+                cfg,
                 Context {
                     mode: SidecarMode::Native,
-                    suspensions,
+                    leases,
                     now: at(now),
                 },
             )
+        }
+
+        /// The injected watchdog container of an answer's patch.
+        fn injected_watchdog(r: &ReviewResult) -> serde_json::Value {
+            assert_eq!(r.outcome, Outcome::Injected(SidecarMode::Native));
+            let ops = patch(r);
+            ops.as_array()
+                .unwrap()
+                .iter()
+                .find_map(|op| {
+                    let v = &op["value"];
+                    let c = if v.is_array() { &v[0] } else { v };
+                    (c["name"] == names::CONTAINER_NAME).then(|| c.clone())
+                })
+                .unwrap()
+        }
+
+        #[test]
+        fn the_start_gate_is_probed_only_while_a_backoff_is_pending_or_unknown() {
+            let body = LISTENER_REVIEW.as_bytes();
+            let now = "2025-01-01T00:10:00Z";
+            let probed = |r: &ReviewResult| {
+                let c = injected_watchdog(r);
+                assert_eq!(c["restartPolicy"], "Always", "still a native sidecar");
+                c.get("startupProbe").is_some()
+            };
+            // Known: no Lease history, an ended backoff, a pending one.
+            assert!(!probed(&review(body, &backoff(None), now)));
+            assert!(
+                !probed(&review(body, &backoff(Some(now)), now)),
+                "ends at not_before"
+            );
+            assert!(probed(&review(
+                body,
+                &backoff(Some("2025-01-01T00:10:01Z")),
+                now
+            )));
+            // Unknown: no view, or a view that knows another namespace only.
+            assert!(probed(&review(body, &NoLeases, now)));
+            assert!(probed(&review(
+                body,
+                &view("arc-systems", "2000-01-01T00:00:00Z"),
+                now
+            )));
+            // Dry run never delays a start: no probe even with a backoff.
+            let mut dry = cfg();
+            dry.thresholds.dry_run = true;
+            let r = review_as(body, &dry, &backoff(Some("2025-01-01T01:00:00Z")), now);
+            assert!(!probed(&r));
+            // Without the probe, the rest of the container is the same.
+            let mut with = injected_watchdog(&review(body, &NoLeases, now));
+            with.as_object_mut().unwrap().remove("startupProbe");
+            assert_eq!(injected_watchdog(&review(body, &backoff(None), now)), with);
         }
 
         fn response(r: &ReviewResult) -> serde_json::Value {
@@ -646,7 +736,7 @@ mod tests {
             let mut v: serde_json::Value = serde_json::from_str(LISTENER_REVIEW).unwrap();
             v["request"]["object"]["spec"]["hostNetwork"] = json!(true);
             let body = serde_json::to_vec(&v).unwrap();
-            let r = review(&body, &NoSuspensions, "2025-01-01T00:00:00Z");
+            let r = review(&body, &NoLeases, "2025-01-01T00:00:00Z");
             assert_eq!(
                 r.outcome,
                 Outcome::Skipped(Skip::Pod(SkipReason::HostNetwork))

@@ -35,10 +35,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::leases::{ListenerLeases, NoLeases};
 use crate::metrics::Metrics;
 use crate::mutation::InjectConfig;
 use crate::review::{self, ErrorReason};
-use crate::suspension::{NoSuspensions, Suspensions};
 use crate::version::ModeCell;
 
 /// Path of the mutating endpoint.
@@ -216,9 +216,9 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// False once shutdown began (readiness turns red first).
     pub ready: AtomicBool,
-    /// Listeners whose injection is suspended (in memory; admission never
-    /// reads the API).
-    pub suspensions: Arc<dyn Suspensions>,
+    /// What the listeners' Leases say: suspensions, pending backoffs (in
+    /// memory; admission never reads the API).
+    pub leases: Arc<dyn ListenerLeases>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -244,7 +244,7 @@ impl AppState {
             body_budget: BodyBudget::new(16 * 1024 * 1024),
             request_timeout: Duration::from_secs(5),
             ready: AtomicBool::new(true),
-            suspensions: Arc::new(NoSuspensions),
+            leases: Arc::new(NoLeases),
         }
     }
 }
@@ -329,7 +329,7 @@ async fn review(state: &AppState, declared: Option<u64>, body: Body) -> review::
         &state.inject,
         review::Context {
             mode: state.mode.get(),
-            suspensions: state.suspensions.as_ref(),
+            leases: state.leases.as_ref(),
             now: Timestamp::now(),
         },
     );

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use arc_watchdog::detector::{HISTORY_ANNOTATION, History};
+use arc_watchdog::detector::{ANNOTATION_HISTORY, History};
 use arc_watchdog::names;
 use arc_watchdog::parser::{ListenerEvent, classify};
 use arc_watchdog_tests::control_plane::{
@@ -131,7 +131,7 @@ fn established(lease: &Lease) -> bool {
         .metadata
         .annotations
         .as_ref()
-        .and_then(|a| a.get(HISTORY_ANNOTATION))
+        .and_then(|a| a.get(ANNOTATION_HISTORY))
         .and_then(|json| History::from_json(json).ok())
         .and_then(|h| h.run)
         .is_some_and(|r| r.established)

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use arc_watchdog::detector::{HISTORY_ANNOTATION, History};
+use arc_watchdog::detector::{ANNOTATION_HISTORY, History};
 use arc_watchdog::names;
 use arc_watchdog_tests::control_plane::{
     ControlPlane, LISTENER_NAMESPACE, WatchdogProcess, eventually, metric_value, workspace_bin,
@@ -189,7 +189,7 @@ async fn run() -> Result<()> {
     let history: Option<History> = lease
         .metadata
         .annotations
-        .and_then(|a| a.get(HISTORY_ANNOTATION).cloned())
+        .and_then(|a| a.get(ANNOTATION_HISTORY).cloned())
         .and_then(|t| serde_json::from_str(&t).ok());
     if let Some(h) = history {
         println!(

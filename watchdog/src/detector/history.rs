@@ -1,5 +1,5 @@
 //! What the detector remembers across pod generations, stored by `run` as
-//! JSON in the per-listener Lease (annotation [`HISTORY_ANNOTATION`]).
+//! JSON in the per-listener Lease (annotation [`ANNOTATION_HISTORY`]).
 //! Bounded: every list is pruned to its window and capped.
 
 use jiff::Timestamp;
@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::{Cause, EvictCause};
 
 /// Annotation on the per-listener Lease holding the [`History`] as JSON.
-pub const HISTORY_ANNOTATION: &str = "arc-watchdog.dev/history";
+pub use arc_watchdog_core::names::ANNOTATION_HISTORY;
 
 /// Current [`History::version`].
 pub const HISTORY_VERSION: u32 = 1;
@@ -327,5 +327,32 @@ mod tests {
         assert_eq!(m.conflicts, vec![t(5)]);
         assert!(m.failed_starts.is_empty());
         assert_eq!(m.evictions, vec![t(3)]);
+    }
+
+    #[test]
+    fn admission_reads_the_backoff_this_history_holds() {
+        use arc_watchdog_core::backoff::Backoff;
+        let looping = History {
+            loop_state: Some(LoopState {
+                since: t(0),
+                cause: Cause::SessionConflict,
+                conflict_loop: true,
+                crash_loop: false,
+                delay_ms: 30_000,
+                not_before: t(30),
+                last_failure: t(0),
+                times_at_cap: 0,
+                waited_ms: 0,
+                duplicate_suspected: false,
+            }),
+            conflicts: vec![t(0)],
+            ..History::default()
+        };
+        let read = Backoff::from_history(&looping.to_json()).unwrap();
+        assert_eq!(read.not_before(), Some(t(30)));
+        assert!(read.is_pending(t(29)));
+        assert!(!read.is_pending(t(30)));
+        let calm = Backoff::from_history(&History::default().to_json()).unwrap();
+        assert_eq!(calm.not_before(), None);
     }
 }

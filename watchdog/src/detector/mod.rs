@@ -7,7 +7,7 @@
 //! - [`Detector::new`]`(Thresholds)` or [`Detector::from_history`]`(Thresholds,
 //!   History)`; [`Detector::history`] to store it again ([`History`] is serde
 //!   JSON, bounded; `run` keeps it in the Lease annotation
-//!   [`HISTORY_ANNOTATION`] so it survives pod generations).
+//!   [`ANNOTATION_HISTORY`] so it survives pod generations).
 //! - [`Detector::handle`]`(Input) -> Vec<Decision>` with inputs
 //!   [`Input::RunStarted`], [`Input::Entry`] (every parsed line, with its
 //!   dedupe key), [`Input::RunEnded`] and [`Input::Tick`].
@@ -74,7 +74,7 @@ pub use arc_watchdog_core::reasons::{Cause, EvictCause, Reason};
 
 use history::remove_one;
 pub use history::{
-    FailedStart, HISTORY_ANNOTATION, HISTORY_VERSION, History, LoopState, PendingEviction, RunState,
+    ANNOTATION_HISTORY, FailedStart, HISTORY_VERSION, History, LoopState, PendingEviction, RunState,
 };
 pub use input::{Decision, Input, StartGate, Status};
 pub use loops::duplicate_suspected_after;

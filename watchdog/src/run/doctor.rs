@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::args::Identity;
 use super::evict::{EvictOutcome, EvictRetry, evict_pod};
-use super::lease::{HISTORY_ANNOTATION, with_history};
+use super::lease::{ANNOTATION_HISTORY, with_history};
 use super::logs::{LogError, error_text};
 use super::pod::{ListenerState, PodView};
 use crate::detector::History;
@@ -196,7 +196,7 @@ pub async fn checks(client: &Client, args: &DoctorArgs) -> Vec<Check> {
                 .metadata
                 .annotations
                 .as_ref()
-                .and_then(|a| a.get(HISTORY_ANNOTATION))
+                .and_then(|a| a.get(ANNOTATION_HISTORY))
             {
                 None => format!("{lease_name}: no history yet"),
                 Some(h) => match History::from_json(h) {
@@ -220,7 +220,7 @@ pub async fn checks(client: &Client, args: &DoctorArgs) -> Vec<Check> {
             .metadata
             .annotations
             .as_ref()
-            .and_then(|a| a.get(HISTORY_ANNOTATION).cloned())
+            .and_then(|a| a.get(ANNOTATION_HISTORY).cloned())
             .unwrap_or_else(|| History::default().to_json());
         let updated = with_history(l, &history, &id.pod_name, jiff::Timestamp::now());
         let pp = PostParams {

@@ -7,7 +7,7 @@
 //! still belongs to an earlier AutoscalingListener of the same name is read
 //! again until it is the pod's own: the controller may be a moment behind
 //! the pod. The history is the
-//! detector's JSON in the annotation [`HISTORY_ANNOTATION`]: this is the
+//! detector's JSON in the annotation [`ANNOTATION_HISTORY`]: this is the
 //! one place it is serialised; everything else handles [`History`] values.
 //! Updates use optimistic concurrency: a 409 re-reads the Lease, merges the
 //! stored history with ours ([`History::merge`]) and retries.
@@ -29,7 +29,7 @@ use super::backoff::Backoff;
 use super::gate;
 use super::http::Shared;
 
-pub use crate::detector::HISTORY_ANNOTATION;
+pub use crate::detector::ANNOTATION_HISTORY;
 use crate::detector::History;
 
 /// Default of `--bookkeeping-save-interval`: the longest time a change of
@@ -308,7 +308,7 @@ pub fn stored_history(lease: &Lease) -> StoredHistory {
         .metadata
         .annotations
         .as_ref()
-        .and_then(|a| a.get(HISTORY_ANNOTATION))
+        .and_then(|a| a.get(ANNOTATION_HISTORY))
         .map(|json| History::from_json(json).map_err(|e| UnreadableHistory(e.to_string())))
 }
 
@@ -329,7 +329,7 @@ pub fn with_history(mut lease: Lease, history: &str, holder: &str, now: Timestam
         .metadata
         .annotations
         .get_or_insert_with(BTreeMap::new)
-        .insert(HISTORY_ANNOTATION.to_owned(), history.to_owned());
+        .insert(ANNOTATION_HISTORY.to_owned(), history.to_owned());
     let spec = lease.spec.get_or_insert_with(Default::default);
     spec.holder_identity = Some(holder.to_owned());
     spec.renew_time = Some(MicroTime(now));

@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
 use crate::detector::History;
-use crate::run::lease::HISTORY_ANNOTATION;
+use crate::run::lease::ANNOTATION_HISTORY;
 
 /// Namespace of the pod.
 pub const NS: &str = "arc-systems";
@@ -284,7 +284,7 @@ impl StandIn {
                 "spec": {},
             });
             if let Some(h) = history {
-                lease["metadata"]["annotations"] = json!({ HISTORY_ANNOTATION: h });
+                lease["metadata"]["annotations"] = json!({ ANNOTATION_HISTORY: h });
             }
             s.lease = Some(lease);
         });
@@ -340,7 +340,7 @@ fn is_follow(r: &Seen) -> bool {
 /// The history a Lease (or a Lease body sent to the stand-in) holds, if
 /// its annotation holds a readable one.
 pub fn history(lease: &Value) -> Option<History> {
-    lease["metadata"]["annotations"][HISTORY_ANNOTATION]
+    lease["metadata"]["annotations"][ANNOTATION_HISTORY]
         .as_str()
         .and_then(|h| History::from_json(h).ok())
 }

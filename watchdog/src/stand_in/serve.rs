@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::{Ctx, NS, POD, Seen};
-use crate::run::lease::HISTORY_ANNOTATION;
+use crate::run::lease::ANNOTATION_HISTORY;
 
 pub(super) async fn serve(listener: tokio::net::TcpListener, ctx: Ctx) {
     let app = Router::new().fallback(handle).with_state(ctx);
@@ -181,7 +181,7 @@ async fn handle(State(ctx): State<Ctx>, method: Method, uri: Uri, body: Bytes) -
                 let mut l = current;
                 l["metadata"]["resourceVersion"] = json!(s.lease_rv.to_string());
                 if let Some(h) = s.concurrent_history.clone() {
-                    l["metadata"]["annotations"][HISTORY_ANNOTATION] = json!(h);
+                    l["metadata"]["annotations"][ANNOTATION_HISTORY] = json!(h);
                 }
                 s.lease = Some(l);
                 return status(409, "Conflict", "the object has been modified");

@@ -17,7 +17,7 @@ use kube::ResourceExt;
 use kube::api::DynamicObject;
 
 use super::model::{LastDecision, Missing, REPORT_VERSION, Report, Row, State, Watchdog};
-use crate::detector::{HISTORY_ANNOTATION, History, Reason};
+use crate::detector::{ANNOTATION_HISTORY, History, Reason};
 use crate::names;
 use crate::settings::parse_duration;
 
@@ -282,7 +282,7 @@ fn history_of(
     else {
         return Ok(None);
     };
-    match lease.annotations().get(HISTORY_ANNOTATION) {
+    match lease.annotations().get(ANNOTATION_HISTORY) {
         None => Ok(None),
         Some(json) => History::from_json(json)
             .map(Some)

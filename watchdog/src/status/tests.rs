@@ -10,7 +10,7 @@ use kube::api::DynamicObject;
 use serde_json::json;
 
 use super::*;
-use crate::detector::{Cause, HISTORY_ANNOTATION, History, LoopState};
+use crate::detector::{ANNOTATION_HISTORY, Cause, History, LoopState};
 
 fn t(s: i64) -> Timestamp {
     Timestamp::from_second(1_800_000_000 + s).unwrap()
@@ -74,7 +74,7 @@ fn lease(name: &str, history: &History) -> Lease {
     serde_json::from_value(json!({
         "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
         "metadata": {"name": format!("arc-watchdog.{name}-listener"), "namespace": "arc-systems",
-            "annotations": {HISTORY_ANNOTATION: history.to_json()}},
+            "annotations": {ANNOTATION_HISTORY: history.to_json()}},
     }))
     .unwrap()
 }

@@ -39,11 +39,12 @@ use arc_watchdog_core::names;
 use arc_watchdog_core::reasons::Reason;
 
 use crate::events;
+use crate::leases::LeaseView;
 use crate::metrics::Metrics;
 use crate::mutation;
 use crate::owner::ConfigOwner;
 use crate::rbac::desired::{self, Listener};
-use crate::suspension::{LeaseView, Suspension};
+use crate::suspension::Suspension;
 
 /// Reason of the Warning Event about a released listener.
 pub const REASON: &str = Reason::InjectionSuspended.as_str();

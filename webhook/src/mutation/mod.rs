@@ -1,8 +1,11 @@
-//! The mutation: a pure function of (pod, configuration) to a JSON patch.
+//! The mutation: a pure function of (pod, configuration, what admission
+//! knows of the pod's listener) to a JSON patch.
 //!
 //! No I/O here. The review layer ([`crate::review`]) decides whether a
-//! request is a pod CREATE at all; this module decides whether the pod is an
-//! ARC listener that needs the watchdog and builds the patch that adds it.
+//! request is a pod CREATE at all and asks the listener's Lease view
+//! ([`crate::leases`]) about a suspension and a pending backoff; this module
+//! decides whether the pod is an ARC listener that needs the watchdog and
+//! builds the patch that adds it.
 //!
 //! The patch only ever *adds*: the watchdog container (first init container
 //! in native mode, last container in classic mode), its token volume and the
@@ -40,11 +43,10 @@ pub const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccoun
 pub const PORT_NAME: &str = "watchdog";
 /// Period of the start-gate probe, in seconds: the least Kubernetes
 /// allows. The kubelet starts the listener at the first probe that finds
-/// the gate open, and the first probe after the watchdog's start usually
-/// comes before it serves; so with no backoff pending, one period is what
-/// the sidecar adds to the listener's start (`make bench`,
-/// `sidecar-startup-added`). A probe is one loopback GET, and only while
-/// the listener waits.
+/// the gate open, so a probed gate adds up to one period to the listener's
+/// start even when it opens at once; that is why the probe is only added
+/// while a backoff is pending ([`StartGate`]). A probe is one loopback GET,
+/// and only while the listener waits.
 pub const STARTUP_PERIOD_SECONDS: i32 = 1;
 /// Extra time on top of the longest backoff and the fail-open grace before
 /// the kubelet gives up on the start gate (and restarts the watchdog):
@@ -144,6 +146,45 @@ impl SkipReason {
             Self::InjectionSuspended => "injection_suspended",
         }
     }
+}
+
+/// Whether an injected native sidecar carries the start gate: the
+/// startupProbe on `/startz` that holds the listener's start while the
+/// watchdog answers 503.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum StartGate {
+    /// With the probe: a backoff is pending, or admission cannot tell. The
+    /// kubelet starts the listener only once `/startz` opens.
+    #[default]
+    Probed,
+    /// Without: no backoff is pending (or the watchdog runs in dry-run,
+    /// which never delays a start). The listener starts as soon as the
+    /// watchdog's container runs, with no probe period to wait for.
+    Open,
+}
+
+impl StartGate {
+    /// The gate for a listener whose Lease view answered `backoff_pending`
+    /// ([`crate::leases::ListenerLeases::backoff_pending`]).
+    pub fn for_listener(cfg: &InjectConfig, backoff_pending: Option<bool>) -> Self {
+        if cfg.thresholds.dry_run || backoff_pending == Some(false) {
+            StartGate::Open
+        } else {
+            StartGate::Probed
+        }
+    }
+}
+
+/// What admission knows of a pod's listener besides the pod: whether its
+/// injection is suspended, and whether its start needs the gate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListenerFacts {
+    /// The end of the listener's suspension of injection, if it has one: a
+    /// pod that would get the watchdog is admitted without it instead,
+    /// marked with [`names::ANNOTATION_POD_SUSPENDED`].
+    pub suspended_until: Option<Timestamp>,
+    /// The start gate of a native sidecar (a classic one has none).
+    pub gate: StartGate,
 }
 
 /// What the mutation decided for one pod.
@@ -247,25 +288,23 @@ pub fn skip_reason(pod: &Pod) -> Option<SkipReason> {
     None
 }
 
-/// Decides whether and how to inject the watchdog into `pod`.
+/// Decides whether and how to inject the watchdog into `pod`, knowing
+/// nothing of its listener (not suspended, the start gate probed).
 pub fn mutate(pod: &Pod, cfg: &InjectConfig, mode: SidecarMode) -> Mutation {
-    mutate_suspended(pod, cfg, mode, None)
+    mutate_for(pod, cfg, mode, ListenerFacts::default())
 }
 
-/// [`mutate`], for a pod whose listener has injection suspended until
-/// `suspended_until` (when given): a pod that would get the watchdog is
-/// admitted without it instead, marked with
-/// [`names::ANNOTATION_POD_SUSPENDED`].
-pub fn mutate_suspended(
+/// [`mutate`], for a pod whose listener is known by `facts`.
+pub fn mutate_for(
     pod: &Pod,
     cfg: &InjectConfig,
     mode: SidecarMode,
-    suspended_until: Option<Timestamp>,
+    facts: ListenerFacts,
 ) -> Mutation {
     if let Some(reason) = skip_reason(pod) {
         return Mutation::Skip(reason);
     }
-    if let Some(until) = suspended_until {
+    if let Some(until) = facts.suspended_until {
         return Mutation::Suspended {
             until,
             patch: suspended_patch(pod, until),
@@ -273,7 +312,7 @@ pub fn mutate_suspended(
     }
     Mutation::Inject {
         mode,
-        patch: build_patch(pod, cfg, mode),
+        patch: build_patch(pod, cfg, mode, facts.gate),
     }
 }
 
@@ -304,9 +343,9 @@ pub fn listener_uid(pod: &Pod) -> Option<&str> {
         })
 }
 
-fn build_patch(pod: &Pod, cfg: &InjectConfig, mode: SidecarMode) -> Patch {
+fn build_patch(pod: &Pod, cfg: &InjectConfig, mode: SidecarMode, gate: StartGate) -> Patch {
     let spec = pod.spec.as_ref();
-    let mut watchdog = watchdog_container(cfg, mode);
+    let mut watchdog = watchdog_container(cfg, mode, gate);
     // The watchdog's history belongs to this AutoscalingListener: a Lease
     // left by an earlier listener of the same name is not its own.
     if let Some(uid) = listener_uid(pod) {
@@ -406,7 +445,7 @@ fn field_env(name: &str, field_path: &str) -> EnvVar {
 }
 
 /// The injected container, exactly as it lands in the pod.
-pub fn watchdog_container(cfg: &InjectConfig, mode: SidecarMode) -> Container {
+pub fn watchdog_container(cfg: &InjectConfig, mode: SidecarMode, gate: StartGate) -> Container {
     let mut args = vec!["run".to_owned()];
     args.extend(cfg.thresholds.to_args());
     if cfg.port != names::WATCHDOG_PORT {
@@ -449,17 +488,18 @@ pub fn watchdog_container(cfg: &InjectConfig, mode: SidecarMode) -> Container {
         ..http_probe(names::PATH_READYZ_WATCHING)
     };
 
-    let (restart_policy, startup_probe) = match mode {
-        SidecarMode::Native => (
-            Some("Always".to_owned()),
-            Some(Probe {
-                period_seconds: Some(STARTUP_PERIOD_SECONDS),
-                timeout_seconds: Some(2),
-                failure_threshold: Some(startup_failure_threshold(cfg)),
-                ..http_probe(names::PATH_STARTZ)
-            }),
-        ),
-        SidecarMode::Classic => (None, None),
+    let startup_probe = Probe {
+        period_seconds: Some(STARTUP_PERIOD_SECONDS),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(startup_failure_threshold(cfg)),
+        ..http_probe(names::PATH_STARTZ)
+    };
+    let (restart_policy, startup_probe) = match (mode, gate) {
+        (SidecarMode::Native, StartGate::Probed) => {
+            (Some("Always".to_owned()), Some(startup_probe))
+        }
+        (SidecarMode::Native, StartGate::Open) => (Some("Always".to_owned()), None),
+        (SidecarMode::Classic, _) => (None, None),
     };
 
     Container {

@@ -86,10 +86,10 @@ fn quantities() {
 #[test]
 fn classic_container_has_no_gate_and_no_restart_policy() {
     let cfg = InjectConfig::new("img:1");
-    let c = watchdog_container(&cfg, SidecarMode::Classic);
+    let c = watchdog_container(&cfg, SidecarMode::Classic, StartGate::Probed);
     assert!(c.startup_probe.is_none());
     assert!(c.restart_policy.is_none());
-    let n = watchdog_container(&cfg, SidecarMode::Native);
+    let n = watchdog_container(&cfg, SidecarMode::Native, StartGate::Probed);
     assert_eq!(n.restart_policy.as_deref(), Some("Always"));
     let gate = n.startup_probe.unwrap();
     assert_eq!(
@@ -106,9 +106,13 @@ fn start_gate_is_probed_as_often_as_kubernetes_allows() {
     // With no backoff pending the listener starts at the first probe
     // after the watchdog serves: the period is what the sidecar adds
     // to every listener start, so it is the least a Probe may have.
-    let gate = watchdog_container(&InjectConfig::new("img"), SidecarMode::Native)
-        .startup_probe
-        .unwrap();
+    let gate = watchdog_container(
+        &InjectConfig::new("img"),
+        SidecarMode::Native,
+        StartGate::Probed,
+    )
+    .startup_probe
+    .unwrap();
     assert_eq!(gate.period_seconds, Some(1));
 }
 
@@ -116,7 +120,7 @@ fn start_gate_is_probed_as_often_as_kubernetes_allows() {
 fn args_are_run_then_thresholds() {
     let mut cfg = InjectConfig::new("img");
     cfg.thresholds.dry_run = true;
-    let c = watchdog_container(&cfg, SidecarMode::Native);
+    let c = watchdog_container(&cfg, SidecarMode::Native, StartGate::Probed);
     let args = c.args.unwrap();
     assert_eq!(args[0], "run");
     assert_eq!(&args[1..], cfg.thresholds.to_args().as_slice());
@@ -126,7 +130,7 @@ fn args_are_run_then_thresholds() {
 #[test]
 fn another_port_moves_the_server_and_the_probes_follow_its_name() {
     let mut cfg = InjectConfig::new("img");
-    let default = watchdog_container(&cfg, SidecarMode::Native);
+    let default = watchdog_container(&cfg, SidecarMode::Native, StartGate::Probed);
     assert!(
         !default
             .args
@@ -136,7 +140,7 @@ fn another_port_moves_the_server_and_the_probes_follow_its_name() {
         "the default port is the watchdog's own default"
     );
     cfg.port = 19102;
-    let c = watchdog_container(&cfg, SidecarMode::Native);
+    let c = watchdog_container(&cfg, SidecarMode::Native, StartGate::Probed);
     assert_eq!(
         c.args.unwrap().last().map(String::as_str),
         Some("--listen=0.0.0.0:19102")
@@ -219,7 +223,7 @@ fn host_network_and_suspended_pods_are_skipped_and_the_suspension_only_marks() {
     );
     let until: Timestamp = "2025-01-01T01:00:00Z".parse().unwrap();
     let Mutation::Suspended { until: got, patch } =
-        mutate_suspended(&listener(), &cfg, SidecarMode::Native, Some(until))
+        mutate_for(&listener(), &cfg, SidecarMode::Native, suspended(until))
     else {
         panic!("not suspended");
     };
@@ -236,7 +240,44 @@ fn host_network_and_suspended_pods_are_skipped_and_the_suspension_only_marks() {
     assert_eq!(skip_reason(&marked), Some(SkipReason::InjectionSuspended));
     // Opted-out or not-a-listener pods stay skipped for their own reason.
     assert_eq!(
-        mutate_suspended(&host, &cfg, SidecarMode::Native, Some(until)),
+        mutate_for(&host, &cfg, SidecarMode::Native, suspended(until)),
         Mutation::Skip(SkipReason::HostNetwork)
+    );
+}
+
+/// What admission knows of a listener whose injection is suspended.
+fn suspended(until: Timestamp) -> ListenerFacts {
+    ListenerFacts {
+        suspended_until: Some(until),
+        ..ListenerFacts::default()
+    }
+}
+
+#[test]
+fn the_start_gate_is_open_only_when_no_backoff_is_known_to_be_pending() {
+    let cfg = InjectConfig::new("img");
+    assert_eq!(StartGate::for_listener(&cfg, Some(false)), StartGate::Open);
+    assert_eq!(StartGate::for_listener(&cfg, Some(true)), StartGate::Probed);
+    assert_eq!(StartGate::for_listener(&cfg, None), StartGate::Probed);
+    let mut dry = cfg.clone();
+    dry.thresholds.dry_run = true;
+    for pending in [None, Some(true), Some(false)] {
+        assert_eq!(
+            StartGate::for_listener(&dry, pending),
+            StartGate::Open,
+            "{pending:?}"
+        );
+    }
+    // An open gate is a native sidecar without the probe; classic has none.
+    let open = watchdog_container(&cfg, SidecarMode::Native, StartGate::Open);
+    assert_eq!(open.restart_policy.as_deref(), Some("Always"));
+    assert!(open.startup_probe.is_none());
+    let mut probed = watchdog_container(&cfg, SidecarMode::Native, StartGate::Probed);
+    assert!(probed.startup_probe.take().is_some());
+    assert_eq!(probed, open);
+    assert!(
+        watchdog_container(&cfg, SidecarMode::Classic, StartGate::Probed)
+            .startup_probe
+            .is_none()
     );
 }

@@ -503,7 +503,7 @@ mod tests {
             .metadata
             .annotations
             .get_or_insert_default()
-            .insert("arc-watchdog.dev/history".into(), "{}".into());
+            .insert(names::ANNOTATION_HISTORY.into(), "{}".into());
         assert_eq!(
             plan_lease(&d.lease, Some(lease), &l),
             Plan::Keep,
@@ -605,7 +605,7 @@ mod tests {
             .metadata
             .annotations
             .get_or_insert_default()
-            .insert("arc-watchdog.dev/history".into(), "{\"old\":true}".into());
+            .insert(names::ANNOTATION_HISTORY.into(), "{\"old\":true}".into());
         let Plan::Update(fresh) = plan_lease(&new_d.lease, Some(lease), &new) else {
             panic!("the old listener's Lease starts over")
         };
