@@ -13,7 +13,12 @@
 //! sleeps: ARC's listener would need the fake GitHub, and what happens
 //! after its first line is not part of this figure. The sidecar is the
 //! release `arc-watchdog run`, started by the kubelet as it starts any
-//! container, gated by the startupProbe the webhook wrote.
+//! container. With no backoff pending the webhook gives it no start-gate
+//! probe (a pod that has one fails the run: it would measure another
+//! path), so the listener starts once the kubelet's next relist has seen
+//! the sidecar running; the process kubelet relists once a second on a
+//! grid of its own, as a real one does, so that wait falls anywhere
+//! between none and a second.
 //!
 //! Runs alternate (without, with; then with, without) so that a drift of
 //! the shared machine's load does not fall on one side; the figure is the
@@ -46,8 +51,7 @@ const GOAL: Duration = Duration::from_secs(1);
 /// The stand-in listener's first line.
 const FIRST_LINE: &str = "stand-in listener: started";
 
-/// What the watchdog logs once it knows its history (with a fresh Lease,
-/// the moment its start gate opens).
+/// What the watchdog logs once it knows its history.
 const HISTORY_LOADED: &str = "history loaded from the Lease";
 
 /// Longest wait for one pod's first line, and for one pod to be gone.
@@ -270,11 +274,15 @@ async fn run_once(
         .create(&PostParams::default(), &pod)
         .await
         .with_context(|| format!("creating pod {ns}/{name}"))?;
-    if watchdog_container(&stored).is_some() != with_sidecar {
+    let injected = watchdog_container(&stored);
+    if injected.is_some() != with_sidecar {
         bail!(
             "pod {name}: expected it {}, the webhook did otherwise",
             side(with_sidecar)
         );
+    }
+    if injected.is_some_and(|c| c.startup_probe.is_some()) {
+        bail!("pod {name}: the webhook added the start gate's probe though no backoff is pending");
     }
     let first = control_plane::eventually(
         POD_TIMEOUT,
@@ -300,8 +308,8 @@ async fn run_once(
             )
         })
         .collect();
-    // When the watchdog's gate opened: its history is known (a fresh Lease:
-    // no backoff). From then on the listener waits for the next probe.
+    // When the watchdog knew its history (a fresh Lease: no backoff); the
+    // listener does not wait for it.
     let watchdog = arc_watchdog::names::CONTAINER_NAME;
     if let Some((at, _)) = node
         .logs()
@@ -309,7 +317,7 @@ async fn run_once(
         .into_iter()
         .find(|(_, line)| line.contains(HISTORY_LOADED))
     {
-        steps.push((at, format!("{watchdog} gate-open")));
+        steps.push((at, format!("{watchdog} history-loaded")));
     }
     steps.sort_by_key(|(at, _)| *at);
     let steps = steps

@@ -12,6 +12,7 @@ use kube::ResourceExt as _;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use super::probe::next_relist;
 use super::status::STATUS_RETRY;
 use anyhow::Result;
 
@@ -56,6 +57,7 @@ pub(super) async fn run_pod(ctx: Ctx, mut rx: watch::Receiver<Option<Pod>>) -> R
         generation: 0,
         exits_tx,
         start: Timestamp::now(),
+        admitted: Instant::now(),
         restart_policy: spec
             .restart_policy
             .clone()
@@ -185,6 +187,15 @@ impl PodRun {
                     self.await_exit_ok(i, rx, exits).await?
                 };
                 match ok {
+                    // A plain init container's exit is acted on at the next
+                    // relist (a sidecar's start was, in `await_startup`).
+                    Step::Done if !self.runs[i].sidecar => {
+                        let seen = next_relist(self.ctx.relist_origin, Instant::now());
+                        if self.sleep_or_delete(seen - Instant::now(), rx).await? {
+                            return self.terminate(rx, exits).await;
+                        }
+                        break;
+                    }
                     Step::Done => break,
                     Step::Retry => {
                         let delay = restart_delay(self.runs[i].restart_count);

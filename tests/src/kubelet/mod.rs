@@ -19,10 +19,12 @@
 //! - takes a real node's time to start a pod
 //!   ([`KubeletConfig::pod_start_latency`]: sandbox and container creation),
 //!   its containers `Waiting` meanwhile;
-//! - starts containers in kubelet order: init containers one by one, a
-//!   native sidecar (init container with `restartPolicy: Always`) counted as
-//!   started once its startupProbe succeeds, then the regular containers
-//!   together;
+//! - starts containers in kubelet order: init containers one by one, then
+//!   the regular containers together. The next container starts once the
+//!   kubelet's next relist (every second, on the kubelet's own grid) has
+//!   seen the one before exited, or, for a native sidecar (init container
+//!   with `restartPolicy: Always`), running and past its startupProbe,
+//!   probed on a ticker that started with the pod's admission (`probe.rs`);
 //! - applies `restartPolicy` (with a crash-loop back-off of 10 s doubling to
 //!   5 min) and reports container states, restart counts and the pod phase
 //!   through `pods/status`;
@@ -124,6 +126,8 @@ struct Ctx {
     config: Arc<KubeletConfig>,
     events: Arc<Mutex<Vec<KubeletEvent>>>,
     pids: Arc<Mutex<BTreeMap<(String, String), u32>>>,
+    /// The kubelet's start: the grid of its relists (see `probe.rs`).
+    relist_origin: tokio::time::Instant,
 }
 
 impl Ctx {
@@ -158,6 +162,7 @@ impl ProcessKubelet {
             config: Arc::new(config),
             events: events.clone(),
             pids: pids.clone(),
+            relist_origin: tokio::time::Instant::now(),
         };
         let main = tokio::spawn(watch_pods(ctx, registry.clone()));
         Ok(Self {
@@ -285,6 +290,8 @@ struct PodRun {
     generation: u64,
     exits_tx: mpsc::UnboundedSender<Exit>,
     start: Timestamp,
+    /// When the kubelet took the pod: its probe workers tick from here.
+    admitted: tokio::time::Instant,
     restart_policy: String,
     last_status: Option<serde_json::Value>,
     /// The last status write failed: it is written again after

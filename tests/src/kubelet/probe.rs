@@ -1,16 +1,18 @@
-//! Native sidecars' startup probes: a sidecar counts as started (and the
-//! next container may start) once its `httpGet` startupProbe answers; it
-//! is restarted when it exits or the probe keeps failing.
+//! Native sidecars' startup: a sidecar counts as started (and the next
+//! container may start) once the kubelet has seen it running and, when it
+//! has an `httpGet` startupProbe, once that answers; it is restarted when it
+//! exits or the probe keeps failing.
 //!
-//! Timing as the kubelet's prober worker has it (`pkg/kubelet/prober/
-//! worker.go`): no probe before `initialDelaySeconds` have passed since the
-//! container started, then one every `periodSeconds` on a fixed-rate ticker
-//! (ticks missed while a probe ran: the first runs at once, the others are
-//! dropped, as with Go's `time.Ticker`), each given
-//! `timeoutSeconds`; Kubernetes' defaults where the spec has none. What the
-//! real kubelet adds on top is not modelled: it sees a container running
-//! only after its next relist of the runtime (up to a second), and its
-//! ticker's phase is that of the pod's admission.
+//! Timing as the kubelet has it. It sees a container running (or exited)
+//! only at its next relist of the runtime, once every [`RELIST_PERIOD`] on
+//! a grid of its own (`pkg/kubelet/pleg/generic.go`); a sidecar without a
+//! probe is started from then. The prober worker (`pkg/kubelet/prober/
+//! worker.go`) starts with the pod's admission: one probe at once, then one
+//! every `periodSeconds` on a fixed-rate ticker (ticks missed while a probe
+//! ran: the first runs at once, the others are dropped, as with Go's
+//! `time.Ticker`), each given `timeoutSeconds`. A tick before the container
+//! was seen running, or before `initialDelaySeconds` have passed since it
+//! started, probes nothing. Kubernetes' defaults where the spec has none.
 
 use std::time::Duration;
 
@@ -23,9 +25,26 @@ use super::lifecycle::{PodChange, Step};
 use super::termination::signal_group;
 use super::{Exit, PodRun};
 
+/// How often the kubelet relists the container runtime (the generic
+/// PLEG's `relistPeriod`): a container's start or exit is seen, and acted
+/// on, at the next relist.
+pub(super) const RELIST_PERIOD: Duration = Duration::from_secs(1);
+
+/// The first relist at or after `now`, on the grid that started at
+/// `origin` (the kubelet's start).
+pub(super) fn next_relist(origin: Instant, now: Instant) -> Instant {
+    let since = now.saturating_duration_since(origin);
+    let period = RELIST_PERIOD.as_nanos();
+    let relists = since.as_nanos().div_ceil(period);
+    let offset = u64::try_from(relists * period).unwrap_or(u64::MAX);
+    origin + Duration::from_nanos(offset)
+}
+
 impl PodRun {
-    /// Polls a native sidecar's startupProbe until it succeeds; restarts the
-    /// container when it exits or the probe's failure threshold is reached.
+    /// Waits until a just started native sidecar counts as started: the
+    /// next relist, then (with a startupProbe) the first probe that
+    /// succeeds. Restarts the container when it exits or the probe's
+    /// failure threshold is reached.
     pub(super) async fn await_startup(
         &mut self,
         i: usize,
@@ -33,15 +52,16 @@ impl PodRun {
         exits: &mut mpsc::UnboundedReceiver<Exit>,
     ) -> Result<Step> {
         let spec = self.specs[i].clone();
+        let started = Instant::now();
+        let seen = next_relist(self.ctx.relist_origin, started);
         let Some(probe) = spec.startup_probe.clone() else {
-            self.runs[i].started = true;
-            return Ok(Step::Done);
+            return self.started_at(i, seen, rx, exits).await;
         };
         let timing = ProbeTiming::of(&probe);
         let mut failures = 0;
         // `tick`: the ticker's tick the next probe belongs to; `next`:
         // when that probe runs (later than its tick when it was missed).
-        let mut tick = Instant::now() + timing.initial_delay;
+        let mut tick = timing.first_tick(self.admitted, seen.max(started + timing.initial_delay));
         let mut next = tick;
         loop {
             tokio::select! {
@@ -80,6 +100,35 @@ impl PodRun {
     }
 }
 
+impl PodRun {
+    /// Waits until sidecar `i`, which has no startupProbe, counts as
+    /// started at `at` (its status says so from its start), unless it
+    /// exits or the pod goes first.
+    async fn started_at(
+        &mut self,
+        i: usize,
+        at: Instant,
+        rx: &mut watch::Receiver<Option<Pod>>,
+        exits: &mut mpsc::UnboundedReceiver<Exit>,
+    ) -> Result<Step> {
+        loop {
+            tokio::select! {
+                r = rx.changed() => {
+                    if self.take_pod(r, rx) != PodChange::Updated {
+                        return Ok(Step::Deleted);
+                    }
+                }
+                Some(e) = exits.recv() => {
+                    if e.index == i && self.on_exit(&e) {
+                        return Ok(Step::Retry);
+                    }
+                }
+                () = tokio::time::sleep_until(at) => return Ok(Step::Done),
+            }
+        }
+    }
+}
+
 /// When and how a probe runs, from its spec with Kubernetes' defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ProbeTiming {
@@ -107,6 +156,15 @@ impl ProbeTiming {
             timeout: secs(probe.timeout_seconds, 1, 1),
             failure_threshold: probe.failure_threshold.unwrap_or(3).max(1),
         }
+    }
+
+    /// The first tick, at or after `earliest`, of the ticker that started
+    /// with the pod's admission at `admitted` (its first tick).
+    fn first_tick(&self, admitted: Instant, earliest: Instant) -> Instant {
+        let since = earliest.saturating_duration_since(admitted);
+        let period = self.period.as_nanos();
+        let ticks = since.as_nanos().div_ceil(period);
+        admitted + Duration::from_nanos(u64::try_from(ticks * period).unwrap_or(u64::MAX))
     }
 
     /// After the probe of tick `tick` ended at `now`: when the next probe
@@ -168,6 +226,43 @@ mod tests {
         assert_eq!(t.period, Duration::from_secs(1));
         assert_eq!(t.timeout, Duration::from_secs(1));
         assert_eq!(t.failure_threshold, 680);
+    }
+
+    #[test]
+    fn the_kubelet_sees_a_container_at_its_next_relist() {
+        let origin = Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(next_relist(origin, origin), origin);
+        assert_eq!(next_relist(origin, origin + ms(1)), origin + ms(1000));
+        assert_eq!(next_relist(origin, origin + ms(999)), origin + ms(1000));
+        assert_eq!(next_relist(origin, origin + ms(1000)), origin + ms(1000));
+        assert_eq!(next_relist(origin, origin + ms(3001)), origin + ms(4000));
+    }
+
+    #[test]
+    fn the_first_probe_is_on_the_ticker_of_the_pods_admission() {
+        let t = ProbeTiming::of(&Probe {
+            period_seconds: Some(2),
+            ..Probe::default()
+        });
+        let admitted = Instant::now();
+        let ms = Duration::from_millis;
+        // The worker probes at once on admission, then every period: the
+        // first tick that can see the container is the one at or after it
+        // was seen running.
+        assert_eq!(t.first_tick(admitted, admitted), admitted);
+        assert_eq!(
+            t.first_tick(admitted, admitted + ms(3100)),
+            admitted + ms(4000)
+        );
+        assert_eq!(
+            t.first_tick(admitted, admitted + ms(4000)),
+            admitted + ms(4000)
+        );
+        assert_eq!(
+            t.first_tick(admitted, admitted + ms(1)),
+            admitted + ms(2000)
+        );
     }
 
     #[test]
