@@ -526,4 +526,23 @@ mod tests {
         assert_eq!(go_date_len(b"2026/03/02 04:10:02.123456 x"), Some(27));
         assert_eq!(go_date_len(b"2026-03-02 04:10:02 x"), None);
     }
+
+    #[test]
+    fn a_zap_console_line_needs_the_tab_after_its_timestamp() {
+        let ts = "2026-03-02T04:10:02.123Z";
+        let zap = format!("{ts}\tINFO\tlistener\tGetting next message");
+        assert_eq!(zap_ts_end(zap.as_bytes()), Some(ts.len()));
+        assert_eq!(detect_format(zap.as_bytes()), LogFormat::ZapText);
+        // The same timestamp without the tab, or a number, is no zap line.
+        let spaced = format!("{ts} INFO listener Getting next message");
+        assert_eq!(zap_ts_end(spaced.as_bytes()), None);
+        assert_eq!(detect_format(spaced.as_bytes()), LogFormat::Unknown);
+        assert_eq!(
+            detect_format(b"12345\tnot a date at all, but long"),
+            LogFormat::Unknown
+        );
+        // The message is looked for in the fields after the timestamp.
+        let late = format!("{ts}\tINFO\tlistener\tmain.go:1\tx\tGetting next message");
+        assert!(zap_text_head(late.as_bytes()).is_some());
+    }
 }
