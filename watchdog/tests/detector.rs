@@ -1192,3 +1192,56 @@ fn the_same_conflict_seen_by_two_watchdog_processes_counts_once() {
     assert_eq!(d.status().conflicts_in_window, 1);
     assert!(d.evaluate(second.now).is_empty(), "one conflict is no loop");
 }
+
+#[test]
+fn a_merged_loop_takes_only_a_start_before_its_end_for_a_restart_during_it() {
+    // Where the merged loop's backoff ends.
+    let (stored, ours) = stored_two_then_one_more(Thresholds::default());
+    let mut probe = merged(&stored, &ours);
+    probe.evaluate(ours.now);
+    let end = probe.history().loop_state.expect("a loop").not_before;
+    let before_end = end.saturating_sub(Duration::from_secs(1)).unwrap();
+    // Restarted in place, stamped at `start` (the node's clock may run
+    // ahead of the watchdog's), and evaluated a second before the end.
+    let evicted = |start: Timestamp| {
+        let (stored, mut ours) = stored_two_then_one_more(Thresholds::default());
+        ours.now = start;
+        ours.start(true);
+        let mut d = merged(&stored, &ours);
+        d.evaluate(before_end).iter().any(|d| {
+            matches!(
+                d,
+                Decision::Evict {
+                    cause: EvictCause::RestartedDuringBackoff,
+                    ..
+                }
+            )
+        })
+    };
+    assert!(evicted(before_end), "started during the backoff");
+    assert!(!evicted(end), "started when the backoff ended: served");
+}
+
+#[test]
+fn a_quiet_loop_ends_only_after_its_quiet_period() {
+    let t = Thresholds::default();
+    let mut s = Sim::new(t.clone());
+    for _ in 0..3 {
+        s.failing_generation(CONFLICT);
+        s.advance(5);
+    }
+    let l = s.d.history().loop_state.expect("a loop");
+    let quiet_until = l
+        .last_failure
+        .saturating_add(Duration::from_millis(l.delay_ms))
+        .unwrap()
+        .saturating_add(t.conflict_window)
+        .unwrap();
+    s.feed(Input::Tick { at: quiet_until });
+    assert!(s.d.history().loop_state.is_some(), "not over at the instant");
+    let after = quiet_until
+        .saturating_add(Duration::from_millis(1))
+        .unwrap();
+    s.feed(Input::Tick { at: after });
+    assert_eq!(s.d.history().loop_state, None, "over just after");
+}

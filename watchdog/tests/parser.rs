@@ -578,3 +578,19 @@ fn events_serialise_to_json_and_back() {
         r#"{"fatal":"not_found"}"#
     );
 }
+
+#[test]
+fn log_formats_have_their_stable_names() {
+    use arc_watchdog::parser::LogFormat;
+    let names = [
+        (LogFormat::Stdlib, "stdlib"),
+        (LogFormat::ZapText, "zap_text"),
+        (LogFormat::ZapJson, "zap_json"),
+        (LogFormat::SlogText, "slog_text"),
+        (LogFormat::SlogJson, "slog_json"),
+        (LogFormat::Unknown, "unknown"),
+    ];
+    for (format, name) in names {
+        assert_eq!(format.as_str(), name);
+    }
+}
