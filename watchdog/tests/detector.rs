@@ -1238,7 +1238,10 @@ fn a_quiet_loop_ends_only_after_its_quiet_period() {
         .saturating_add(t.conflict_window)
         .unwrap();
     s.feed(Input::Tick { at: quiet_until });
-    assert!(s.d.history().loop_state.is_some(), "not over at the instant");
+    assert!(
+        s.d.history().loop_state.is_some(),
+        "not over at the instant"
+    );
     let after = quiet_until
         .saturating_add(Duration::from_millis(1))
         .unwrap();

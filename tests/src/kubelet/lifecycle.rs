@@ -355,21 +355,49 @@ impl PodRun {
         rx: &mut watch::Receiver<Option<Pod>>,
         exits: &mut mpsc::UnboundedReceiver<Exit>,
     ) -> Result<Step> {
+        Ok(match self.wait_on(i, None, rx, exits).await {
+            Waited::Gone | Waited::Due => Step::Deleted,
+            Waited::Exited(0) => Step::Done,
+            Waited::Exited(_) if self.restart_policy == "Never" => Step::Failed,
+            Waited::Exited(_) => Step::Retry,
+        })
+    }
+
+    /// Waits, while container `i` starts up, for whichever comes first:
+    /// the pod going (deleted), the container's exit, or `until`.
+    pub(super) async fn wait_on(
+        &mut self,
+        i: usize,
+        until: Option<Instant>,
+        rx: &mut watch::Receiver<Option<Pod>>,
+        exits: &mut mpsc::UnboundedReceiver<Exit>,
+    ) -> Waited {
         loop {
             tokio::select! {
                 r = rx.changed() => {
                     if self.take_pod(r, rx) != PodChange::Updated {
-                        return Ok(Step::Deleted);
+                        return Waited::Gone;
                     }
                 }
                 Some(e) = exits.recv() => {
                     if e.index == i && self.on_exit(&e) {
-                        return Ok(if e.code == 0 { Step::Done } else if self.restart_policy == "Never" { Step::Failed } else { Step::Retry });
+                        return Waited::Exited(e.code);
                     }
                 }
+                () = sleep_until_opt(until) => return Waited::Due,
             }
         }
     }
+}
+
+/// What ended a [`PodRun::wait_on`].
+pub(super) enum Waited {
+    /// The pod was deleted or is being deleted.
+    Gone,
+    /// The container exited with this code.
+    Exited(i32),
+    /// The time waited for came.
+    Due,
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use k8s_openapi::api::core::v1::{Container, Pod, Probe};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::lifecycle::{PodChange, Step};
+use super::lifecycle::{Step, Waited};
 use super::termination::signal_group;
 use super::{Exit, PodRun};
 
@@ -55,7 +55,12 @@ impl PodRun {
         let started = Instant::now();
         let seen = next_relist(self.ctx.relist_origin, started);
         let Some(probe) = spec.startup_probe.clone() else {
-            return self.started_at(i, seen, rx, exits).await;
+            // Started once seen running (its status says so from its start).
+            return Ok(match self.wait_on(i, Some(seen), rx, exits).await {
+                Waited::Gone => Step::Deleted,
+                Waited::Exited(_) => Step::Retry,
+                Waited::Due => Step::Done,
+            });
         };
         let timing = ProbeTiming::of(&probe);
         let mut failures = 0;
@@ -64,67 +69,34 @@ impl PodRun {
         let mut tick = timing.first_tick(self.admitted, seen.max(started + timing.initial_delay));
         let mut next = tick;
         loop {
-            tokio::select! {
-                r = rx.changed() => {
-                    if self.take_pod(r, rx) != PodChange::Updated {
-                        return Ok(Step::Deleted);
-                    }
-                }
-                Some(e) = exits.recv() => {
-                    if e.index == i && self.on_exit(&e) {
-                        return Ok(Step::Retry);
-                    }
-                }
-                () = tokio::time::sleep_until(next) => {
-                    let ok = tokio::time::timeout(timing.timeout, http_probe(&probe, &spec))
-                        .await
-                        .unwrap_or(false);
-                    if ok {
-                        self.runs[i].started = true;
-                        self.ctx.event(&self.pod, Some(&spec.name), "probe-ok".into());
-                        self.write_status().await;
-                        return Ok(Step::Done);
-                    }
-                    failures += 1;
-                    if failures >= timing.failure_threshold {
-                        self.ctx.event(&self.pod, Some(&spec.name), "startup probe failed: killing".into());
-                        if let Some(p) = self.procs.get(&i) {
-                            let _ = signal_group(p.pid, "KILL").await;
-                        }
-                        failures = 0;
-                    }
-                    (next, tick) = timing.next_probe(tick, Instant::now());
-                }
+            match self.wait_on(i, Some(next), rx, exits).await {
+                Waited::Gone => return Ok(Step::Deleted),
+                Waited::Exited(_) => return Ok(Step::Retry),
+                Waited::Due => {}
             }
-        }
-    }
-}
-
-impl PodRun {
-    /// Waits until sidecar `i`, which has no startupProbe, counts as
-    /// started at `at` (its status says so from its start), unless it
-    /// exits or the pod goes first.
-    async fn started_at(
-        &mut self,
-        i: usize,
-        at: Instant,
-        rx: &mut watch::Receiver<Option<Pod>>,
-        exits: &mut mpsc::UnboundedReceiver<Exit>,
-    ) -> Result<Step> {
-        loop {
-            tokio::select! {
-                r = rx.changed() => {
-                    if self.take_pod(r, rx) != PodChange::Updated {
-                        return Ok(Step::Deleted);
-                    }
-                }
-                Some(e) = exits.recv() => {
-                    if e.index == i && self.on_exit(&e) {
-                        return Ok(Step::Retry);
-                    }
-                }
-                () = tokio::time::sleep_until(at) => return Ok(Step::Done),
+            let ok = tokio::time::timeout(timing.timeout, http_probe(&probe, &spec))
+                .await
+                .unwrap_or(false);
+            if ok {
+                self.runs[i].started = true;
+                self.ctx
+                    .event(&self.pod, Some(&spec.name), "probe-ok".into());
+                self.write_status().await;
+                return Ok(Step::Done);
             }
+            failures += 1;
+            if failures >= timing.failure_threshold {
+                self.ctx.event(
+                    &self.pod,
+                    Some(&spec.name),
+                    "startup probe failed: killing".into(),
+                );
+                if let Some(p) = self.procs.get(&i) {
+                    let _ = signal_group(p.pid, "KILL").await;
+                }
+                failures = 0;
+            }
+            (next, tick) = timing.next_probe(tick, Instant::now());
         }
     }
 }
