@@ -856,6 +856,8 @@ fn a_clock_going_backwards_does_not_rewind_windows() {
     });
     assert!(out.is_empty());
     assert_eq!(s.d.status().conflicts_in_window, 1);
+    let run = s.d.history().run.as_ref().expect("the skewed run");
+    assert_eq!(run.started, s.now, "started at the detector's clock");
 }
 
 #[test]
@@ -1247,4 +1249,45 @@ fn a_quiet_loop_ends_only_after_its_quiet_period() {
         .unwrap();
     s.feed(Input::Tick { at: after });
     assert_eq!(s.d.history().loop_state, None, "over just after");
+}
+
+#[test]
+fn a_merged_history_is_evaluated_at_a_later_time_than_its_clock() {
+    let (stored, ours) = stored_two_then_one_more(doubling());
+    let mut d = merged(&stored, &ours);
+    // The detector's clock stands at ours.now; evaluated 40 s later, the
+    // 30 s delay is served (not judged at the clock's older time).
+    assert!(d.handle(Input::Tick { at: ours.now }).is_empty());
+    let later = ours.now.saturating_add(Duration::from_secs(40)).unwrap();
+    let out = d.evaluate(later);
+    assert_eq!(reasons(&out), vec![Reason::ConflictLoopDetected], "{out:?}");
+    assert_eq!(d.start_gate(later), StartGate::Open);
+}
+
+#[test]
+fn the_conflict_loop_report_says_what_was_seen_and_what_to_do() {
+    let mut s = Sim::new(Thresholds::default());
+    for _ in 0..3 {
+        s.failing_generation(CONFLICT);
+        s.advance(5);
+    }
+    let message = s
+        .log
+        .iter()
+        .find_map(|d| match d {
+            Decision::Report {
+                reason: Reason::ConflictLoopDetected,
+                message,
+                ..
+            } => Some(message.clone()),
+            _ => None,
+        })
+        .expect("a ConflictLoopDetected report");
+    assert!(
+        message.starts_with(
+            "session-conflict loop: 3 session conflicts within 10m with no session in between; "
+        ),
+        "{message}"
+    );
+    assert!(message.ends_with(Cause::SessionConflict.advice()), "{message}");
 }
