@@ -1289,5 +1289,28 @@ fn the_conflict_loop_report_says_what_was_seen_and_what_to_do() {
         ),
         "{message}"
     );
-    assert!(message.ends_with(Cause::SessionConflict.advice()), "{message}");
+    assert!(
+        message.ends_with(Cause::SessionConflict.advice()),
+        "{message}"
+    );
+}
+
+#[test]
+fn lines_before_any_run_start_belong_to_an_implicit_run() {
+    // A watchdog without history that starts mid-run: the first thing it
+    // sees is output, not the run's start.
+    let mut s = Sim::new(Thresholds::default());
+    s.line(CONFLICT);
+    assert_eq!(s.d.status().conflicts_in_window, 1, "the line counted");
+    let run = s.d.history().run.as_ref().expect("an implicit run");
+    assert_eq!(run.started, s.now);
+    // Likewise an end seen first.
+    let mut s = Sim::new(Thresholds::default());
+    s.end(1, false);
+    assert!(
+        s.d.history()
+            .run
+            .as_ref()
+            .is_some_and(|r| r.ended == Some(s.now))
+    );
 }

@@ -192,4 +192,98 @@ mod tests {
             "{m}"
         );
     }
+
+    /// Every text, word for word: Events are read by people and matched by
+    /// alerts, so a changed word is a change to review.
+    #[test]
+    fn every_message_reads_as_written() {
+        let at: Timestamp = "2026-03-02T04:00:30Z".parse().unwrap();
+        let since: Timestamp = "2026-03-02T04:00:00Z".parse().unwrap();
+        let window = Duration::from_secs(600);
+        let other = Cause::Other.advice();
+        assert_eq!(
+            session_conflict(2, 3, window),
+            "session conflict: 2 of 3 within 10m with no session in between"
+        );
+        assert_eq!(
+            conflict_loop(3, window),
+            format!(
+                "session-conflict loop: 3 session conflicts within 10m with no session in between; {}",
+                Cause::SessionConflict.advice()
+            )
+        );
+        let fails = [
+            FailedStart {
+                at: since,
+                cause: Cause::Auth,
+            },
+            FailedStart {
+                at,
+                cause: Cause::Other,
+            },
+        ];
+        assert_eq!(
+            crash_loop(&fails, Cause::Other, window),
+            format!(
+                "start-up crash loop (other): 2 runs within 10m died before getting a session \
+                 (causes: auth, other); {other}"
+            )
+        );
+        assert_eq!(
+            found_in_merge("m", since, at),
+            "m (found in the merged history: the loop began at 2026-03-02T04:00:00Z, its delay \
+             runs until 2026-03-02T04:00:30Z)"
+        );
+        assert!(duplicate_suspected(60_000, 60_000, true).starts_with(
+            "the session conflict persisted through 1m of delayed starts (up to 1m apart): likely"
+        ));
+        assert_eq!(
+            recovered(Cause::SessionConflict, since),
+            "the listener got its message session; the session_conflict loop (since \
+             2026-03-02T04:00:00Z) is over and the backoff is reset"
+        );
+        assert_eq!(dry_run("m"), "dry run, not acting: m");
+        assert_eq!(
+            restarted_during_backoff(at),
+            "the listener restarted in place during the backoff (next start was due at \
+             2026-03-02T04:00:30Z): evicting so that a new pod waits at the start gate"
+        );
+        assert_eq!(
+            dead_until_backoff_ends(Some(2), at),
+            "the listener terminated (exit code 2) while its pod lives on; the pod is to be \
+             evicted when the backoff ends at 2026-03-02T04:00:30Z, if the listener is still dead then"
+        );
+        assert_eq!(
+            dead_evicted_now(None),
+            "the listener terminated (exit code unknown) while its pod lives on (nothing else \
+             would replace it): evicting the pod"
+        );
+        assert_eq!(
+            pending_eviction_due(EvictCause::ListenerDead),
+            "the listener terminated earlier while its pod lives on; the wait is over: evicting the pod"
+        );
+        assert_eq!(
+            pending_eviction_due(EvictCause::Hung),
+            "evicting the pod (hung)"
+        );
+        let quiet = Duration::from_secs(1800);
+        assert_eq!(
+            hung_report(quiet, since),
+            "the listener wrote nothing for 30m (since 2026-03-02T04:00:00Z): hung; the pod is to be evicted"
+        );
+        assert_eq!(
+            hung_evicted(quiet, since),
+            "the listener wrote nothing for 30m (since 2026-03-02T04:00:00Z): hung, evicting the pod"
+        );
+        assert_eq!(
+            budget_exhausted(EvictCause::Hung, 3, 3, window, at),
+            "not evicting (hung): 3 evictions within 10m already (budget 3); next possible at \
+             2026-03-02T04:00:30Z"
+        );
+        assert_eq!(
+            budget_exhausted(EvictCause::ListenerDead, 0, 0, window, at),
+            "not evicting (listener_dead): 0 evictions within 10m already (budget 0); evictions \
+             are disabled (budget 0)"
+        );
+    }
 }

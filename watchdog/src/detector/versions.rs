@@ -154,4 +154,16 @@ mod tests {
         assert!(version_warning("1.0.0").is_none());
         assert!(version_warning("not-a-version").is_none());
     }
+
+    #[test]
+    fn gaps_have_their_stable_metric_labels() {
+        assert_eq!(
+            KnownGap::NoSessionDeleteOnExit.as_str(),
+            "no_session_delete_on_exit"
+        );
+        assert_eq!(
+            KnownGap::DeadListenerNotNoticed.as_str(),
+            "dead_listener_not_noticed"
+        );
+    }
 }
