@@ -386,3 +386,20 @@ fn emit_whole(raw: &[u8], max_line: usize, line_no: u64, on_entry: &mut impl FnM
         line_no,
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hashes of lines already seen are stored in the Lease and read by
+    /// the next watchdog, possibly a newer version: the function must not
+    /// change. FNV-1a (64 bit) over the content, then its length as 8
+    /// little-endian bytes.
+    #[test]
+    fn line_hashes_stay_fnv1a_of_content_and_length() {
+        assert_eq!(fnv1a(b"abc", 3), 0xe5f4_9faf_dcdf_1048);
+        let line = b"2026-03-02T04:10:02Z Getting next message";
+        assert_eq!(fnv1a(line, line.len()), 0xb88d_86fe_812a_fd74);
+        assert_ne!(fnv1a(b"abc", 3), fnv1a(b"abc", 4), "the length counts");
+    }
+}
