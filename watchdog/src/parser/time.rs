@@ -215,4 +215,18 @@ mod tests {
         );
         assert_eq!(line_time(b"\tgoroutine 1 [running]:"), None);
     }
+
+    #[test]
+    fn epoch_seconds_are_read_up_to_2e11() {
+        // 2e11 s (about the year 8300) is the largest epoch taken; beyond
+        // it a number is not a time this listener wrote.
+        let at =
+            |ts: &str| line_time(format!(r#"{{"level":"info","ts":{ts},"msg":"x"}}"#).as_bytes());
+        assert_eq!(
+            at("200000000000"),
+            Some(Timestamp::from_second(200_000_000_000).unwrap())
+        );
+        assert_eq!(at("200000000001"), None);
+        assert_eq!(at("-200000000001"), None);
+    }
 }
