@@ -240,7 +240,9 @@ spec:
         None,
     )
     .await?;
-    cp.create_listener(LISTENER_NAMESPACE, SCALE_SET).await?;
+    let next = cp.create_listener(LISTENER_NAMESPACE, SCALE_SET).await?;
+    println!("    the next listener pod (gated only if a backoff is still pending):");
+    show_injection(&next);
     let bin = workspace_bin("arc-watchdog", "arc-watchdog")?;
     let out = std::process::Command::new(&bin)
         .args(["status", "-A"])
@@ -278,6 +280,16 @@ fn show_injection(pod: &Pod) {
                 .and_then(|p| p.http_get.as_ref())
                 .and_then(|h| h.path.clone())
         );
+        if c.name == names::CONTAINER_NAME {
+            println!(
+                "      {}",
+                if c.startup_probe.is_some() {
+                    "start gate: the listener starts once /startz opens (a backoff is pending)"
+                } else {
+                    "no start gate: no backoff pending, the listener starts with the watchdog"
+                }
+            );
+        }
         println!(
             "      args: {}",
             c.args.clone().unwrap_or_default().join(" ")
