@@ -218,7 +218,7 @@ async fn run() -> Result<()> {
 }
 
 /// Creates what the status reads beyond the listener (its
-/// AutoscalingRunnerSet, and the next listener pod, held by the start gate),
+/// AutoscalingRunnerSet, and the next listener pod),
 /// then runs `arc-watchdog status -A` as a user would and prints it.
 async fn show_status(cp: &ControlPlane) -> Result<()> {
     cp.create_namespace("arc-runners").await?;
