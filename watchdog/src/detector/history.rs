@@ -355,4 +355,18 @@ mod tests {
         let calm = Backoff::from_history(&History::default().to_json()).unwrap();
         assert_eq!(calm.not_before(), None);
     }
+
+    #[test]
+    fn a_larger_history_read_is_cut_to_the_caps_keeping_the_newest() {
+        let many = |n: i64| (0..n).map(t).collect::<Vec<_>>();
+        let big = History {
+            conflicts: many(100),
+            evictions: many(2000),
+            ..History::default()
+        };
+        let read = History::from_json(&big.to_json()).unwrap();
+        assert_eq!(read.conflicts, many(100)[100 - MAX_EVENTS..].to_vec());
+        assert_eq!(read.evictions.len(), MAX_EVICTIONS);
+        assert_eq!(read.evictions.last(), Some(&t(1999)));
+    }
 }

@@ -164,3 +164,17 @@ pub fn sample_log_with_stats(bytes: usize) -> (Vec<u8>, SampleStats) {
     }
     (out, stats)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sample_log_has_at_least_the_size_asked_in_whole_lines() {
+        let log = sample_log(10_000);
+        assert!(log.len() >= 10_000, "{}", log.len());
+        assert!(log.len() < 10_000 + 1024, "{}", log.len());
+        assert_eq!(log.last(), Some(&b'\n'));
+        assert_eq!(log, sample_log_with_stats(10_000).0);
+    }
+}

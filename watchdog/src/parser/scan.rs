@@ -545,4 +545,13 @@ mod tests {
         let late = format!("{ts}\tINFO\tlistener\tmain.go:1\tx\tGetting next message");
         assert!(zap_text_head(late.as_bytes()).is_some());
     }
+
+    #[test]
+    fn only_time_equals_starts_a_slog_text_line() {
+        assert_eq!(
+            detect_format(b"time=2026-09-14T22:01:00.118Z level=INFO msg=x"),
+            LogFormat::SlogText
+        );
+        assert_eq!(detect_format(b"tomorrow never comes"), LogFormat::Unknown);
+    }
 }
