@@ -1314,3 +1314,29 @@ fn lines_before_any_run_start_belong_to_an_implicit_run() {
             .is_some_and(|r| r.ended == Some(s.now))
     );
 }
+
+#[test]
+fn a_merged_history_evaluated_at_an_earlier_time_is_judged_at_its_clock() {
+    let (stored, ours) = stored_two_then_one_more(doubling());
+    let mut d = merged(&stored, &ours);
+    // The clock is 40 s on (the 30 s delay served); a skewed earlier time
+    // does not take it back.
+    let later = ours.now.saturating_add(Duration::from_secs(40)).unwrap();
+    assert!(d.handle(Input::Tick { at: later }).is_empty());
+    let out = d.evaluate(ours.now);
+    assert_eq!(reasons(&out), vec![Reason::ConflictLoopDetected], "{out:?}");
+}
+
+#[test]
+fn a_failed_start_leaves_the_window_at_its_edge() {
+    let t = Thresholds::default();
+    let mut s = Sim::new(t.clone());
+    s.failing_generation(ListenerEvent::Fatal(FatalKind::Auth));
+    let failed_at = s.d.history().failed_starts[0].at;
+    let edge = failed_at.saturating_add(t.conflict_window).unwrap();
+    let before = edge.saturating_sub(Duration::from_millis(1)).unwrap();
+    s.feed(Input::Tick { at: before });
+    assert_eq!(s.d.history().failed_starts.len(), 1, "inside the window");
+    s.feed(Input::Tick { at: edge });
+    assert!(s.d.history().failed_starts.is_empty(), "out at the edge");
+}
