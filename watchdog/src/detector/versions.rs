@@ -165,5 +165,15 @@ mod tests {
             KnownGap::DeadListenerNotNoticed.as_str(),
             "dead_listener_not_noticed"
         );
+        assert!(
+            KnownGap::NoSessionDeleteOnExit.describe().starts_with(
+                "ARC 0.8.0/0.8.1 listeners do not delete their message session on exit"
+            )
+        );
+        assert!(
+            KnownGap::DeadListenerNotNoticed
+                .describe()
+                .starts_with("ARC 0.9.2 and older do not recreate a listener that died")
+        );
     }
 }

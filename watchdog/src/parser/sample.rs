@@ -177,4 +177,14 @@ mod tests {
         assert_eq!(log.last(), Some(&b'\n'));
         assert_eq!(log, sample_log_with_stats(10_000).0);
     }
+
+    #[test]
+    fn rare_lines_stay_rare() {
+        // One rare line after every RARE_EVERY - 1 common ones: fatal lines
+        // and conflicts are a small share, as in a real listener's log.
+        let (_, stats) = sample_log_with_stats(1_000_000);
+        let rare = stats.conflicts + stats.fatal_other;
+        assert!(rare > 0, "{stats:?}");
+        assert!(rare * 50 < stats.lines, "{stats:?}");
+    }
 }
