@@ -580,8 +580,8 @@ fn events_serialise_to_json_and_back() {
 }
 
 #[test]
-fn log_formats_have_their_stable_names() {
-    use arc_watchdog::parser::LogFormat;
+fn log_formats_and_fatal_kinds_have_their_stable_names() {
+    use arc_watchdog::parser::{FatalKind, LogFormat};
     let names = [
         (LogFormat::Stdlib, "stdlib"),
         (LogFormat::ZapText, "zap_text"),
@@ -592,5 +592,15 @@ fn log_formats_have_their_stable_names() {
     ];
     for (format, name) in names {
         assert_eq!(format.as_str(), name);
+    }
+    let kinds = [
+        (FatalKind::NotFound, "not_found"),
+        (FatalKind::Auth, "auth"),
+        (FatalKind::RateLimited, "rate_limited"),
+        (FatalKind::Network, "network"),
+        (FatalKind::Other, "other"),
+    ];
+    for (kind, name) in kinds {
+        assert_eq!(kind.as_str(), name);
     }
 }
