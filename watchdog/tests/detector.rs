@@ -505,6 +505,30 @@ fn dead_listener_during_backoff_is_evicted_when_it_ends() {
 }
 
 #[test]
+fn a_listener_dying_as_its_backoff_ends_is_evicted_at_once() {
+    let mut s = Sim::new(Thresholds::default());
+    s.failing_generation(CONFLICT);
+    s.failing_generation(CONFLICT);
+    s.start(false);
+    s.line(CONFLICT);
+    let StartGate::Closed { until } = s.d.start_gate(s.now) else {
+        panic!("three conflicts hold a backoff");
+    };
+    s.now = until;
+    let out = s.end(1, true);
+    assert!(
+        matches!(
+            out.as_slice(),
+            [Decision::Evict {
+                cause: EvictCause::ListenerDead,
+                ..
+            }]
+        ),
+        "{out:?}"
+    );
+}
+
+#[test]
 fn restart_in_place_during_backoff_is_evicted() {
     let mut s = Sim::new(Thresholds::default());
     for _ in 0..3 {

@@ -3,8 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use arc_watchdog::parser::{
-    Entry, FatalKind, ListenerEvent, LogFormat, OwnedEntry, Parser, classify, line_time, lossy,
-    parse_kubectl_prefix, sample_log_with_stats,
+    Entry, EntryKey, FatalKind, ListenerEvent, LogFormat, OwnedEntry, Parser, classify, line_time,
+    lossy, parse_kubectl_prefix, sample_log_with_stats,
 };
 
 const CONFLICT: ListenerEvent = ListenerEvent::SessionConflict { fatal: true };
@@ -606,4 +606,86 @@ fn log_formats_and_fatal_kinds_have_their_stable_names() {
         names(kinds.map(FatalKind::as_str).to_vec()),
         "not_found auth rate_limited network other"
     );
+}
+
+#[test]
+fn a_line_is_seen_once_per_time_and_a_newer_time_starts_over() {
+    let t = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+    let key = |at: &str, hash: u64| EntryKey { at: t(at), hash };
+    let mut high_water = None;
+    let mut seen = Vec::new();
+    let mut sight = |k: EntryKey| k.first_sighting(&mut high_water, &mut seen, 2);
+    assert!(sight(key("2026-03-02T04:10:02Z", 1)));
+    assert!(
+        !sight(key("2026-03-02T04:10:02Z", 1)),
+        "the same line again"
+    );
+    // The same content at a later time is a new line, and moves the mark.
+    assert!(sight(key("2026-03-02T04:10:03Z", 1)));
+    assert!(
+        !sight(key("2026-03-02T04:10:02Z", 2)),
+        "older than the mark"
+    );
+    // At one time, the last `max_seen` hashes are kept: 1 and 2 of three
+    // lines, then 2 and 3.
+    assert!(sight(key("2026-03-02T04:10:03Z", 2)));
+    assert!(
+        !sight(key("2026-03-02T04:10:03Z", 1)),
+        "two kept: 1 still there"
+    );
+    assert!(sight(key("2026-03-02T04:10:03Z", 3)));
+    assert!(!sight(key("2026-03-02T04:10:03Z", 2)));
+    assert!(sight(key("2026-03-02T04:10:03Z", 1)), "1 was dropped for 3");
+}
+
+#[test]
+fn a_dropped_partial_line_leaves_nothing_behind() {
+    let mut p = Parser::with_max_line(1024);
+    let mut got: Vec<(ListenerEvent, usize, bool)> = Vec::new();
+    p.push(
+        b"2026/03/02 04:10:02 Application returned an error: createSession failed: Runner",
+        |_| unreachable!("no line ends"),
+    );
+    p.reset_partial();
+    let line = b"2026-03-02T05:00:02Z\tINFO\tlistener-app.listener\tGetting next message\t{}\n";
+    p.push(line, |e| got.push((e.event, e.len, e.truncated())));
+    assert_eq!(got, vec![(EST, line.len() - 1, false)]);
+    // A partial line already past max_line is dropped as a whole.
+    got.clear();
+    p.push(&[b'x'; 3000], |_| unreachable!("no line ends"));
+    p.reset_partial();
+    p.push(line, |e| got.push((e.event, e.len, e.truncated())));
+    assert_eq!(got, vec![(EST, line.len() - 1, false)]);
+}
+
+#[test]
+fn only_a_line_longer_than_max_line_is_truncated() {
+    let mut p = Parser::with_max_line(1024);
+    let mut got = Vec::new();
+    for len in [10, 1024, 1025, 5000] {
+        let mut line = vec![b'y'; len];
+        line.push(b'\n');
+        p.push(&line, |e| got.push((e.len, e.content.len(), e.truncated())));
+    }
+    assert_eq!(
+        got,
+        vec![
+            (10, 10, false),
+            (1024, 1024, false),
+            (1025, 1024, true),
+            (5000, 1024, true)
+        ]
+    );
+}
+
+#[test]
+fn the_longest_rfc3339_stamp_is_read_in_the_prefix_and_in_a_zap_line() {
+    let stamp = "2026-03-02T11:10:02.123456789+07:00";
+    assert_eq!(stamp.len(), 35);
+    let at: jiff::Timestamp = "2026-03-02T04:10:02.123456789Z".parse().unwrap();
+    let line = format!("{stamp} 2026/03/02 04:10:02 x");
+    assert_eq!(parse_kubectl_prefix(line.as_bytes()), Some((at, 36)));
+    let zap = format!("{stamp}\tINFO\tlistener-app.listener\tGetting next message");
+    assert_eq!(line_time(zap.as_bytes()), Some(at));
+    assert_eq!(classify(zap.as_bytes()), EST);
 }

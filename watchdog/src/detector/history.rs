@@ -369,4 +369,43 @@ mod tests {
         assert_eq!(read.evictions.len(), MAX_EVICTIONS);
         assert_eq!(read.evictions.last(), Some(&t(1999)));
     }
+    #[test]
+    fn merge_keeps_the_run_that_started_last_and_ours_at_a_tie() {
+        let run = |id: &str, started: i64, ended: Option<i64>| RunState {
+            id: id.to_string(),
+            started: t(started),
+            in_place: false,
+            ended: ended.map(t),
+            established: false,
+            failure: None,
+            last_output: None,
+            hung: false,
+            high_water: None,
+            seen: Vec::new(),
+            watched_since: None,
+        };
+        let with = |r: RunState| History {
+            run: Some(r),
+            ..History::default()
+        };
+        let merged = |stored: RunState, ours: RunState| {
+            History::merge(&with(stored), &with(ours)).run.unwrap().id
+        };
+        assert_eq!(
+            merged(run("new", 20, None), run("old", 10, Some(15))),
+            "new"
+        );
+        assert_eq!(
+            merged(run("old", 10, Some(15)), run("new", 20, None)),
+            "new"
+        );
+        // The same start: ours is the fresher account of that run.
+        let ended = History::merge(
+            &with(run("same", 10, None)),
+            &with(run("same", 10, Some(12))),
+        );
+        assert_eq!(ended.run.unwrap().ended, Some(t(12)));
+        let stored_only = History::merge(&with(run("s", 10, None)), &History::default());
+        assert_eq!(stored_only.run.unwrap().id, "s");
+    }
 }

@@ -429,4 +429,34 @@ mod tests {
         let e = escalate_loop(&mut l, t(100), Cause::SessionConflict, &th()).unwrap();
         assert!(e.duplicate && !e.newly && l.duplicate_suspected);
     }
+    #[test]
+    fn a_conflict_exactly_a_window_old_is_outside_the_window() {
+        // Three conflicts within 600 s make a loop; with the first exactly
+        // 600 s before the last, only two are in the window.
+        let at_edge = History {
+            conflicts: vec![t(0), t(300), t(600)],
+            ..History::default()
+        };
+        assert!(derive_loop(&at_edge, &th(), t(600)).is_none());
+        let inside = History {
+            conflicts: vec![t(1), t(300), t(600)],
+            ..History::default()
+        };
+        assert!(derive_loop(&inside, &th(), t(600)).is_some());
+    }
+
+    #[test]
+    fn a_derived_loop_lasts_up_to_its_quiet_time_inclusive() {
+        let h = History {
+            conflicts: vec![t(0), t(1), t(2)],
+            ..History::default()
+        };
+        let l = derive_loop(&h, &th(), t(2)).unwrap();
+        let quiet = quiet_until(&l, &th());
+        assert_eq!(derive_loop(&h, &th(), quiet), Some(l));
+        assert_eq!(
+            derive_loop(&h, &th(), add(quiet, Duration::from_millis(1))),
+            None
+        );
+    }
 }

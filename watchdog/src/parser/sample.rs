@@ -176,6 +176,8 @@ mod tests {
         assert!(log.len() < 10_000 + 1024, "{}", log.len());
         assert_eq!(log.last(), Some(&b'\n'));
         assert_eq!(log, sample_log_with_stats(10_000).0);
+        // Asking for exactly a log's size gives that log, not a line more.
+        assert_eq!(sample_log(log.len()), log);
     }
 
     #[test]

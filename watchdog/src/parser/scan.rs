@@ -10,6 +10,7 @@ use std::sync::LazyLock;
 
 use memchr::memmem::Finder;
 
+use super::time::MAX_STAMP;
 use super::{FatalKind, ListenerEvent, LogFormat};
 
 /// Messages that mean "this run holds its session".
@@ -120,6 +121,9 @@ pub(crate) struct ErrScan {
     flags: u32,
     tail: [u8; SEAM],
     tail_len: usize,
+    /// Bytes fed so far: when the tail holds all of them, its start is
+    /// the line's.
+    fed: usize,
 }
 
 impl Default for ErrScan {
@@ -128,6 +132,7 @@ impl Default for ErrScan {
             flags: 0,
             tail: [0; SEAM],
             tail_len: 0,
+            fed: 0,
         }
     }
 }
@@ -139,6 +144,7 @@ impl ErrScan {
         if bytes.is_empty() {
             return;
         }
+        self.fed = self.fed.saturating_add(bytes.len());
         if self.tail_len > 0 {
             let take = bytes.len().min(SEAM);
             let mut seam = [0u8; 2 * SEAM];
@@ -170,7 +176,7 @@ impl ErrScan {
     pub(crate) fn finish(&mut self) {
         let tail = self.tail;
         let n = self.tail_len;
-        self.scan(&tail[..n], false, true);
+        self.scan(&tail[..n], self.fed == n, true);
     }
 
     fn scan(&mut self, hay: &[u8], start_is_boundary: bool, end_is_boundary: bool) {
@@ -334,7 +340,7 @@ fn zap_ts_end(s: &[u8]) -> Option<usize> {
     if !is_iso_start(s) {
         return None;
     }
-    memchr::memchr(b'\t', &s[..s.len().min(40)])
+    memchr::memchr(b'\t', &s[..s.len().min(MAX_STAMP + 1)])
 }
 
 /// Decides a zap console line (timestamp, level, logger, (caller), message,
@@ -386,12 +392,10 @@ pub(crate) fn detect_format(s: &[u8]) -> LogFormat {
 /// Whether `s` is a known entry start (anything else continues the entry
 /// above, such as the lines of a Go stack trace).
 pub(crate) fn is_entry_start(s: &[u8]) -> bool {
-    match s.first() {
-        Some(b'{') => true,
-        Some(b't') => s.starts_with(b"time="),
-        Some(b) if b.is_ascii_digit() => go_date_len(s).is_some() || is_iso_start(s),
-        _ => false,
-    }
+    s.first() == Some(&b'{')
+        || s.starts_with(b"time=")
+        || go_date_len(s).is_some()
+        || is_iso_start(s)
 }
 
 fn message_event(msg: &[u8]) -> Option<Head> {
@@ -455,13 +459,11 @@ pub(crate) fn head(s: &[u8]) -> Head {
             let Some(at) = SLOG_MSG.find(s) else {
                 return Head::Decided(ListenerEvent::Other);
             };
-            let v = &s[at + 5..];
-            let msg = if v.first() == Some(&b'"') {
-                let rest = &v[1..];
-                memchr::memchr2(b'"', b'\\', rest).map(|end| &rest[..end])
-            } else {
-                Some(v.split(|&b| b == b' ').next().unwrap_or(v))
-            };
+            // slog quotes a value with a space in it, and every message
+            // looked for has one: an unquoted message is none of them.
+            let msg = s[at + 5..]
+                .strip_prefix(b"\"")
+                .and_then(|rest| memchr::memchr2(b'"', b'\\', rest).map(|end| &rest[..end]));
             msg.and_then(message_event)
                 .unwrap_or(Head::Decided(ListenerEvent::Other))
         }
@@ -553,5 +555,99 @@ mod tests {
             LogFormat::SlogText
         );
         assert_eq!(detect_format(b"tomorrow never comes"), LogFormat::Unknown);
+    }
+    fn chain_kind(chain: &[u8]) -> FatalKind {
+        let mut s = ErrScan::default();
+        s.feed(chain);
+        s.finish();
+        s.kind()
+    }
+
+    #[test]
+    fn a_status_code_or_a_word_alone_names_the_kind() {
+        // Each flag on its own, without the other marker of its kind.
+        assert_eq!(
+            chain_kind(b"request failed(status=\"429 Too Many Requests\")"),
+            FatalKind::RateLimited
+        );
+        assert_eq!(
+            chain_kind(b"GET https://api.github.com/x: Bad credentials"),
+            FatalKind::Auth
+        );
+        assert_eq!(
+            chain_kind(b"unexpected status code 401 Unauthorized"),
+            FatalKind::Auth
+        );
+        assert_eq!(
+            chain_kind(b"POST x: rate limit exceeded"),
+            FatalKind::RateLimited
+        );
+    }
+
+    #[test]
+    fn the_first_pieces_start_is_a_boundary_and_a_later_ones_is_not() {
+        assert_eq!(chain_kind(b"404 Not Found"), FatalKind::NotFound);
+        let mut long = b"404 ".to_vec();
+        long.extend([b'z'; SEAM]);
+        assert_eq!(
+            chain_kind(&long),
+            FatalKind::NotFound,
+            "beyond the tail kept"
+        );
+        let mut s = ErrScan::default();
+        s.feed(b"id=7");
+        s.feed(b"404 Not Found");
+        s.finish();
+        assert_eq!(s.kind(), FatalKind::Other, "7404 is no status code");
+    }
+
+    #[test]
+    fn a_token_cut_at_the_seam_is_not_made_whole() {
+        // The tail kept for the end starts inside "7404": not a status code.
+        let mut line = b"7404 ".to_vec();
+        line.extend([b'z'; 60]);
+        assert_eq!(line.len(), SEAM + 1);
+        assert_eq!(chain_kind(&line), FatalKind::Other);
+        assert_eq!(chain_kind(&line[1..]), FatalKind::NotFound);
+    }
+
+    #[test]
+    fn eof_counts_only_as_a_word() {
+        for word in [&b"unexpected EOF"[..], b"EOF", b"read: EOF.", b"x (EOF) y"] {
+            assert_eq!(
+                chain_kind(word),
+                FatalKind::Network,
+                "{}",
+                String::from_utf8_lossy(word)
+            );
+        }
+        // The letters after EOF are looked for right after it, wherever
+        // the word sits in the line.
+        for part in [&b"ab EOFs x y"[..], b"xEOF", b"EOF2 z", b"no EOFERROR"] {
+            assert_eq!(
+                chain_kind(part),
+                FatalKind::Other,
+                "{}",
+                String::from_utf8_lossy(part)
+            );
+        }
+    }
+
+    #[test]
+    fn a_go_date_with_nothing_after_it_is_one() {
+        assert_eq!(go_date_len(b"2026/03/02 04:10:02 "), Some(20));
+        assert_eq!(go_date_len(b"2026/03/02 04:10:02"), None);
+    }
+
+    #[test]
+    fn an_unquoted_slog_message_is_none_of_the_markers() {
+        assert_eq!(
+            head(b"time=2026-09-14T22:01:00Z level=INFO msg=\"Getting next message\""),
+            Head::Decided(ListenerEvent::SessionEstablished)
+        );
+        assert_eq!(
+            head(b"time=2026-09-14T22:01:00Z level=INFO msg=Getting next message"),
+            Head::Decided(ListenerEvent::Other)
+        );
     }
 }

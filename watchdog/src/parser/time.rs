@@ -8,8 +8,9 @@ use memchr::memmem;
 
 use super::scan::{go_date_len, is_iso_start};
 
-/// Longest RFC 3339 timestamp we accept (`2006-01-02T15:04:05.999999999+07:00`).
-const MAX_STAMP: usize = 40;
+/// Length of the longest RFC 3339 timestamp (`2006-01-02T15:04:05.999999999+07:00`):
+/// the separator after a timestamp is looked for in this many bytes and one more.
+pub(crate) const MAX_STAMP: usize = 35;
 
 /// Splits an optional `kubectl logs --prefix` (`[pod/name/container] `) and
 /// an optional `--timestamps` prefix (RFC 3339, nanoseconds, then one
