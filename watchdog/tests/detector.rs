@@ -1164,6 +1164,22 @@ const WARN_LINES: [&str; 2] = [
 ];
 
 #[test]
+fn established_after_counts_from_the_first_look_at_a_run_not_its_start() {
+    let mut s = Sim::new(Thresholds::default());
+    for _ in 0..3 {
+        s.failing_generation(CONFLICT);
+    }
+    s.advance(600);
+    s.start(false);
+    // Nothing is seen of the run for an hour (the watchdog was away): the
+    // hour is no proof that it held its session.
+    s.advance(3600);
+    assert!(s.d.status().loop_active, "{:?}", s.reasons());
+    s.advance(Thresholds::default().established_after.as_secs());
+    assert!(!s.d.status().loop_active, "{:?}", s.reasons());
+}
+
+#[test]
 fn a_run_up_for_established_after_without_failing_ends_the_loop_at_any_log_level() {
     for line in WARN_LINES {
         let event = arc_watchdog::parser::classify(line.as_bytes());

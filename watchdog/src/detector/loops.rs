@@ -459,4 +459,13 @@ mod tests {
             None
         );
     }
+    #[test]
+    fn a_loop_gone_quiet_is_over_and_later_conflicts_start_a_new_one() {
+        let h = History {
+            conflicts: vec![t(0), t(1), t(2), t(5000), t(5001), t(5002)],
+            ..History::default()
+        };
+        let l = derive_loop(&h, &th(), t(5002)).unwrap();
+        assert_eq!(l.since, t(5002));
+    }
 }
