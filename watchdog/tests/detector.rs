@@ -104,6 +104,17 @@ fn count(ds: &[Decision], r: Reason) -> usize {
     ds.iter().filter(|d| d.reason() == r).count()
 }
 
+/// Whether `out` is one decision: evicting a dead listener.
+fn only_a_dead_listener_eviction(out: &[Decision]) -> bool {
+    matches!(
+        out,
+        [Decision::Evict {
+            cause: EvictCause::ListenerDead,
+            ..
+        }]
+    )
+}
+
 /// The default thresholds with a delay that doubles from the first
 /// served one (no steady phase): what the tests of doubling, the cap and
 /// the duplicate suspicion are about.
@@ -353,13 +364,7 @@ fn dead_listener_with_live_pod_is_evicted_at_once() {
     s.line(ListenerEvent::SessionEstablished);
     s.advance(3600);
     let out = s.end(2, true);
-    assert!(matches!(
-        out.as_slice(),
-        [Decision::Evict {
-            cause: EvictCause::ListenerDead,
-            ..
-        }]
-    ));
+    assert!(only_a_dead_listener_eviction(&out), "{out:?}");
     assert_eq!(s.d.status().evictions_in_window, 1);
 }
 
@@ -494,13 +499,7 @@ fn dead_listener_during_backoff_is_evicted_when_it_ends() {
     assert_eq!(wake, s.now.saturating_add(Duration::from_secs(30)).unwrap());
     assert!(s.advance(29).is_empty());
     let out = s.advance(1);
-    assert!(matches!(
-        out.as_slice(),
-        [Decision::Evict {
-            cause: EvictCause::ListenerDead,
-            ..
-        }]
-    ));
+    assert!(only_a_dead_listener_eviction(&out), "{out:?}");
     assert!(s.advance(600).is_empty(), "evicted once");
 }
 
@@ -516,16 +515,7 @@ fn a_listener_dying_as_its_backoff_ends_is_evicted_at_once() {
     };
     s.now = until;
     let out = s.end(1, true);
-    assert!(
-        matches!(
-            out.as_slice(),
-            [Decision::Evict {
-                cause: EvictCause::ListenerDead,
-                ..
-            }]
-        ),
-        "{out:?}"
-    );
+    assert!(only_a_dead_listener_eviction(&out), "{out:?}");
 }
 
 #[test]

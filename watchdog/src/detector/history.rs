@@ -60,7 +60,7 @@ pub struct LoopState {
 }
 
 /// The current (or last) listener container run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunState {
     /// Identity given by `run` (container ID); a `RunStarted` with the same
     /// id resumes this run instead of starting a new one.
@@ -374,15 +374,8 @@ mod tests {
         let run = |id: &str, started: i64, ended: Option<i64>| RunState {
             id: id.to_string(),
             started: t(started),
-            in_place: false,
             ended: ended.map(t),
-            established: false,
-            failure: None,
-            last_output: None,
-            hung: false,
-            high_water: None,
-            seen: Vec::new(),
-            watched_since: None,
+            ..RunState::default()
         };
         let with = |r: RunState| History {
             run: Some(r),
