@@ -907,6 +907,22 @@ fn late_lines_after_the_end_count_for_the_ended_run() {
 }
 
 #[test]
+fn a_late_error_line_names_the_cause_of_a_loop_of_silent_deaths() {
+    let mut s = Sim::new(Thresholds::default());
+    let network = ListenerEvent::Fatal(FatalKind::Network);
+    for _ in 0..3 {
+        s.start(false);
+        s.advance(1);
+        s.end(1, false);
+        s.line(network);
+        s.advance(5);
+    }
+    let h = s.d.history();
+    assert_eq!(h.loop_state.map(|l| l.cause), Some(Cause::Network));
+    assert!(h.failed_starts.iter().all(|f| f.cause == Cause::Network));
+}
+
+#[test]
 fn an_ended_run_announced_again_is_not_a_new_run() {
     let mut s = Sim::new(Thresholds::default());
     s.failing_generation(CONFLICT);

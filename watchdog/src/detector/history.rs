@@ -325,6 +325,12 @@ mod tests {
         };
         let m = History::merge(&stored, &ours);
         assert_eq!(m.conflicts, vec![t(5)]);
+        // What happened at the session's very instant is cleared with it.
+        let at_session = History {
+            last_established: Some(t(2)),
+            ..History::default()
+        };
+        assert!(History::merge(&stored, &at_session).conflicts.is_empty());
         assert!(m.failed_starts.is_empty());
         assert_eq!(m.evictions, vec![t(3)]);
     }

@@ -585,6 +585,14 @@ mod tests {
     }
 
     #[test]
+    fn the_exception_alone_names_a_missing_scale_set() {
+        assert_eq!(
+            chain_kind(b"GitHub.Actions.Runtime.WebApi.RunnerScaleSetNotFoundException"),
+            FatalKind::NotFound
+        );
+    }
+
+    #[test]
     fn the_first_pieces_start_is_a_boundary_and_a_later_ones_is_not() {
         assert_eq!(chain_kind(b"404 Not Found"), FatalKind::NotFound);
         let mut long = b"404 ".to_vec();
