@@ -659,6 +659,18 @@ fn a_dropped_partial_line_leaves_nothing_behind() {
 }
 
 #[test]
+fn a_default_parser_keeps_64_kib_of_a_line() {
+    let mut p = Parser::new();
+    let mut got = Vec::new();
+    for len in [64 * 1024, 64 * 1024 + 1] {
+        let mut line = vec![b'y'; len];
+        line.push(b'\n');
+        p.push(&line, |e| got.push((e.content.len(), e.truncated())));
+    }
+    assert_eq!(got, vec![(64 * 1024, false), (64 * 1024, true)]);
+}
+
+#[test]
 fn only_a_line_longer_than_max_line_is_truncated() {
     let mut p = Parser::with_max_line(1024);
     let mut got = Vec::new();

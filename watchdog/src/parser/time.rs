@@ -215,6 +215,8 @@ mod tests {
             Some(ts("2026-09-14T22:01:00.118Z"))
         );
         assert_eq!(line_time(b"\tgoroutine 1 [running]:"), None);
+        // A line of no known format has no time, even with a stamp in it.
+        assert_eq!(line_time(b"tick 2026-09-14T22:01:00Z x"), None);
     }
 
     #[test]
