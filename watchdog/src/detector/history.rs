@@ -245,9 +245,7 @@ impl History {
     /// larger than this version keeps).
     pub(crate) fn bound(&mut self) {
         fn keep_last<T>(v: &mut Vec<T>, n: usize) {
-            if v.len() > n {
-                v.drain(..v.len() - n);
-            }
+            v.drain(..v.len().saturating_sub(n));
         }
         keep_last(&mut self.conflicts, MAX_EVENTS);
         keep_last(&mut self.failed_starts, MAX_EVENTS);
@@ -375,6 +373,39 @@ mod tests {
         assert_eq!(read.evictions.len(), MAX_EVICTIONS);
         assert_eq!(read.evictions.last(), Some(&t(1999)));
     }
+    #[test]
+    fn merge_keeps_the_newer_loop_and_ours_at_a_tie() {
+        let looping = |last_failure: i64, delay_ms: u64| LoopState {
+            since: t(0),
+            cause: Cause::SessionConflict,
+            conflict_loop: true,
+            crash_loop: false,
+            delay_ms,
+            not_before: t(last_failure + 30),
+            last_failure: t(last_failure),
+            times_at_cap: 0,
+            waited_ms: 0,
+            duplicate_suspected: false,
+        };
+        let with = |l: LoopState| History {
+            loop_state: Some(l),
+            ..History::default()
+        };
+        let merged = |stored: LoopState, ours: LoopState| {
+            History::merge(&with(stored), &with(ours))
+                .loop_state
+                .unwrap()
+                .delay_ms
+        };
+        assert_eq!(
+            merged(looping(20, 1), looping(10, 2)),
+            1,
+            "the stored one is newer"
+        );
+        assert_eq!(merged(looping(10, 1), looping(20, 2)), 2, "ours is newer");
+        assert_eq!(merged(looping(10, 1), looping(10, 2)), 2, "a tie");
+    }
+
     #[test]
     fn merge_keeps_the_run_that_started_last_and_ours_at_a_tie() {
         let run = |id: &str, started: i64, ended: Option<i64>| RunState {

@@ -460,6 +460,19 @@ mod tests {
         );
     }
     #[test]
+    fn a_conflict_at_a_loops_quiet_time_continues_it() {
+        let mut h = History {
+            conflicts: vec![t(0), t(1), t(2)],
+            ..History::default()
+        };
+        let first = derive_loop(&h, &th(), t(2)).unwrap();
+        let quiet = quiet_until(&first, &th());
+        h.conflicts.push(quiet);
+        let l = derive_loop(&h, &th(), quiet).unwrap();
+        assert_eq!(l.since, first.since);
+    }
+
+    #[test]
     fn a_loop_gone_quiet_is_over_and_later_conflicts_start_a_new_one() {
         let h = History {
             conflicts: vec![t(0), t(1), t(2), t(5000), t(5001), t(5002)],

@@ -585,6 +585,11 @@ mod tests {
     }
 
     #[test]
+    fn a_401_alone_is_an_auth_failure() {
+        assert_eq!(chain_kind(b"unexpected status code 401"), FatalKind::Auth);
+    }
+
+    #[test]
     fn the_exception_alone_names_a_missing_scale_set() {
         assert_eq!(
             chain_kind(b"GitHub.Actions.Runtime.WebApi.RunnerScaleSetNotFoundException"),
