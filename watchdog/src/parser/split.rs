@@ -286,11 +286,6 @@ impl Parser {
         p.finish(&mut on_entry);
     }
 
-    /// Physical lines completed so far.
-    pub fn lines(&self) -> u64 {
-        self.line_no
-    }
-
     /// Feeds the next chunk; calls `on_entry` for every line it completes.
     pub fn push(&mut self, chunk: &[u8], mut on_entry: impl FnMut(Entry<'_>)) {
         let mut rest = chunk;
