@@ -196,6 +196,20 @@ fn conflict_loop_needs_threshold_conflicts() {
     assert!(s.d.status().loop_active);
     assert_eq!(s.d.status().loop_cause, Some(Cause::SessionConflict));
     assert_eq!(s.d.next_wakeup(), Some(until));
+    // At the backoff's end the gate opens and the end is no wake-up any
+    // more: one at the clock's own instant would have the sidecar tick
+    // again at once, without end.
+    let secs = until.duration_since(s.now).as_secs() as u64;
+    s.advance(secs);
+    assert_eq!(s.now, until);
+    assert_eq!(s.d.start_gate(s.now), StartGate::Open);
+    assert!(s.d.status().loop_active);
+    assert!(
+        s.d.next_wakeup().is_none_or(|t| t > s.now),
+        "{:?} at {}",
+        s.d.next_wakeup(),
+        s.now
+    );
 }
 
 #[test]
@@ -686,6 +700,11 @@ fn hung_listener_is_evicted_when_opted_in() {
     assert_eq!(
         reasons(&out),
         vec![Reason::ListenerHung, Reason::ListenerEvicted]
+    );
+    assert_eq!(
+        s.d.next_wakeup(),
+        None,
+        "a hung run has no deadline left to wake up for"
     );
     assert!(s.advance(1000).is_empty(), "one hung eviction per run");
     // Off by default.
