@@ -558,6 +558,11 @@ fn fatal_helpers() {
     assert!(!RETRY_CONFLICT.is_fatal() && RETRY_CONFLICT.is_conflict());
     assert!(fatal(FatalKind::Auth).is_fatal());
     assert!(!EST.is_fatal());
+    // Only a conflict is one: a fatal error of another kind, the session
+    // held or an ordinary line are not.
+    for ev in [fatal(FatalKind::Auth), EST, ListenerEvent::Other] {
+        assert!(!ev.is_conflict(), "{ev:?}");
+    }
 }
 
 #[test]
