@@ -1138,6 +1138,38 @@ fn a_merged_loop_evicts_a_listener_restarted_in_place_within_the_budget() {
 /// say the pod is being evicted; only the eviction decision's own message
 /// (published as ListenerEvicted once the API server accepted it) does.
 #[test]
+fn only_a_dead_listener_is_evicted_later_when_the_budget_frees() {
+    // A hung listener still runs: with no budget left it is reported, not
+    // put aside for later (a dead one is, as nothing else replaces it).
+    let t = Thresholds {
+        hung_after: Some(Duration::from_secs(300)),
+        eviction_budget: 1,
+        eviction_window: Duration::from_secs(3600),
+        ..Thresholds::default()
+    };
+    let mut s = Sim::new(t);
+    s.start(false);
+    s.line(ListenerEvent::SessionEstablished);
+    s.advance(60);
+    assert!(
+        matches!(s.end(2, true).as_slice(), [Decision::Evict { .. }]),
+        "the dead listener takes the budget"
+    );
+    s.start(false);
+    s.line(ListenerEvent::SessionEstablished);
+    assert_eq!(
+        reasons(&s.advance(300)),
+        vec![Reason::ListenerHung, Reason::EvictionBudgetExhausted]
+    );
+    assert_eq!(s.d.next_wakeup(), None);
+    let later = s.advance(2 * 3600);
+    assert!(
+        !later.iter().any(|d| matches!(d, Decision::Evict { .. })),
+        "{later:?}"
+    );
+}
+
+#[test]
 fn reports_do_not_claim_an_eviction_that_may_not_happen() {
     let claims = |d: &Decision| {
         matches!(d, Decision::Report { .. }) && d.message().contains("evicting the pod")
