@@ -205,17 +205,21 @@ impl Detector {
         }
     }
 
+    /// Moves the clock to `t`, never back, and returns the time to judge
+    /// at: an input from the past (a line read late) is taken as of now.
+    fn advance_clock(&mut self, t: Timestamp) -> Timestamp {
+        let at = self.clock.map_or(t, |c| c.max(t));
+        self.clock = Some(at);
+        at
+    }
+
     /// Feeds one observation; returns what to do, in order.
     pub fn handle(&mut self, input: Input) -> Vec<Decision> {
         if let Input::EvictionSettled { at, accepted } = input {
             self.settle(at, accepted);
             return Vec::new();
         }
-        let at = match self.clock {
-            Some(c) if input.at() < c => c,
-            _ => input.at(),
-        };
-        self.clock = Some(at);
+        let at = self.advance_clock(input.at());
         self.prune(at);
         let mut out = Vec::new();
         let watched = !matches!(input, Input::RunStarted { .. });
@@ -264,11 +268,7 @@ impl Detector {
     /// the eviction of a listener that restarted in place during the
     /// derived backoff and still runs (within the eviction budget).
     pub fn evaluate(&mut self, now: Timestamp) -> Vec<Decision> {
-        let at = match self.clock {
-            Some(c) if now < c => c,
-            _ => now,
-        };
-        self.clock = Some(at);
+        let at = self.advance_clock(now);
         let mut out = Vec::new();
         // Derived before pruning at `now`: a loop that began earlier was
         // made by evidence that may be out of the window now. (A derived
