@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use arc_watchdog::detector::{
-    Cause, Decision, Detector, EvictCause, History, Input, Reason, StartGate,
+    Cause, Decision, Detector, EvictCause, FailedStart, History, Input, Reason, StartGate,
     duplicate_suspected_after,
 };
 use arc_watchdog::parser::{EntryKey, FatalKind, ListenerEvent};
@@ -1319,6 +1319,35 @@ fn a_merged_loop_takes_only_a_start_before_its_end_for_a_restart_during_it() {
     };
     assert!(evicted(before_end), "started during the backoff");
     assert!(!evicted(end), "started when the backoff ended: served");
+}
+
+#[test]
+fn a_stored_failed_start_a_window_old_makes_no_loop() {
+    // Three failed starts stored: the window ending at the last one holds
+    // the first only if it is younger than the window.
+    let t = Thresholds::default();
+    let w = t.conflict_window;
+    let judge = |first: Timestamp| {
+        let last = t0().saturating_add(w).unwrap();
+        let middle = t0().saturating_add(w / 2).unwrap();
+        let h = History {
+            failed_starts: [first, middle, last]
+                .into_iter()
+                .map(|at| FailedStart {
+                    at,
+                    cause: Cause::Network,
+                })
+                .collect(),
+            ..History::default()
+        };
+        let mut d = Detector::from_history(t.clone(), h);
+        d.evaluate(last);
+        d.history().loop_state
+    };
+    assert_eq!(judge(t0()), None, "a window old: out of it");
+    let younger = t0().saturating_add(Duration::from_millis(1)).unwrap();
+    let l = judge(younger).expect("all three in the window: a loop");
+    assert_eq!(l.cause, Cause::Network);
 }
 
 #[test]
