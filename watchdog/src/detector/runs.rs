@@ -144,9 +144,10 @@ impl Detector {
         }
         match run.failure {
             None => {}
-            Some(Cause::Unknown) if cause != Cause::Unknown => {
+            Some(Cause::Unknown) => {
                 // The error line came after the container's end: it names
-                // the cause of the failure already counted.
+                // the cause of the failure already counted (an unknown
+                // cause names nothing new).
                 run.failure = Some(cause);
                 let h = &mut self.history;
                 if let Some(f) = h.failed_starts.last_mut()
