@@ -73,6 +73,16 @@ impl Sim {
         })
     }
 
+    /// Three generations that met a session conflict, under the default
+    /// thresholds: a conflict loop, its backoff running.
+    fn in_a_conflict_loop() -> Self {
+        let mut s = Self::new(Thresholds::default());
+        for _ in 0..3 {
+            s.failing_generation(CONFLICT);
+        }
+        s
+    }
+
     /// One pod generation of ARC >= 0.9.3: start, fatal line, exit 1.
     fn failing_generation(&mut self, event: ListenerEvent) -> Vec<Decision> {
         let mut out = self.start(false);
@@ -129,10 +139,7 @@ fn doubling() -> Thresholds {
 fn a_young_loop_keeps_the_steady_delay_then_doubles() {
     // Defaults: 30 s while the loop is younger than 5 minutes, then
     // doubling. Each generation fails as soon as its delay is over.
-    let mut s = Sim::new(Thresholds::default());
-    for _ in 0..3 {
-        s.failing_generation(CONFLICT);
-    }
+    let mut s = Sim::in_a_conflict_loop();
     let loop_at = s.now;
     let mut delays = Vec::new();
     for _ in 0..14 {
@@ -534,10 +541,7 @@ fn a_listener_dying_as_its_backoff_ends_is_evicted_at_once() {
 
 #[test]
 fn restart_in_place_during_backoff_is_evicted() {
-    let mut s = Sim::new(Thresholds::default());
-    for _ in 0..3 {
-        s.failing_generation(CONFLICT);
-    }
+    let mut s = Sim::in_a_conflict_loop();
     s.advance(10);
     let out = s.start(true);
     assert!(matches!(
@@ -549,10 +553,7 @@ fn restart_in_place_during_backoff_is_evicted() {
     ));
     // A restart in place once the delay is served, from the backoff's
     // end on, is fine.
-    let mut s = Sim::new(Thresholds::default());
-    for _ in 0..3 {
-        s.failing_generation(CONFLICT);
-    }
+    let mut s = Sim::in_a_conflict_loop();
     let StartGate::Closed { until } = s.d.start_gate(s.now) else {
         panic!("three conflicts hold a backoff")
     };
@@ -561,10 +562,7 @@ fn restart_in_place_during_backoff_is_evicted() {
     assert!(s.start(true).is_empty());
     // A new pod (not in place) during the backoff is not evicted either:
     // the gate is what holds it.
-    let mut s = Sim::new(Thresholds::default());
-    for _ in 0..3 {
-        s.failing_generation(CONFLICT);
-    }
+    let mut s = Sim::in_a_conflict_loop();
     assert!(s.start(false).is_empty());
 }
 
@@ -1227,10 +1225,7 @@ const WARN_LINES: [&str; 2] = [
 
 #[test]
 fn established_after_counts_from_the_first_look_at_a_run_not_its_start() {
-    let mut s = Sim::new(Thresholds::default());
-    for _ in 0..3 {
-        s.failing_generation(CONFLICT);
-    }
+    let mut s = Sim::in_a_conflict_loop();
     s.advance(600);
     s.start(false);
     // Nothing is seen of the run for an hour (the watchdog was away): the
@@ -1246,10 +1241,7 @@ fn a_run_up_for_established_after_without_failing_ends_the_loop_at_any_log_level
     for line in WARN_LINES {
         let event = arc_watchdog::parser::classify(line.as_bytes());
         assert_eq!(event, ListenerEvent::Other, "{line}");
-        let mut s = Sim::new(Thresholds::default());
-        for _ in 0..3 {
-            s.failing_generation(CONFLICT);
-        }
+        let mut s = Sim::in_a_conflict_loop();
         assert!(s.d.status().loop_active, "three conflicts make a loop");
         // The next generation starts after the gate and only ever logs at
         // warn level.
