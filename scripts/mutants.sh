@@ -9,11 +9,13 @@
 #   scripts/mutants.sh                 all three packages
 #   scripts/mutants.sh watchdog        or only some: watchdog | webhook | core
 #
-# CPU heavy (up to a minute per mutant on 2 cores, some 850 mutants): one
-# mutant at a time unless MUTANTS_JOBS says otherwise; a test run is cut off
-# after MUTANTS_TIMEOUT seconds (default 300). MUTANTS_ARGS adds flags to
-# cargo-mutants, e.g. `--shard 0/20 --sharding round-robin` for every 20th
-# mutant only (a sample; `--shard` alone takes a contiguous slice). cargo-mutants
+# CPU heavy (about 850 mutants, 5 to 15 s each on 2 cores: about two
+# hours): one mutant at a time unless MUTANTS_JOBS says otherwise; a test run
+# is cut off after MUTANTS_TIMEOUT seconds (default 300). MUTANTS_ARGS adds
+# flags to cargo-mutants, e.g. `--shard 0/8 --sharding round-robin` for
+# every 8th mutant only (`--shard` alone takes a contiguous slice), or
+# `--iterate` to skip the mutants an earlier run into the same
+# MUTANTS_OUT caught. cargo-mutants
 # (MUTANTS_VERSION, pinned) is installed from crates.io on first use into
 # the tools cache (ARC_WATCHDOG_CACHE, default ~/.cache/arc-watchdog).
 # Results: $MUTANTS_OUT/<package>/mutants.out (default target/mutants);
@@ -37,6 +39,11 @@ if ! "$root/bin/cargo-mutants" mutants --version >/dev/null 2>&1; then
     cargo install --locked --version "$version" --root "$root" cargo-mutants
 fi
 export PATH="$root/bin:$PATH"
+# Each mutant is built in cargo-mutants' own copy of the tree, into that
+# copy's target directory. A CARGO_TARGET_DIR shared with other cargo
+# commands would let them overwrite a mutant's test binaries (or the
+# mutant theirs) between its build and its test run: wrong outcomes.
+unset CARGO_TARGET_DIR
 
 # Package, then the cargo arguments selecting its fast tests (one word
 # each). They go to the build of every mutant as well as to the test run:

@@ -650,6 +650,8 @@ mod tests {
     fn a_go_date_with_nothing_after_it_is_one() {
         assert_eq!(go_date_len(b"2026/03/02 04:10:02 "), Some(20));
         assert_eq!(go_date_len(b"2026/03/02 04:10:02"), None);
+        // Microseconds up to the end of the input, no space after them.
+        assert_eq!(go_date_len(b"2026/03/02 04:10:02.123"), None);
     }
 
     #[test]
