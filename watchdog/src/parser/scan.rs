@@ -376,15 +376,8 @@ pub(crate) fn detect_format(s: &[u8]) -> LogFormat {
             }
         }
         Some(b't') if s.starts_with(b"time=") => LogFormat::SlogText,
-        Some(b) if b.is_ascii_digit() => {
-            if go_date_len(s).is_some() {
-                LogFormat::Stdlib
-            } else if zap_ts_end(s).is_some() {
-                LogFormat::ZapText
-            } else {
-                LogFormat::Unknown
-            }
-        }
+        _ if go_date_len(s).is_some() => LogFormat::Stdlib,
+        _ if zap_ts_end(s).is_some() => LogFormat::ZapText,
         _ => LogFormat::Unknown,
     }
 }
@@ -546,6 +539,22 @@ mod tests {
         // The message is looked for in the fields after the timestamp.
         let late = format!("{ts}\tINFO\tlistener\tmain.go:1\tx\tGetting next message");
         assert!(zap_text_head(late.as_bytes()).is_some());
+    }
+
+    #[test]
+    fn a_zap_json_line_is_known_by_its_message_key_or_its_leading_level() {
+        assert_eq!(
+            detect_format(br#"{"ts":1772424602.1,"level":"info","message":"x"}"#),
+            LogFormat::ZapJson
+        );
+        assert_eq!(
+            detect_format(br#"{"level":"info","ts":1772424602.1,"text":"x"}"#),
+            LogFormat::ZapJson
+        );
+        assert_eq!(
+            detect_format(br#"{"ts":1772424602.1,"text":"x"}"#),
+            LogFormat::Unknown
+        );
     }
 
     #[test]
