@@ -11,7 +11,8 @@
 #
 # CPU heavy (about 850 mutants, 5 to 15 s each on 2 cores: about two
 # hours): one mutant at a time unless MUTANTS_JOBS says otherwise; a test run
-# is cut off after MUTANTS_TIMEOUT seconds (default 300). MUTANTS_ARGS adds
+# is cut off after MUTANTS_TIMEOUT seconds (default 120, several times
+# the slowest unmutated run). MUTANTS_ARGS adds
 # flags to cargo-mutants, e.g. `--shard 0/8 --sharding round-robin` for
 # every 8th mutant only (`--shard` alone takes a contiguous slice), or
 # `--iterate` to skip the mutants an earlier run into the same
@@ -29,7 +30,7 @@ version="${MUTANTS_VERSION:-27.0.0}"
 cache="${ARC_WATCHDOG_CACHE:-$HOME/.cache/arc-watchdog}"
 root="$cache/cargo-mutants-$version"
 jobs="${MUTANTS_JOBS:-1}"
-timeout="${MUTANTS_TIMEOUT:-300}"
+timeout="${MUTANTS_TIMEOUT:-120}"
 read -r -a extra <<<"${MUTANTS_ARGS:-}"
 out="${MUTANTS_OUT:-target/mutants}"
 mkdir -p "$out"

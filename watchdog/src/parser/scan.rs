@@ -564,6 +564,11 @@ mod tests {
             LogFormat::SlogText
         );
         assert_eq!(detect_format(b"tomorrow never comes"), LogFormat::Unknown);
+        // Nor is a message in slog's shape read from another line.
+        let slog = br#"time=2026-09-14T22:01:00.118Z level=INFO msg="Getting next message""#;
+        assert_eq!(classify_content(slog), ListenerEvent::SessionEstablished);
+        let other = br#"tomorrow level=INFO msg="Getting next message""#;
+        assert_eq!(classify_content(other), ListenerEvent::Other);
     }
     fn chain_kind(chain: &[u8]) -> FatalKind {
         let mut s = ErrScan::default();
