@@ -729,6 +729,27 @@ mod tests {
                 r.outcome,
                 Outcome::Skipped(Skip::Pod(SkipReason::InjectionSuspended))
             );
+            // Neither has one: no listener is named, none is looked up.
+            v["request"].as_object_mut().unwrap().remove("namespace");
+            let body = serde_json::to_vec(&v).unwrap();
+            let r = review(
+                &body,
+                &view("", "2025-01-01T01:00:00Z"),
+                "2025-01-01T00:10:00Z",
+            );
+            assert_eq!(r.outcome, Outcome::Injected(SidecarMode::Native));
+        }
+
+        #[test]
+        fn a_context_shows_its_mode_and_time() {
+            let ctx = Context {
+                mode: SidecarMode::Native,
+                leases: &NoLeases,
+                now: at("2025-01-01T00:10:00Z"),
+            };
+            let shown = format!("{ctx:?}");
+            assert!(shown.contains("Native"), "{shown}");
+            assert!(shown.contains("2025-01-01T00:10:00Z"), "{shown}");
         }
 
         #[test]
