@@ -152,7 +152,8 @@ pub fn line_time(content: &[u8]) -> Option<Timestamp> {
                 .unwrap_or(v.len());
             parse_loose_ts(&v[..end])
         }
-        b if b.is_ascii_digit() => {
+        // Both shapes below start with a digit; neither needs a guard.
+        _ => {
             if let Some(ts) = go_date(content) {
                 return Some(ts);
             }
@@ -163,7 +164,6 @@ pub fn line_time(content: &[u8]) -> Option<Timestamp> {
             let end = memchr::memchr2(b'\t', b' ', window)?;
             parse_loose_ts(&content[..end])
         }
-        _ => None,
     }
 }
 
