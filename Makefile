@@ -9,7 +9,7 @@ help:
 	@echo "make e2e-matrix - S2 and S3 on ARC 0.8.1, 0.9.2, 0.10.1 (and its legacy listener) and 0.14.2"
 	@echo "make bench  - run the benchmarks"
 	@echo "make lint   - cargo fmt --check and clippy -D warnings"
-	@echo "make mutants - mutation testing of the pure core (about two hours)"
+	@echo "make mutants - mutation testing of the pure core (two to three hours)"
 	@echo "make image  - static binaries, checked in an empty root; the image too when buildah is installed"
 	@echo "make chart  - the Helm chart as target/chart/arc-watchdog-<version>.tgz"
 	@echo "make timeline - copy the last e2e run's S2 picture into docs/ (README)"
@@ -60,7 +60,7 @@ test-integration: go-tools
 
 .PHONY: mutants
 # Mutation testing of the pure core (core crate, parser, detector, mutation,
-# review handling) with cargo-mutants: about two hours on 2 cores, not part of
+# review handling) with cargo-mutants: two to three hours on 2 cores, not part of
 # `make test`. MUTANTS_ARGS='--shard 0/8 --sharding round-robin' runs every 8th mutant.
 # See scripts/mutants.sh.
 mutants:

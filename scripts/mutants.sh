@@ -9,7 +9,7 @@
 #   scripts/mutants.sh                 all three packages
 #   scripts/mutants.sh watchdog        or only some: watchdog | webhook | core
 #
-# CPU heavy (about 850 mutants, 5 to 15 s each on 2 cores: about two
+# CPU heavy (about 850 mutants, 5 to 20 s each on 2 cores: two to three
 # hours): one mutant at a time unless MUTANTS_JOBS says otherwise; a test run
 # is cut off after MUTANTS_TIMEOUT seconds (default 120, several times
 # the slowest unmutated run). MUTANTS_ARGS adds
