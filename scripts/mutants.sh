@@ -11,12 +11,11 @@
 #
 # CPU heavy (about 850 mutants, 5 to 20 s each on 2 cores: two to three
 # hours): one mutant at a time unless MUTANTS_JOBS says otherwise; a test run
-# is cut off after MUTANTS_TIMEOUT seconds (default 120, several times
-# the slowest unmutated run). MUTANTS_ARGS adds
-# flags to cargo-mutants, e.g. `--shard 0/8 --sharding round-robin` for
-# every 8th mutant only (`--shard` alone takes a contiguous slice), or
-# `--iterate` to skip the mutants an earlier run into the same
-# MUTANTS_OUT caught. cargo-mutants
+# is cut off after MUTANTS_TIMEOUT seconds (default 120, several times the
+# slowest unmutated run). MUTANTS_ARGS adds flags to cargo-mutants, e.g.
+# `--shard 0/8 --sharding round-robin` for every 8th mutant only (`--shard`
+# alone takes a contiguous slice), or `--iterate` to skip the mutants an
+# earlier run into the same MUTANTS_OUT caught. cargo-mutants
 # (MUTANTS_VERSION, pinned) is installed from crates.io on first use into
 # the tools cache (ARC_WATCHDOG_CACHE, default ~/.cache/arc-watchdog).
 # Results: $MUTANTS_OUT/<package>/mutants.out (default target/mutants);
